@@ -1,0 +1,26 @@
+//! `sen-core`: what every part of sen shares, with no ML runtime.
+//!
+//! - [`config`]: `ModelConfig` and its presets (every model size comes from here);
+//! - [`manifest`]: the deployment bundle's `manifest.json` (one reader and writer);
+//! - [`preprocess`]: image decoding, Pillow-exact bicubic resize, CLIP normalisation;
+//! - [`tokenizer`]: the CLIP BPE tokenizer with open_clip's text cleaning;
+//! - [`metrics`]: R@K, mAP, mINP for text-to-image retrieval;
+//! - [`deps`]: where `make deps` put native libraries and data;
+//! - [`npy`], [`fsutil`], [`hash`]: small shared I/O helpers.
+
+pub mod config;
+pub mod deps;
+pub mod error;
+pub mod fsutil;
+pub mod hash;
+pub mod manifest;
+pub mod metrics;
+pub mod npy;
+pub mod preprocess;
+pub mod tokenizer;
+
+pub use config::ModelConfig;
+pub use error::CoreError;
+pub use manifest::{Manifest, Precision};
+pub use preprocess::{PreprocessSpec, Preprocessor};
+pub use tokenizer::ClipTokenizer;

@@ -1,0 +1,254 @@
+//! The bundle manifest (SPEC §10): the one reader and writer of `manifest.json`.
+//!
+//! A bundle directory holds `image_encoder.onnx`, `text_encoder.onnx`,
+//! `tokenizer.json` and `manifest.json`. [`Manifest::load`] only returns a
+//! manifest whose every listed file is present with the recorded size and sha256.
+
+use crate::config::ModelConfig;
+use crate::error::CoreError;
+use crate::preprocess::PreprocessSpec;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Version of the manifest layout this code reads and writes.
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const IMAGE_ENCODER_FILE: &str = "image_encoder.onnx";
+pub const TEXT_ENCODER_FILE: &str = "text_encoder.onnx";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Fp16,
+    Int8,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Int8 => "int8",
+        })
+    }
+}
+
+/// A tensor dimension: fixed, or symbolic (`"batch"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Dim {
+    Fixed(u64),
+    Symbolic(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    pub name: String,
+    /// ONNX element type name: `float32`, `float16`, `int64`.
+    pub dtype: String,
+    pub shape: Vec<Dim>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderIo {
+    pub file: String,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IoSpec {
+    pub image: EncoderIo,
+    pub text: EncoderIo,
+}
+
+/// How text becomes `input_ids` / `eot_index`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSpec {
+    pub file: String,
+    pub kind: String,
+    pub context_length: usize,
+    pub sot_id: u32,
+    pub eot_id: u32,
+    pub pad_id: u32,
+    /// Text cleaning applied before BPE (`open_clip-lower`: ftfy, html unescape, whitespace, lower case).
+    pub clean: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationInfo {
+    pub method: String,
+    pub samples: usize,
+    pub data_sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub precision: Precision,
+    pub model: ModelConfig,
+    pub preprocess: PreprocessSpec,
+    pub tokenizer: TokenizerSpec,
+    pub io: IoSpec,
+    /// Every file of the bundle except `manifest.json`, by relative path.
+    pub files: BTreeMap<String, FileEntry>,
+    pub source_checkpoint_sha256: String,
+    /// Tool name -> version that produced the bundle.
+    pub tools: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationInfo>,
+}
+
+impl Manifest {
+    /// Read `manifest.json` from `dir` without checking the files (for `sen info` on a damaged bundle).
+    pub fn read_unverified(dir: &Path) -> Result<Self, CoreError> {
+        let path = dir.join(MANIFEST_FILE);
+        let s = std::fs::read_to_string(&path).map_err(|e| CoreError::io(&path, e))?;
+        let de = &mut serde_json::Deserializer::from_str(&s);
+        let m: Manifest = serde_path_to_error::deserialize(de)
+            .map_err(|e| CoreError::format(&path, format!("field `{}`: {}", e.path(), e.inner())))?;
+        if m.format_version != MANIFEST_FORMAT_VERSION {
+            return Err(CoreError::format(
+                &path,
+                format!(
+                    "format_version {} is not supported (this sen reads {MANIFEST_FORMAT_VERSION}); re-export the bundle",
+                    m.format_version
+                ),
+            ));
+        }
+        m.model.validate().map_err(|e| CoreError::format(&path, e.to_string()))?;
+        m.preprocess.validate().map_err(|e| CoreError::format(&path, e.to_string()))?;
+        Ok(m)
+    }
+
+    /// Read `manifest.json` and check every listed file's size and sha256.
+    pub fn load(dir: &Path) -> Result<Self, CoreError> {
+        let m = Self::read_unverified(dir)?;
+        m.verify_files(dir)?;
+        Ok(m)
+    }
+
+    /// Check that every file in `files` exists with the recorded size and sha256.
+    pub fn verify_files(&self, dir: &Path) -> Result<(), CoreError> {
+        for required in [&self.io.image.file, &self.io.text.file, &self.tokenizer.file] {
+            if !self.files.contains_key(required) {
+                return Err(CoreError::format(
+                    dir.join(MANIFEST_FILE),
+                    format!("`files` does not list {required}, which `io`/`tokenizer` refer to"),
+                ));
+            }
+        }
+        for (name, entry) in &self.files {
+            let path = dir.join(name);
+            let (digest, bytes) = crate::hash::sha256_file(&path)?;
+            if bytes != entry.bytes || digest != entry.sha256 {
+                return Err(CoreError::format(
+                    &path,
+                    format!(
+                        "does not match the bundle manifest ({bytes} bytes, sha256 {digest}; manifest says {} bytes, \
+                         sha256 {}); the bundle was modified or damaged: export it again",
+                        entry.bytes, entry.sha256
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Record `name` (relative to `dir`) in `files` with its current size and sha256.
+    pub fn add_file(&mut self, dir: &Path, name: &str) -> Result<(), CoreError> {
+        let (sha256, bytes) = crate::hash::sha256_file(&dir.join(name))?;
+        self.files.insert(name.to_string(), FileEntry { sha256, bytes });
+        Ok(())
+    }
+
+    /// Write `manifest.json` into `dir` atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), CoreError> {
+        let s = serde_json::to_string_pretty(self).expect("Manifest serialises");
+        crate::fsutil::write_atomic(&dir.join(MANIFEST_FILE), s.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(dir: &Path) -> Manifest {
+        let model = ModelConfig::tiny();
+        let spec = |file: &str| EncoderIo { file: file.into(), inputs: vec![], outputs: vec![] };
+        let mut m = Manifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            precision: Precision::Fp32,
+            preprocess: PreprocessSpec::for_model(&model),
+            tokenizer: TokenizerSpec {
+                file: TOKENIZER_FILE.into(),
+                kind: "clip-bpe".into(),
+                context_length: 77,
+                sot_id: 49406,
+                eot_id: 49407,
+                pad_id: 0,
+                clean: "open_clip-lower".into(),
+            },
+            model,
+            io: IoSpec { image: spec(IMAGE_ENCODER_FILE), text: spec(TEXT_ENCODER_FILE) },
+            files: BTreeMap::new(),
+            source_checkpoint_sha256: "0".repeat(64),
+            tools: BTreeMap::from([("sen-core".to_string(), env!("CARGO_PKG_VERSION").to_string())]),
+            calibration: None,
+        };
+        for f in [IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE, TOKENIZER_FILE] {
+            std::fs::write(dir.join(f), f.as_bytes()).unwrap();
+            m.add_file(dir, f).unwrap();
+        }
+        m
+    }
+
+    #[test]
+    fn round_trip_and_verification() {
+        let d = tempfile::tempdir().unwrap();
+        let m = sample(d.path());
+        m.save(d.path()).unwrap();
+        let back = Manifest::load(d.path()).unwrap();
+        assert_eq!(back, m);
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.path().join(MANIFEST_FILE)).unwrap()).unwrap();
+        assert_eq!(v["precision"], "fp32");
+        assert!(v.get("calibration").is_none());
+        assert_eq!(v["preprocess"]["resize"], "bicubic");
+
+        // A modified file is refused, naming it.
+        std::fs::write(d.path().join(TEXT_ENCODER_FILE), b"tampered").unwrap();
+        let e = Manifest::load(d.path()).unwrap_err().to_string();
+        assert!(e.contains(TEXT_ENCODER_FILE) && e.contains("does not match"), "{e}");
+        // A missing file is refused, naming it.
+        std::fs::remove_file(d.path().join(TEXT_ENCODER_FILE)).unwrap();
+        let e = Manifest::load(d.path()).unwrap_err().to_string();
+        assert!(e.contains(TEXT_ENCODER_FILE), "{e}");
+    }
+
+    #[test]
+    fn unknown_version_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = sample(d.path());
+        m.format_version = 99;
+        m.save(d.path()).unwrap();
+        let e = Manifest::load(d.path()).unwrap_err().to_string();
+        assert!(e.contains("format_version 99"), "{e}");
+    }
+}

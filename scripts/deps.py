@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Fetch, verify and unpack sen's native dependencies into a cache outside the checkout.
+
+    python3 scripts/deps.py            # what `make deps` runs
+    SEN_DEPS_VERIFY=full make deps     # also re-hash every unpacked file
+
+Everything comes from PyPI wheels pinned by name, exact file and sha256 in
+deps/wheels.json. Only the parts sen needs are unpacked (libtorch's include/
+and lib/, the two CUDA runtime libraries libtorch links against, the ONNX
+Runtime shared library, the CLIP BPE vocabulary). The cache lives in
+$SEN_CACHE (default ~/.cache/sen), so a clean clone on the same machine
+reuses it. The checkout gets a git-ignored link `.sen-cache` to it, which
+`.cargo/config.toml` uses, so plain `cargo build/test/run` work.
+
+A finished run is recorded in `<cache>/deps.stamp` (the lock's hash and the
+size and sha256 of every unpacked file); a second run only checks presence
+and sizes against it and takes well under a second.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOCK = os.path.join(REPO, "deps", "wheels.json")
+STAMP_NAME = "deps.stamp"
+LINK = os.path.join(REPO, ".sen-cache")
+
+
+def cache_dir():
+    return os.path.abspath(os.path.expanduser(os.environ.get("SEN_CACHE") or "~/.cache/sen"))
+
+
+def die(msg):
+    print(f"make deps: error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def sha256_file(path, chunk=1 << 22):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def lock_hash():
+    with open(LOCK, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def load_stamp(cache):
+    try:
+        with open(os.path.join(cache, STAMP_NAME)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def stamp_problems(cache, stamp, full):
+    """Every reason the cache does not match its stamp (empty list = healthy)."""
+    problems = []
+    if stamp is None:
+        return ["no deps.stamp (never completed)"]
+    if stamp.get("lock_sha256") != lock_hash():
+        return ["deps/wheels.json changed since the cache was filled"]
+    for rel, meta in stamp.get("files", {}).items():
+        p = os.path.join(cache, rel)
+        if not os.path.isfile(p):
+            problems.append(f"missing {rel}")
+        elif os.path.getsize(p) != meta["bytes"]:
+            problems.append(f"{rel}: {os.path.getsize(p)} bytes, expected {meta['bytes']}")
+        elif full and sha256_file(p) != meta["sha256"]:
+            problems.append(f"{rel}: sha256 mismatch")
+    return problems
+
+
+def fetch_wheel(lock, wheel, wheels_dir):
+    """Download one pinned wheel (if not cached) and verify its sha256."""
+    path = os.path.join(wheels_dir, wheel["file"])
+    if os.path.isfile(path) and sha256_file(path) == wheel["sha256"]:
+        return path
+    if os.path.exists(path):
+        print(f"  {wheel['file']}: sha256 mismatch in cache, downloading again")
+        os.remove(path)
+    tmp = tempfile.mkdtemp(prefix=".download-", dir=wheels_dir)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "--python-version", lock["python_version"],
+           "--implementation", "cp", "-d", tmp]
+    for plat in lock["platforms"]:
+        cmd += ["--platform", plat]
+    cmd.append(wheel["requirement"])
+    print(f"  downloading {wheel['requirement']} ...", flush=True)
+    t0 = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    got = os.path.join(tmp, wheel["file"])
+    if r.returncode != 0 or not os.path.isfile(got):
+        shutil.rmtree(tmp, ignore_errors=True)
+        die(f"pip could not download {wheel['file']} ({wheel['requirement']}); is PyPI reachable?\n"
+            + (r.stderr.strip()[-2000:] or r.stdout.strip()[-2000:]))
+    digest = sha256_file(got)
+    if digest != wheel["sha256"]:
+        shutil.rmtree(tmp, ignore_errors=True)
+        die(f"{wheel['file']}: sha256 {digest} does not match the pinned {wheel['sha256']} in deps/wheels.json")
+    os.replace(got, path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"  {wheel['file']}: {os.path.getsize(path) / 1e6:.1f} MB in {time.time() - t0:.0f}s, sha256 ok")
+    return path
+
+
+def unpack(wheel, whl_path, staging):
+    """Extract the mapped members of one wheel into `staging`; returns the relative paths written."""
+    written = []
+    with zipfile.ZipFile(whl_path) as z:
+        for src, dst in wheel["extract"].items():
+            members = [n for n in z.namelist() if (n.startswith(src) if src.endswith("/") else n == src)]
+            members = [n for n in members if not n.endswith("/")]
+            if not members:
+                die(f"{wheel['file']} has no member {src}; deps/wheels.json is wrong")
+            for name in members:
+                rel = dst + name[len(src):] if src.endswith("/") else dst
+                out = os.path.join(staging, rel)
+                os.makedirs(os.path.dirname(out), exist_ok=True)
+                with z.open(name) as fi, open(out, "wb") as fo:
+                    shutil.copyfileobj(fi, fo, 1 << 22)
+                info = z.getinfo(name)
+                mode = (info.external_attr >> 16) & 0o777
+                if mode:
+                    os.chmod(out, mode)
+                written.append(rel)
+        if "build_version_from" in wheel:
+            text = z.read(wheel["build_version_from"]).decode()
+            m = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+            if not m:
+                die(f"{wheel['file']}: no __version__ in {wheel['build_version_from']}")
+            out = os.path.join(staging, wheel["build_version_to"])
+            with open(out, "w") as f:
+                f.write(m.group(1) + "\n")
+            written.append(wheel["build_version_to"])
+    return written
+
+
+def link_checkout(cache):
+    """Point the git-ignored `.sen-cache` link in the checkout at the cache."""
+    if os.path.islink(LINK) and os.readlink(LINK) == cache:
+        return
+    if os.path.lexists(LINK):
+        if not os.path.islink(LINK):
+            die(f"{LINK} exists and is not a link; remove it and run make deps again")
+        os.remove(LINK)
+    tmp = LINK + ".tmp"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(cache, tmp)
+    os.replace(tmp, LINK)
+
+
+def main():
+    full = os.environ.get("SEN_DEPS_VERIFY") == "full"
+    cache = cache_dir()
+    os.makedirs(cache, exist_ok=True)
+    with open(LOCK) as f:
+        lock = json.load(f)
+
+    stamp = load_stamp(cache)
+    problems = stamp_problems(cache, stamp, full)
+    if not problems:
+        link_checkout(cache)
+        print(f"deps: ok ({len(stamp['files'])} files in {cache}{', re-hashed' if full else ''})")
+        return
+    print(f"deps: filling {cache}: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+    wheels_dir = os.path.join(cache, "wheels")
+    os.makedirs(wheels_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".staging-", dir=cache)
+    files = {}
+    try:
+        for wheel in lock["wheels"]:
+            whl = fetch_wheel(lock, wheel, wheels_dir)
+            for rel in unpack(wheel, whl, staging):
+                p = os.path.join(staging, rel)
+                files[rel] = {"bytes": os.path.getsize(p), "sha256": sha256_file(p)}
+            for rel, exp in wheel.get("expect", {}).items():
+                if files[rel]["bytes"] != exp["bytes"]:
+                    die(f"{rel} from {wheel['file']} has {files[rel]['bytes']} bytes, expected {exp['bytes']}")
+        # Swap each top-level folder in atomically, then write the stamp last.
+        for top in sorted({rel.split("/")[0] for rel in files}):
+            dst = os.path.join(cache, top)
+            old = dst + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            if os.path.exists(dst):
+                os.replace(dst, old)
+            os.replace(os.path.join(staging, top), dst)
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    stamp = {"lock_sha256": lock_hash(), "files": files}
+    tmp = os.path.join(cache, STAMP_NAME + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(stamp, f, indent=1, sort_keys=True)
+    os.replace(tmp, os.path.join(cache, STAMP_NAME))
+    link_checkout(cache)
+    print(f"deps: ok ({len(files)} files in {cache})")
+
+
+if __name__ == "__main__":
+    main()
