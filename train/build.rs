@@ -1,1 +1,35 @@
-fn main(){}
+//! Link-time set-up for binaries and tests that link libtorch.
+//!
+//! torch-sys puts libtorch on the link line but its rpath does not reach this
+//! crate's binaries, so they would not find `libtorch_cpu.so` at run time. We add
+//! an rpath to the resolved libtorch folder (through the `.sen-cache` link, resolved
+//! to the real cache so binaries keep working from any checkout). With the `cuda`
+//! feature, `--no-as-needed -ltorch_cuda` keeps libtorch_cuda linked even though no
+//! symbol of it is referenced directly (it registers the CUDA backend on load).
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let lib = match std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        Ok(l) => l,
+        Err(_) => {
+            println!("cargo:warning=torch-sys did not report its libtorch folder; run `make deps`");
+            return;
+        }
+    };
+    let resolved = std::fs::canonicalize(&lib)
+        .map(|p| p.display().to_string())
+        .unwrap_or(lib);
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{resolved}");
+    let version_file = std::path::Path::new(&resolved).join("../build-version");
+    println!("cargo:rerun-if-changed={}", version_file.display());
+    let version = std::fs::read_to_string(&version_file)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    println!("cargo:rustc-env=SEN_LIBTORCH_VERSION={version}");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-ltorch");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}

@@ -55,7 +55,10 @@ pub struct ModelConfig {
 impl VisionConfig {
     /// Patch grid (rows, columns).
     pub fn grid(&self) -> (usize, usize) {
-        (self.image_height / self.patch_size, self.image_width / self.patch_size)
+        (
+            self.image_height / self.patch_size,
+            self.image_width / self.patch_size,
+        )
     }
     pub fn num_patches(&self) -> usize {
         let (h, w) = self.grid();
@@ -84,10 +87,29 @@ impl ModelConfig {
     /// CLIP ViT-B/16 at 384x128, exactly as SPEC §1.
     pub fn vit_b16() -> Self {
         ModelConfig {
-            vision: VisionConfig { width: 768, layers: 12, heads: 12, patch_size: 16, image_height: 384, image_width: 128 },
-            text: TextConfig { width: 512, layers: 12, heads: 8, context_length: 77, vocab_size: VOCAB_SIZE },
+            vision: VisionConfig {
+                width: 768,
+                layers: 12,
+                heads: 12,
+                patch_size: 16,
+                image_height: 384,
+                image_width: 128,
+            },
+            text: TextConfig {
+                width: 512,
+                layers: 12,
+                heads: 8,
+                context_length: 77,
+                vocab_size: VOCAB_SIZE,
+            },
             embed_dim: 512,
-            tir: TirConfig { width: 512, heads: 8, layers: 4, mlp_width: 2048, mask_ratio: 0.7 },
+            tir: TirConfig {
+                width: 512,
+                heads: 8,
+                layers: 4,
+                mlp_width: 2048,
+                mask_ratio: 0.7,
+            },
         }
     }
 
@@ -96,10 +118,29 @@ impl ModelConfig {
     /// width 128 on both sides, a 2-block TIR decoder.
     pub fn tiny() -> Self {
         ModelConfig {
-            vision: VisionConfig { width: 128, layers: 4, heads: 4, patch_size: 16, image_height: 192, image_width: 64 },
-            text: TextConfig { width: 128, layers: 4, heads: 4, context_length: 77, vocab_size: VOCAB_SIZE },
+            vision: VisionConfig {
+                width: 128,
+                layers: 4,
+                heads: 4,
+                patch_size: 16,
+                image_height: 192,
+                image_width: 64,
+            },
+            text: TextConfig {
+                width: 128,
+                layers: 4,
+                heads: 4,
+                context_length: 77,
+                vocab_size: VOCAB_SIZE,
+            },
             embed_dim: 128,
-            tir: TirConfig { width: 128, heads: 4, layers: 2, mlp_width: 512, mask_ratio: 0.7 },
+            tir: TirConfig {
+                width: 128,
+                heads: 4,
+                layers: 2,
+                mlp_width: 512,
+                mask_ratio: 0.7,
+            },
         }
     }
 
@@ -108,7 +149,10 @@ impl ModelConfig {
         match name {
             "vit-b16" | "vit_b16" | "ViT-B/16" => Ok(Self::vit_b16()),
             "tiny" => Ok(Self::tiny()),
-            other => Err(CoreError::config("preset", format!("unknown preset {other:?}; expected one of {PRESETS:?}"))),
+            other => Err(CoreError::config(
+                "preset",
+                format!("unknown preset {other:?}; expected one of {PRESETS:?}"),
+            )),
         }
     }
 
@@ -139,35 +183,58 @@ impl ModelConfig {
                 return Err(CoreError::config(field, "must be greater than 0"));
             }
         }
-        for (field, width, heads) in
-            [("vision.width", v.width, v.heads), ("text.width", t.width, t.heads), ("tir.width", r.width, r.heads)]
-        {
+        for (field, width, heads) in [
+            ("vision.width", v.width, v.heads),
+            ("text.width", t.width, t.heads),
+            ("tir.width", r.width, r.heads),
+        ] {
             if width % heads != 0 {
-                return Err(CoreError::config(field, format!("{width} is not divisible by the {heads} heads")));
+                return Err(CoreError::config(
+                    field,
+                    format!("{width} is not divisible by the {heads} heads"),
+                ));
             }
         }
-        for (field, size) in [("vision.image_height", v.image_height), ("vision.image_width", v.image_width)] {
+        for (field, size) in [
+            ("vision.image_height", v.image_height),
+            ("vision.image_width", v.image_width),
+        ] {
             if size % v.patch_size != 0 {
                 return Err(CoreError::config(
                     field,
-                    format!("{size} is not divisible by vision.patch_size {}", v.patch_size),
+                    format!(
+                        "{size} is not divisible by vision.patch_size {}",
+                        v.patch_size
+                    ),
                 ));
             }
         }
         if t.context_length < 2 {
-            return Err(CoreError::config("text.context_length", "must be at least 2 (start and end tokens)"));
+            return Err(CoreError::config(
+                "text.context_length",
+                "must be at least 2 (start and end tokens)",
+            ));
         }
         if t.vocab_size <= EOT_ID as usize {
             return Err(CoreError::config(
                 "text.vocab_size",
-                format!("{} cannot hold the CLIP tokenizer's ids (up to {EOT_ID}); use {VOCAB_SIZE}", t.vocab_size),
+                format!(
+                    "{} cannot hold the CLIP tokenizer's ids (up to {EOT_ID}); use {VOCAB_SIZE}",
+                    t.vocab_size
+                ),
             ));
         }
         if !(r.mask_ratio >= 0.0 && r.mask_ratio < 1.0) {
-            return Err(CoreError::config("tir.mask_ratio", format!("{} must be in [0, 1)", r.mask_ratio)));
+            return Err(CoreError::config(
+                "tir.mask_ratio",
+                format!("{} must be in [0, 1)", r.mask_ratio),
+            ));
         }
         if r.kept_tokens(v.num_tokens()) < 1 {
-            return Err(CoreError::config("tir.mask_ratio", "keeps no token at this image size"));
+            return Err(CoreError::config(
+                "tir.mask_ratio",
+                "keeps no token at this image size",
+            ));
         }
         Ok(())
     }
@@ -179,7 +246,8 @@ impl ModelConfig {
             let path = e.path().to_string();
             CoreError::format(origin, format!("field `{path}`: {}", e.inner()))
         })?;
-        cfg.validate().map_err(|e| CoreError::format(origin, e.to_string()))?;
+        cfg.validate()
+            .map_err(|e| CoreError::format(origin, e.to_string()))?;
         Ok(cfg)
     }
 
@@ -239,25 +307,35 @@ mod tests {
         let mut c = ModelConfig::tiny();
         c.vision.image_width = 70;
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("vision.image_width") && e.contains("patch_size"), "{e}");
+        assert!(
+            e.contains("vision.image_width") && e.contains("patch_size"),
+            "{e}"
+        );
 
         let mut c = ModelConfig::tiny();
         c.text.heads = 3;
         assert!(c.validate().unwrap_err().to_string().contains("text.width"));
 
-        let mut v: serde_json::Value = serde_json::from_str(&ModelConfig::tiny().to_json_pretty()).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&ModelConfig::tiny().to_json_pretty()).unwrap();
         v["vision"].as_object_mut().unwrap().remove("layers");
-        let e = ModelConfig::from_json_str(&v.to_string(), Path::new("cfg.json")).unwrap_err().to_string();
+        let e = ModelConfig::from_json_str(&v.to_string(), Path::new("cfg.json"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cfg.json") && e.contains("layers"), "{e}");
 
         v["vision"]["layers"] = 2.into();
         v["vision"]["depth"] = 2.into();
-        let e = ModelConfig::from_json_str(&v.to_string(), Path::new("cfg.json")).unwrap_err().to_string();
+        let e = ModelConfig::from_json_str(&v.to_string(), Path::new("cfg.json"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("depth"), "{e}");
 
         v["vision"].as_object_mut().unwrap().remove("depth");
         v["text"]["vocab_size"] = 1000.into();
-        let e = ModelConfig::from_json_str(&v.to_string(), Path::new("cfg.json")).unwrap_err().to_string();
+        let e = ModelConfig::from_json_str(&v.to_string(), Path::new("cfg.json"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("text.vocab_size"), "{e}");
     }
 }

@@ -11,7 +11,9 @@ pub fn cache_dir() -> PathBuf {
     match std::env::var_os("SEN_CACHE") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/"));
             home.join(".cache").join("sen")
         }
     }
@@ -19,18 +21,29 @@ pub fn cache_dir() -> PathBuf {
 
 /// `bpe_simple_vocab_16e6.txt.gz` (override with `SEN_CLIP_VOCAB`).
 pub fn clip_vocab_path() -> Result<PathBuf, CoreError> {
-    if let Some(p) = std::env::var_os("SEN_CLIP_VOCAB") {
+    if let Some(p) = std::env::var_os("SEN_CLIP_VOCAB").filter(|p| !p.is_empty()) {
         return existing(PathBuf::from(p), "SEN_CLIP_VOCAB");
     }
-    existing(cache_dir().join("clip").join("bpe_simple_vocab_16e6.txt.gz"), "the CLIP vocabulary")
+    existing(
+        cache_dir()
+            .join("clip")
+            .join("bpe_simple_vocab_16e6.txt.gz"),
+        "the CLIP vocabulary",
+    )
 }
 
 /// `libonnxruntime.so.1.31.1` (override with `ORT_DYLIB_PATH`, as ort itself does).
 pub fn onnxruntime_path() -> Result<PathBuf, CoreError> {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         return existing(PathBuf::from(p), "ORT_DYLIB_PATH");
     }
-    existing(cache_dir().join("onnxruntime").join("lib").join("libonnxruntime.so.1.31.1"), "ONNX Runtime")
+    existing(
+        cache_dir()
+            .join("onnxruntime")
+            .join("lib")
+            .join("libonnxruntime.so.1.31.1"),
+        "ONNX Runtime",
+    )
 }
 
 fn existing(p: PathBuf, what: &str) -> Result<PathBuf, CoreError> {

@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     /// A file was read but its content is wrong (names the file and what is wrong).
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
@@ -26,13 +29,22 @@ pub enum CoreError {
 }
 
 impl CoreError {
-    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        CoreError::Io { path: path.as_ref().to_path_buf(), source }
+    pub fn io(path: impl AsRef<Path>, error: std::io::Error) -> Self {
+        CoreError::Io {
+            path: path.as_ref().to_path_buf(),
+            error,
+        }
     }
     pub fn format(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
-        CoreError::Format { path: path.as_ref().to_path_buf(), message: message.into() }
+        CoreError::Format {
+            path: path.as_ref().to_path_buf(),
+            message: message.into(),
+        }
     }
     pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
-        CoreError::Config { field: field.into(), message: message.into() }
+        CoreError::Config {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }

@@ -19,7 +19,10 @@ pub fn write_atomic_with(
         _ => Path::new("."),
     };
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")))
+        .prefix(&format!(
+            ".{}.",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
+        ))
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(|e| CoreError::io(dir, e))?;
@@ -28,8 +31,11 @@ pub fn write_atomic_with(
         f(&mut w).map_err(|e| CoreError::io(path, e))?;
         w.flush().map_err(|e| CoreError::io(path, e))?;
     }
-    tmp.as_file().sync_all().map_err(|e| CoreError::io(path, e))?;
-    tmp.persist(path).map_err(|e| CoreError::io(path, e.error))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| CoreError::io(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| CoreError::io(path, e.error))?;
     Ok(())
 }
 
@@ -42,6 +48,10 @@ mod tests {
         super::write_atomic(&p, b"first").unwrap();
         super::write_atomic(&p, b"second").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"second");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "no temporary file left behind");
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temporary file left behind"
+        );
     }
 }

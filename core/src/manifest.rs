@@ -121,8 +121,9 @@ impl Manifest {
         let path = dir.join(MANIFEST_FILE);
         let s = std::fs::read_to_string(&path).map_err(|e| CoreError::io(&path, e))?;
         let de = &mut serde_json::Deserializer::from_str(&s);
-        let m: Manifest = serde_path_to_error::deserialize(de)
-            .map_err(|e| CoreError::format(&path, format!("field `{}`: {}", e.path(), e.inner())))?;
+        let m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
+            CoreError::format(&path, format!("field `{}`: {}", e.path(), e.inner()))
+        })?;
         if m.format_version != MANIFEST_FORMAT_VERSION {
             return Err(CoreError::format(
                 &path,
@@ -132,8 +133,12 @@ impl Manifest {
                 ),
             ));
         }
-        m.model.validate().map_err(|e| CoreError::format(&path, e.to_string()))?;
-        m.preprocess.validate().map_err(|e| CoreError::format(&path, e.to_string()))?;
+        m.model
+            .validate()
+            .map_err(|e| CoreError::format(&path, e.to_string()))?;
+        m.preprocess
+            .validate()
+            .map_err(|e| CoreError::format(&path, e.to_string()))?;
         Ok(m)
     }
 
@@ -146,7 +151,11 @@ impl Manifest {
 
     /// Check that every file in `files` exists with the recorded size and sha256.
     pub fn verify_files(&self, dir: &Path) -> Result<(), CoreError> {
-        for required in [&self.io.image.file, &self.io.text.file, &self.tokenizer.file] {
+        for required in [
+            &self.io.image.file,
+            &self.io.text.file,
+            &self.tokenizer.file,
+        ] {
             if !self.files.contains_key(required) {
                 return Err(CoreError::format(
                     dir.join(MANIFEST_FILE),
@@ -174,7 +183,8 @@ impl Manifest {
     /// Record `name` (relative to `dir`) in `files` with its current size and sha256.
     pub fn add_file(&mut self, dir: &Path, name: &str) -> Result<(), CoreError> {
         let (sha256, bytes) = crate::hash::sha256_file(&dir.join(name))?;
-        self.files.insert(name.to_string(), FileEntry { sha256, bytes });
+        self.files
+            .insert(name.to_string(), FileEntry { sha256, bytes });
         Ok(())
     }
 
@@ -191,7 +201,11 @@ mod tests {
 
     fn sample(dir: &Path) -> Manifest {
         let model = ModelConfig::tiny();
-        let spec = |file: &str| EncoderIo { file: file.into(), inputs: vec![], outputs: vec![] };
+        let spec = |file: &str| EncoderIo {
+            file: file.into(),
+            inputs: vec![],
+            outputs: vec![],
+        };
         let mut m = Manifest {
             format_version: MANIFEST_FORMAT_VERSION,
             precision: Precision::Fp32,
@@ -206,10 +220,16 @@ mod tests {
                 clean: "open_clip-lower".into(),
             },
             model,
-            io: IoSpec { image: spec(IMAGE_ENCODER_FILE), text: spec(TEXT_ENCODER_FILE) },
+            io: IoSpec {
+                image: spec(IMAGE_ENCODER_FILE),
+                text: spec(TEXT_ENCODER_FILE),
+            },
             files: BTreeMap::new(),
             source_checkpoint_sha256: "0".repeat(64),
-            tools: BTreeMap::from([("sen-core".to_string(), env!("CARGO_PKG_VERSION").to_string())]),
+            tools: BTreeMap::from([(
+                "sen-core".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
             calibration: None,
         };
         for f in [IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE, TOKENIZER_FILE] {
@@ -227,7 +247,8 @@ mod tests {
         let back = Manifest::load(d.path()).unwrap();
         assert_eq!(back, m);
         let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(d.path().join(MANIFEST_FILE)).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(d.path().join(MANIFEST_FILE)).unwrap())
+                .unwrap();
         assert_eq!(v["precision"], "fp32");
         assert!(v.get("calibration").is_none());
         assert_eq!(v["preprocess"]["resize"], "bicubic");
@@ -235,7 +256,10 @@ mod tests {
         // A modified file is refused, naming it.
         std::fs::write(d.path().join(TEXT_ENCODER_FILE), b"tampered").unwrap();
         let e = Manifest::load(d.path()).unwrap_err().to_string();
-        assert!(e.contains(TEXT_ENCODER_FILE) && e.contains("does not match"), "{e}");
+        assert!(
+            e.contains(TEXT_ENCODER_FILE) && e.contains("does not match"),
+            "{e}"
+        );
         // A missing file is refused, naming it.
         std::fs::remove_file(d.path().join(TEXT_ENCODER_FILE)).unwrap();
         let e = Manifest::load(d.path()).unwrap_err().to_string();

@@ -37,7 +37,12 @@ fn correct_ranks(row: &[f32], gallery_ids: &[i64], qid: i64, order: &mut Vec<u32
     // Stable sort by descending score: equal scores keep gallery order.
     // total_cmp puts NaN above +inf; NaN scores are refused before this point.
     order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
-    order.iter().enumerate().filter(|&(_, &g)| gallery_ids[g as usize] == qid).map(|(r, _)| r + 1).collect()
+    order
+        .iter()
+        .enumerate()
+        .filter(|&(_, &g)| gallery_ids[g as usize] == qid)
+        .map(|(r, _)| r + 1)
+        .collect()
 }
 
 /// Metrics from a `[queries x gallery]` row-major similarity matrix.
@@ -52,7 +57,9 @@ pub fn evaluate(
     use rayon::prelude::*;
     let (q, g) = (query_ids.len(), gallery_ids.len());
     if q == 0 || g == 0 {
-        return Err(CoreError::Invalid(format!("cannot evaluate {q} queries against {g} gallery items")));
+        return Err(CoreError::Invalid(format!(
+            "cannot evaluate {q} queries against {g} gallery items"
+        )));
     }
     if similarity.len() != q * g {
         return Err(CoreError::Invalid(format!(
@@ -62,7 +69,11 @@ pub fn evaluate(
         )));
     }
     if let Some(i) = similarity.iter().position(|v| v.is_nan()) {
-        return Err(CoreError::Invalid(format!("similarity of query {} and gallery item {} is NaN", i / g, i % g)));
+        return Err(CoreError::Invalid(format!(
+            "similarity of query {} and gallery item {} is NaN",
+            i / g,
+            i % g
+        )));
     }
     let per_query: Vec<Result<[f64; 5], CoreError>> = similarity
         .par_chunks(g)
@@ -76,7 +87,12 @@ pub fn evaluate(
                 )));
             };
             let n = ranks.len() as f64;
-            let ap = ranks.iter().enumerate().map(|(k, &r)| (k + 1) as f64 / r as f64).sum::<f64>() / n;
+            let ap = ranks
+                .iter()
+                .enumerate()
+                .map(|(k, &r)| (k + 1) as f64 / r as f64)
+                .sum::<f64>()
+                / n;
             let inp = n / *ranks.last().unwrap() as f64;
             let hit = |k: usize| if first <= k { 1.0 } else { 0.0 };
             Ok([hit(1), hit(5), hit(10), ap, inp])
@@ -89,7 +105,13 @@ pub fn evaluate(
         }
     }
     let m = |i: usize| 100.0 * sums[i] / q as f64;
-    Ok(RetrievalMetrics { r1: m(0), r5: m(1), r10: m(2), map: m(3), minp: m(4) })
+    Ok(RetrievalMetrics {
+        r1: m(0),
+        r5: m(1),
+        r10: m(2),
+        map: m(3),
+        minp: m(4),
+    })
 }
 
 #[cfg(test)]
@@ -145,9 +167,19 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_errors() {
-        assert!(evaluate(&[0.1, 0.2], &[1], &[2, 3]).unwrap_err().to_string().contains("query 0 (id 1)"));
+        assert!(
+            evaluate(&[0.1, 0.2], &[1], &[2, 3])
+                .unwrap_err()
+                .to_string()
+                .contains("query 0 (id 1)")
+        );
         assert!(evaluate(&[0.1], &[1], &[1, 2]).is_err());
-        assert!(evaluate(&[f32::NAN, 0.2], &[1], &[1, 2]).unwrap_err().to_string().contains("NaN"));
+        assert!(
+            evaluate(&[f32::NAN, 0.2], &[1], &[1, 2])
+                .unwrap_err()
+                .to_string()
+                .contains("NaN")
+        );
         assert!(evaluate(&[], &[], &[]).is_err());
     }
 }

@@ -25,13 +25,26 @@ impl NpyElement for i64 {
 pub fn to_npy_bytes<T: NpyElement>(shape: &[usize], data: &[T]) -> Result<Vec<u8>, CoreError> {
     let n: usize = shape.iter().product();
     if n != data.len() {
-        return Err(CoreError::Invalid(format!("npy: shape {shape:?} holds {n} elements, got {}", data.len())));
+        return Err(CoreError::Invalid(format!(
+            "npy: shape {shape:?} holds {n} elements, got {}",
+            data.len()
+        )));
     }
     let dims = match shape.len() {
         1 => format!("({},)", shape[0]),
-        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
-    let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {dims}, }}", T::DESCR);
+    let mut header = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': {dims}, }}",
+        T::DESCR
+    );
     // Pad so that magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
@@ -60,12 +73,23 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), CoreError> {
     let (hlen, start) = match b[6] {
         1 => (u16::from_le_bytes([b[8], b[9]]) as usize, 10),
         2 | 3 => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
-        v => return Err(CoreError::format(path, format!("unsupported .npy version {v}"))),
+        v => {
+            return Err(CoreError::format(
+                path,
+                format!("unsupported .npy version {v}"),
+            ));
+        }
     };
-    let header = std::str::from_utf8(b.get(start..start + hlen).ok_or_else(|| CoreError::format(path, "truncated header"))?)
-        .map_err(|_| CoreError::format(path, "header is not text"))?;
+    let header = std::str::from_utf8(
+        b.get(start..start + hlen)
+            .ok_or_else(|| CoreError::format(path, "truncated header"))?,
+    )
+    .map_err(|_| CoreError::format(path, "header is not text"))?;
     if !header.contains("'descr': '<f4'") || header.contains("'fortran_order': True") {
-        return Err(CoreError::format(path, format!("expected little-endian float32 in C order, header {header:?}")));
+        return Err(CoreError::format(
+            path,
+            format!("expected little-endian float32 in C order, header {header:?}"),
+        ));
     }
     let shape_txt = header
         .split("'shape': (")
@@ -76,14 +100,29 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), CoreError> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| CoreError::format(path, format!("bad shape {shape_txt:?}"))))
+        .map(|s| {
+            s.parse()
+                .map_err(|_| CoreError::format(path, format!("bad shape {shape_txt:?}")))
+        })
         .collect::<Result<_, _>>()?;
     let body = &b[start + hlen..];
     let n: usize = shape.iter().product();
     if body.len() != n * 4 {
-        return Err(CoreError::format(path, format!("shape {shape:?} needs {} bytes of data, file has {}", n * 4, body.len())));
+        return Err(CoreError::format(
+            path,
+            format!(
+                "shape {shape:?} needs {} bytes of data, file has {}",
+                n * 4,
+                body.len()
+            ),
+        ));
     }
-    Ok((shape, body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
+    Ok((
+        shape,
+        body.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -95,7 +134,11 @@ mod tests {
         let bytes = to_npy_bytes(&[2, 3], &[1.0f32, 2.0, 3.0, 4.0, 5.0, -6.5]).unwrap();
         let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
         assert_eq!((10 + hlen) % 64, 0);
-        assert!(std::str::from_utf8(&bytes[10..10 + hlen]).unwrap().contains("'shape': (2, 3)"));
+        assert!(
+            std::str::from_utf8(&bytes[10..10 + hlen])
+                .unwrap()
+                .contains("'shape': (2, 3)")
+        );
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("a.npy");
         write_npy(&p, &[2, 3], &[1.0f32, 2.0, 3.0, 4.0, 5.0, -6.5]).unwrap();

@@ -44,15 +44,24 @@ impl PreprocessSpec {
 
     pub fn validate(&self) -> Result<(), CoreError> {
         if self.height == 0 || self.width == 0 {
-            return Err(CoreError::config("preprocess.height/width", "must be greater than 0"));
+            return Err(CoreError::config(
+                "preprocess.height/width",
+                "must be greater than 0",
+            ));
         }
         if self.std.iter().any(|&s| !(s > 0.0)) {
-            return Err(CoreError::config("preprocess.std", format!("{:?} must be positive", self.std)));
+            return Err(CoreError::config(
+                "preprocess.std",
+                format!("{:?} must be positive", self.std),
+            ));
         }
         if self.resize != "bicubic" {
             return Err(CoreError::config(
                 "preprocess.resize",
-                format!("{:?} is not supported; sen resizes with Pillow's \"bicubic\"", self.resize),
+                format!(
+                    "{:?} is not supported; sen resizes with Pillow's \"bicubic\"",
+                    self.resize
+                ),
             ));
         }
         Ok(())
@@ -75,14 +84,28 @@ pub fn load_rgb8(path: &Path) -> Result<Rgb8, CoreError> {
 
 /// Decode image bytes; `name` is used in errors.
 pub fn decode_rgb8(bytes: &[u8], name: &Path) -> Result<Rgb8, CoreError> {
-    let err = |m: String| CoreError::Image { path: name.to_path_buf(), message: m };
+    let err = |m: String| CoreError::Image {
+        path: name.to_path_buf(),
+        message: m,
+    };
     if bytes.is_empty() {
         return Err(err("the file is empty".into()));
     }
-    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| err(e.to_string()))?;
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| err(e.to_string()))?;
     match reader.format() {
-        Some(image::ImageFormat::Jpeg | image::ImageFormat::Png | image::ImageFormat::Bmp | image::ImageFormat::WebP) => {}
-        Some(f) => return Err(err(format!("{f:?} is not supported (use JPEG, PNG, BMP or WebP)"))),
+        Some(
+            image::ImageFormat::Jpeg
+            | image::ImageFormat::Png
+            | image::ImageFormat::Bmp
+            | image::ImageFormat::WebP,
+        ) => {}
+        Some(f) => {
+            return Err(err(format!(
+                "{f:?} is not supported (use JPEG, PNG, BMP or WebP)"
+            )));
+        }
         None => return Err(err("unknown format (not JPEG, PNG, BMP or WebP)".into())),
     }
     let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
@@ -95,7 +118,11 @@ pub fn decode_rgb8(bytes: &[u8], name: &Path) -> Result<Rgb8, CoreError> {
     // to_rgb8 drops alpha without compositing (like PIL's convert("RGB")) and scales
     // 16-bit samples to 8 bits (PIL would clip them; scaling keeps the picture).
     let rgb = img.to_rgb8();
-    Ok(Rgb8 { width: rgb.width() as usize, height: rgb.height() as usize, data: rgb.into_raw() })
+    Ok(Rgb8 {
+        width: rgb.width() as usize,
+        height: rgb.height() as usize,
+        data: rgb.into_raw(),
+    })
 }
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
@@ -127,7 +154,8 @@ fn coeffs(in_size: usize, out_size: usize) -> (usize, Vec<(usize, usize)>, Vec<i
         let ss = 1.0 / filterscale;
         // C's (int) truncates toward zero; negatives are clamped to 0 right after.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = (((center + support + 0.5) as i64).min(in_size as i64) as usize).saturating_sub(xmin);
+        let xmax =
+            (((center + support + 0.5) as i64).min(in_size as i64) as usize).saturating_sub(xmin);
         let mut ww = 0.0;
         for (x, kx) in k.iter_mut().enumerate().take(xmax) {
             let w = bicubic((x as f64 + xmin as f64 - center + 0.5) * ss);
@@ -137,7 +165,11 @@ fn coeffs(in_size: usize, out_size: usize) -> (usize, Vec<(usize, usize)>, Vec<i
         for x in 0..xmax {
             let w = if ww != 0.0 { k[x] / ww } else { k[x] };
             let f = w * (1u32 << PRECISION_BITS) as f64;
-            kk[xx * ksize + x] = if w < 0.0 { (-0.5 + f) as i32 } else { (0.5 + f) as i32 };
+            kk[xx * ksize + x] = if w < 0.0 {
+                (-0.5 + f) as i32
+            } else {
+                (0.5 + f) as i32
+            };
         }
         bounds.push((xmin, xmax));
     }
@@ -199,7 +231,11 @@ fn horizontal_pass(src: &Rgb8, out_w: usize, first: usize, rows: usize) -> Rgb8 
             orow[xx * 3 + 2] = clip8(s2);
         }
     }
-    Rgb8 { width: out_w, height: rows, data: out }
+    Rgb8 {
+        width: out_w,
+        height: rows,
+        data: out,
+    }
 }
 
 fn vertical_pass(src: &Rgb8, out_h: usize) -> Rgb8 {
@@ -226,7 +262,11 @@ fn vertical_pass_rows(src: &Rgb8, out_h: usize, first: usize, in_h: usize) -> Rg
             *o = clip8(a);
         }
     }
-    Rgb8 { width: src.width, height: out_h, data: out }
+    Rgb8 {
+        width: src.width,
+        height: out_h,
+        data: out,
+    }
 }
 
 /// The preprocessing of one bundle or config.
@@ -311,10 +351,18 @@ mod tests {
         let mut data = Vec::with_capacity(w * h * 3);
         for y in 0..h {
             for x in 0..w {
-                data.extend_from_slice(&[(x * 255 / (w - 1)) as u8, (y * 255 / (h - 1)) as u8, 128]);
+                data.extend_from_slice(&[
+                    (x * 255 / (w - 1)) as u8,
+                    (y * 255 / (h - 1)) as u8,
+                    128,
+                ]);
             }
         }
-        Rgb8 { width: w, height: h, data }
+        Rgb8 {
+            width: w,
+            height: h,
+            data,
+        }
     }
 
     #[test]
@@ -333,17 +381,27 @@ mod tests {
         assert_eq!(ksize, (2.0f64 * 500.0 / 128.0).ceil() as usize * 2 + 1);
         for (i, &(_, n)) in bounds.iter().enumerate() {
             let s: i64 = kk[i * ksize..i * ksize + n].iter().map(|&v| v as i64).sum();
-            assert!((s - (1 << PRECISION_BITS)).abs() <= n as i64, "row {i}: {s}");
+            assert!(
+                (s - (1 << PRECISION_BITS)).abs() <= n as i64,
+                "row {i}: {s}"
+            );
         }
     }
 
     #[test]
     fn constant_image_stays_constant() {
-        let img = Rgb8 { width: 37, height: 91, data: [10u8, 200, 77].repeat(37 * 91) };
+        let img = Rgb8 {
+            width: 37,
+            height: 91,
+            data: [10u8, 200, 77].repeat(37 * 91),
+        };
         for (w, h) in [(128, 384), (16, 20), (37, 20), (64, 91)] {
             let r = resize_bicubic(&img, w, h);
             assert_eq!((r.width, r.height), (w, h));
-            assert!(r.data.chunks_exact(3).all(|p| p == [10, 200, 77]), "{w}x{h}");
+            assert!(
+                r.data.chunks_exact(3).all(|p| p == [10, 200, 77]),
+                "{w}x{h}"
+            );
         }
     }
 
@@ -359,7 +417,11 @@ mod tests {
     #[test]
     fn normalisation_matches_formula() {
         let p = Preprocessor::for_model(&ModelConfig::tiny());
-        let img = Rgb8 { width: 64, height: 192, data: [255u8, 0, 128].repeat(64 * 192) };
+        let img = Rgb8 {
+            width: 64,
+            height: 192,
+            data: [255u8, 0, 128].repeat(64 * 192),
+        };
         let t = p.process(&img);
         assert_eq!(t.shape(), &[3, 192, 64]);
         assert!((t[[0, 5, 5]] - (1.0 - 0.48145466) / 0.26862954).abs() < 1e-6);
@@ -377,7 +439,12 @@ mod tests {
 
         let junk = d.path().join("junk.png");
         std::fs::write(&junk, b"this is not an image at all").unwrap();
-        assert!(load_rgb8(&junk).unwrap_err().to_string().contains("junk.png"));
+        assert!(
+            load_rgb8(&junk)
+                .unwrap_err()
+                .to_string()
+                .contains("junk.png")
+        );
 
         // A truncated PNG.
         let mut png = Vec::new();
@@ -395,17 +462,29 @@ mod tests {
         assert!(e.contains("a.gif") && e.contains("not supported"), "{e}");
 
         let missing = d.path().join("nope.jpg");
-        assert!(load_rgb8(&missing).unwrap_err().to_string().contains("nope.jpg"));
+        assert!(
+            load_rgb8(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("nope.jpg")
+        );
     }
 
     #[test]
     fn grey_alpha_and_16_bit_decode_to_rgb() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("la16.png");
-        let img = image::ImageBuffer::<image::LumaA<u16>, Vec<u16>>::from_pixel(4, 3, image::LumaA([65535, 0]));
+        let img = image::ImageBuffer::<image::LumaA<u16>, Vec<u16>>::from_pixel(
+            4,
+            3,
+            image::LumaA([65535, 0]),
+        );
         DynamicImage::ImageLumaA16(img).save(&p).unwrap();
         let rgb = load_rgb8(&p).unwrap();
         assert_eq!((rgb.width, rgb.height), (4, 3));
-        assert!(rgb.data.iter().all(|&v| v == 255), "alpha dropped, not composited");
+        assert!(
+            rgb.data.iter().all(|&v| v == 255),
+            "alpha dropped, not composited"
+        );
     }
 }

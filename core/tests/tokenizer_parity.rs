@@ -17,7 +17,12 @@ fn check_cases(tok: &ClipTokenizer, cases: &[Value]) -> Vec<String> {
     let mut failures = Vec::new();
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<i64> = case["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let want: Vec<i64> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
         let got = tok.encode(text).unwrap();
         if got.ids != want {
             failures.push(format!("{text:?}\n  want {want:?}\n  got  {:?}", got.ids));
@@ -37,7 +42,13 @@ fn ids_equal_open_clip() {
     let cases = f["cases"].as_array().unwrap();
     assert!(cases.len() >= 20);
     let failures = check_cases(&tok, cases);
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -47,7 +58,9 @@ fn truncation_equals_open_clip() {
     let tok = tokenizer(short["context_length"].as_u64().unwrap() as usize);
     let failures = check_cases(&tok, short["cases"].as_array().unwrap());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    let e = tok.encode("a man in a grey hoodie with a red backpack").unwrap();
+    let e = tok
+        .encode("a man in a grey hoodie with a red backpack")
+        .unwrap();
     assert!(e.truncated);
     assert_eq!(e.eot_index, 7);
 }
@@ -64,7 +77,8 @@ fn tokenizer_json_round_trip_gives_same_ids() {
     let failures = check_cases(&back, f["cases"].as_array().unwrap());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(
-        back.decode(&tok.encode("A man in a grey hoodie!").unwrap().ids).unwrap(),
+        back.decode(&tok.encode("A man in a grey hoodie!").unwrap().ids)
+            .unwrap(),
         "a man in a grey hoodie !"
     );
 }
@@ -76,6 +90,9 @@ fn damaged_vocabulary_is_refused() {
     let mut bytes = std::fs::read(sen_core::deps::clip_vocab_path().unwrap()).unwrap();
     bytes[1000] ^= 1;
     std::fs::write(&p, bytes).unwrap();
-    let e = ClipTokenizer::from_vocab_gz(&p, 77).err().unwrap().to_string();
+    let e = ClipTokenizer::from_vocab_gz(&p, 77)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("make deps") && e.contains("sha256"), "{e}");
 }

@@ -1,1 +1,143 @@
-fn main(){}
+//! `sen`: text-to-image person retrieval on the edge.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use sen_core::preprocess::{Preprocessor, load_rgb8};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "sen",
+    version,
+    about = "SEN text-to-image person retrieval: tokenizer and preprocessing tools",
+    long_about = "SEN text-to-image person retrieval.\n\n\
+        `sen tokenize` and `sen preprocess` show exactly what the encoders receive, \
+        for when a Python pipeline and sen disagree."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tokenise captions exactly as the text encoder receives them (CLIP BPE, 77 ids).
+    Tokenize {
+        /// The texts to tokenise (each one argument; quote sentences).
+        #[arg(required = true)]
+        texts: Vec<String>,
+        /// Print `[{"text", "ids", "eot_index"}]` as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Use this bundle's tokenizer.json instead of the CLIP vocabulary from `make deps`.
+        #[arg(long, value_name = "DIR")]
+        bundle: Option<PathBuf>,
+    },
+    /// Write the exact float32 NCHW tensor [1, 3, H, W] the image encoder gets for IMAGE.
+    Preprocess {
+        /// JPEG, PNG, BMP or WebP file.
+        image: PathBuf,
+        /// Output .npy file (written atomically).
+        #[arg(long, value_name = "FILE.npy")]
+        out: PathBuf,
+        /// Model preset whose input size to use.
+        #[arg(long, default_value = "vit-b16", value_parser = ["vit-b16", "tiny"], conflicts_with = "bundle")]
+        preset: String,
+        /// Take size and normalisation from this bundle's manifest instead.
+        #[arg(long, value_name = "DIR")]
+        bundle: Option<PathBuf>,
+    },
+}
+
+#[derive(serde::Serialize)]
+struct TokenizedJson<'a> {
+    text: &'a str,
+    ids: &'a [i64],
+    eot_index: usize,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Tokenize {
+            texts,
+            json,
+            bundle,
+        } => {
+            let tok =
+                sen_runtime::load_tokenizer(bundle.as_deref()).context("loading the tokenizer")?;
+            let encoded = tok.encode_batch(&texts)?;
+            for (t, e) in texts.iter().zip(&encoded) {
+                if e.truncated {
+                    eprintln!(
+                        "warning: {t:?} is longer than {} tokens and was cut (the last id is still EOT)",
+                        tok.context_length()
+                    );
+                }
+            }
+            if json {
+                let rows: Vec<_> = texts
+                    .iter()
+                    .zip(&encoded)
+                    .map(|(t, e)| TokenizedJson {
+                        text: t,
+                        ids: &e.ids,
+                        eot_index: e.eot_index,
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                for (t, e) in texts.iter().zip(&encoded) {
+                    let used = &e.ids[..=e.eot_index];
+                    println!("{t:?}");
+                    println!("  eot_index: {}", e.eot_index);
+                    println!(
+                        "  ids: {} (+{} padding zeros)",
+                        used.iter()
+                            .map(|i| i.to_string())
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        e.ids.len() - used.len()
+                    );
+                }
+            }
+        }
+        Command::Preprocess {
+            image,
+            out,
+            preset,
+            bundle,
+        } => {
+            let spec = sen_runtime::preprocess_spec(bundle.as_deref(), &preset)?;
+            let p = Preprocessor::new(spec)?;
+            let img = load_rgb8(&image)?;
+            let t = p.process(&img);
+            let (h, w) = (t.shape()[1], t.shape()[2]);
+            let data = t.as_standard_layout().iter().copied().collect::<Vec<f32>>();
+            sen_core::npy::write_npy(&out, &[1, 3, h, w], &data)
+                .with_context(|| format!("writing {}", out.display()))?;
+            let (min, max) = data
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            println!(
+                "{}: {}x{} -> {} [1, 3, {h}, {w}] float32 (min {min:.4}, max {max:.4}, mean {:.4})",
+                image.display(),
+                img.width,
+                img.height,
+                out.display(),
+                data.iter().map(|&v| v as f64).sum::<f64>() / data.len() as f64
+            );
+        }
+    }
+    Ok(())
+}

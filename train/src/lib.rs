@@ -1,1 +1,89 @@
-pub fn x(){}
+//! `sen-train`: SEN training in tch — the only library crate that links libtorch.
+//!
+//! This crate currently holds the libtorch link set-up and device discovery; the
+//! model, losses and training loop arrive with the trainer issue (#4).
+
+use anyhow::{Context, Result};
+
+/// What libtorch offers on this machine.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TorchInfo {
+    /// libtorch build version, e.g. `2.11.0+cu130`.
+    pub libtorch: String,
+    pub cuda_available: bool,
+    pub cuda_devices: i64,
+    pub cudnn_available: bool,
+    pub threads: i32,
+}
+
+/// Query libtorch (loads it, so this also proves the link set-up works).
+pub fn torch_info() -> Result<TorchInfo> {
+    // Recorded by build.rs from the libtorch this binary was linked against.
+    let libtorch = match env!("SEN_LIBTORCH_VERSION") {
+        "" => "unknown (no build-version file next to libtorch)".to_string(),
+        v => v.to_string(),
+    };
+    Ok(TorchInfo {
+        libtorch,
+        cuda_available: tch::Cuda::is_available(),
+        cuda_devices: tch::Cuda::device_count(),
+        cudnn_available: tch::Cuda::cudnn_is_available(),
+        threads: tch::get_num_threads(),
+    })
+}
+
+/// Parse a `--device` value: `cpu`, `cuda` or `cuda:N`. A CUDA device that is not
+/// there is an error, never a silent fall-back to the CPU.
+pub fn parse_device(s: &str) -> Result<tch::Device> {
+    let dev = match s {
+        "cpu" => return Ok(tch::Device::Cpu),
+        "cuda" => 0,
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .with_context(|| format!("--device {s:?}: expected cpu, cuda or cuda:N"))?,
+    };
+    let n = tch::Cuda::device_count();
+    if (dev as i64) >= n {
+        anyhow::bail!(
+            "--device {s}: this machine has {n} CUDA device(s) visible to libtorch{}",
+            if n == 0 {
+                " (no GPU, or sen-train was built without the `cuda` feature)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(tch::Device::Cuda(dev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtorch_links_and_computes() {
+        // [[1, 2], [3, 4]] @ [[5], [6]] = [[17], [39]]
+        let a = tch::Tensor::from_slice(&[1f32, 2., 3., 4.]).view([2, 2]);
+        let b = tch::Tensor::from_slice(&[5f32, 6.]).view([2, 1]);
+        let c = Vec::<f32>::try_from(a.matmul(&b).flatten(0, -1)).unwrap();
+        assert_eq!(c, vec![17.0, 39.0]);
+        let info = torch_info().unwrap();
+        assert!(info.threads >= 1);
+    }
+
+    #[test]
+    fn device_parsing() {
+        assert_eq!(parse_device("cpu").unwrap(), tch::Device::Cpu);
+        assert!(
+            parse_device("gpu")
+                .unwrap_err()
+                .to_string()
+                .contains("--device")
+        );
+        if tch::Cuda::device_count() == 0 {
+            let e = parse_device("cuda").unwrap_err().to_string();
+            assert!(e.contains("0 CUDA device"), "{e}");
+        }
+    }
+}

@@ -22,7 +22,11 @@ pub fn clean_lower(text: &str) -> String {
     let t = fix_text(text);
     let t = html_unescape(&html_unescape(&t));
     let t = py_strip(&t);
-    let joined = t.split(is_py_space).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ");
+    let joined = t
+        .split(is_py_space)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     joined.to_lowercase()
 }
 
@@ -37,11 +41,17 @@ fn py_strip(s: &str) -> &str {
 }
 
 fn lookup<'a, K: Ord + Copy>(table: &'a [(K, &'a str)], key: K) -> Option<&'a str> {
-    table.binary_search_by(|(k, _)| k.cmp(&key)).ok().map(|i| table[i].1)
+    table
+        .binary_search_by(|(k, _)| k.cmp(&key))
+        .ok()
+        .map(|i| table[i].1)
 }
 
 fn lookup_str<'a>(table: &'a [(&'a str, &'a str)], key: &str) -> Option<&'a str> {
-    table.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|i| table[i].1)
+    table
+        .binary_search_by(|(k, _)| (*k).cmp(key))
+        .ok()
+        .map(|i| table[i].1)
 }
 
 /// `ftfy.fix_text` for one line-segmented text (see the module docs for the scope).
@@ -203,7 +213,13 @@ fn charref(s: &str) -> Option<(usize, String)> {
         let hex = matches!(b.get(1), Some(b'x' | b'X'));
         let start = if hex { 2 } else { 1 };
         let mut j = start;
-        while j < b.len() && (if hex { b[j].is_ascii_hexdigit() } else { b[j].is_ascii_digit() }) {
+        while j < b.len()
+            && (if hex {
+                b[j].is_ascii_hexdigit()
+            } else {
+                b[j].is_ascii_digit()
+            })
+        {
             j += 1;
         }
         if j == start {
@@ -215,17 +231,23 @@ fn charref(s: &str) -> Option<(usize, String)> {
         }
         // Python's int() is unbounded; saturating is enough, anything past 0x10FFFF is U+FFFD.
         let radix = if hex { 16 } else { 10 };
-        let num = digits
-            .chars()
-            .fold(0u64, |acc, c| acc.saturating_mul(radix).saturating_add(c.to_digit(radix as u32).unwrap_or(0) as u64));
-        let rep = if let Some(r) = u32::try_from(num).ok().and_then(|n| lookup(PY_INVALID_CHARREFS, n)) {
+        let num = digits.chars().fold(0u64, |acc, c| {
+            acc.saturating_mul(radix)
+                .saturating_add(c.to_digit(radix as u32).unwrap_or(0) as u64)
+        });
+        let rep = if let Some(r) = u32::try_from(num)
+            .ok()
+            .and_then(|n| lookup(PY_INVALID_CHARREFS, n))
+        {
             r.to_string()
         } else if (0xD800..=0xDFFF).contains(&num) || num > 0x10FFFF {
             "\u{FFFD}".to_string()
         } else if PY_INVALID_CODEPOINTS.binary_search(&(num as u32)).is_ok() {
             String::new()
         } else {
-            char::from_u32(num as u32).map(String::from).unwrap_or_else(|| "\u{FFFD}".into())
+            char::from_u32(num as u32)
+                .map(String::from)
+                .unwrap_or_else(|| "\u{FFFD}".into())
         };
         return Some((j, rep));
     }

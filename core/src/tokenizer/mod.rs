@@ -48,7 +48,10 @@ pub struct ClipTokenizer {
 
 /// GPT-2/CLIP `bytes_to_unicode`: printable bytes map to themselves, the rest to 256+n.
 pub fn bytes_to_unicode() -> Vec<(u8, char)> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -58,7 +61,10 @@ pub fn bytes_to_unicode() -> Vec<(u8, char)> {
             n += 1;
         }
     }
-    bs.into_iter().zip(cs).map(|(b, c)| (b as u8, char::from_u32(c).expect("valid"))).collect()
+    bs.into_iter()
+        .zip(cs)
+        .map(|(b, c)| (b as u8, char::from_u32(c).expect("valid")))
+        .collect()
 }
 
 impl ClipTokenizer {
@@ -77,8 +83,11 @@ impl ClipTokenizer {
         let mut text = String::new();
         flate2::read::GzDecoder::new(&bytes[..])
             .read_to_string(&mut text)
-            .map_err(|e| CoreError::Dependency(format!("{}: not a gzip text file: {e}", path.display())))?;
-        let json = tokenizer_json_from_merges(&text).map_err(|m| CoreError::Dependency(format!("{}: {m}", path.display())))?;
+            .map_err(|e| {
+                CoreError::Dependency(format!("{}: not a gzip text file: {e}", path.display()))
+            })?;
+        let json = tokenizer_json_from_merges(&text)
+            .map_err(|m| CoreError::Dependency(format!("{}: {m}", path.display())))?;
         Self::from_json_str(&json.to_string(), context_length, path)
     }
 
@@ -90,11 +99,16 @@ impl ClipTokenizer {
 
     fn from_json_str(s: &str, context_length: usize, origin: &Path) -> Result<Self, CoreError> {
         if context_length < 2 {
-            return Err(CoreError::Invalid(format!("context_length {context_length} must be at least 2 (SOT and EOT)")));
+            return Err(CoreError::Invalid(format!(
+                "context_length {context_length} must be at least 2 (SOT and EOT)"
+            )));
         }
-        let inner: tokenizers::Tokenizer = s
-            .parse()
-            .map_err(|e| CoreError::Invalid(format!("{}: not a valid tokenizer.json: {e}", origin.display())))?;
+        let inner: tokenizers::Tokenizer = s.parse().map_err(|e| {
+            CoreError::Invalid(format!(
+                "{}: not a valid tokenizer.json: {e}",
+                origin.display()
+            ))
+        })?;
         let vocab = inner.get_vocab_size(true);
         let sot = inner.token_to_id("<start_of_text>");
         let eot = inner.token_to_id("<end_of_text>");
@@ -105,12 +119,17 @@ impl ClipTokenizer {
                 origin.display()
             )));
         }
-        Ok(Self { inner, context_length })
+        Ok(Self {
+            inner,
+            context_length,
+        })
     }
 
     /// Serialise to the `tokenizer.json` format (pretty-printed).
     pub fn to_json(&self) -> Result<String, CoreError> {
-        self.inner.to_string(true).map_err(|e| CoreError::Invalid(format!("cannot serialise tokenizer: {e}")))
+        self.inner
+            .to_string(true)
+            .map_err(|e| CoreError::Invalid(format!("cannot serialise tokenizer: {e}")))
     }
 
     pub fn context_length(&self) -> usize {
@@ -138,19 +157,33 @@ impl ClipTokenizer {
         ids.push(EOT_ID as i64);
         let eot_index = ids.len() - 1;
         ids.resize(n, 0);
-        Ok(Encoded { ids, eot_index, truncated })
+        Ok(Encoded {
+            ids,
+            eot_index,
+            truncated,
+        })
     }
 
     /// Tokenise many texts in parallel, in order.
-    pub fn encode_batch<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Encoded>, CoreError> {
+    pub fn encode_batch<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+    ) -> Result<Vec<Encoded>, CoreError> {
         use rayon::prelude::*;
         texts.par_iter().map(|t| self.encode(t.as_ref())).collect()
     }
 
     /// Decode ids back to text (`</w>` becomes a space; SOT, EOT and padding dropped).
     pub fn decode(&self, ids: &[i64]) -> Result<String, CoreError> {
-        let ids: Vec<u32> = ids.iter().filter(|&&i| i > 0 && i < SOT_ID as i64).map(|&i| i as u32).collect();
-        let s = self.inner.decode(&ids, false).map_err(|e| CoreError::Invalid(format!("cannot decode: {e}")))?;
+        let ids: Vec<u32> = ids
+            .iter()
+            .filter(|&&i| i > 0 && i < SOT_ID as i64)
+            .map(|&i| i as u32)
+            .collect();
+        let s = self
+            .inner
+            .decode(&ids, false)
+            .map_err(|e| CoreError::Invalid(format!("cannot decode: {e}")))?;
         Ok(s.replace("</w>", " ").trim_end().to_string())
     }
 }
@@ -159,7 +192,11 @@ impl ClipTokenizer {
 fn tokenizer_json_from_merges(text: &str) -> Result<Value, String> {
     let lines: Vec<&str> = text.split('\n').collect();
     if lines.len() < NUM_MERGES + 1 {
-        return Err(format!("{} lines, expected at least {}", lines.len(), NUM_MERGES + 1));
+        return Err(format!(
+            "{} lines, expected at least {}",
+            lines.len(),
+            NUM_MERGES + 1
+        ));
     }
     let b2u = bytes_to_unicode();
     let mut vocab: Vec<String> = b2u.iter().map(|(_, c)| c.to_string()).collect();
@@ -176,8 +213,11 @@ fn tokenizer_json_from_merges(text: &str) -> Result<Value, String> {
     vocab.push("<start_of_text>".into());
     vocab.push("<end_of_text>".into());
     debug_assert_eq!(vocab.len(), VOCAB_SIZE);
-    let vocab_map: serde_json::Map<String, Value> =
-        vocab.into_iter().enumerate().map(|(i, t)| (t, json!(i))).collect();
+    let vocab_map: serde_json::Map<String, Value> = vocab
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, json!(i)))
+        .collect();
     let special = |id: u32, content: &str| {
         json!({"id": id, "content": content, "single_word": false, "lstrip": false,
                "rstrip": false, "normalized": true, "special": true})

@@ -1,0 +1,30 @@
+# sen: the two commands a fresh machine needs are `make demo` and `make test`.
+# Both first run `make deps`, which fetches the pinned native dependencies from
+# PyPI into $(SEN_CACHE) (outside the checkout) and verifies them.
+
+SHELL := /bin/bash
+SEN_CACHE ?= $(HOME)/.cache/sen
+export SEN_CACHE
+CARGO ?= cargo
+PYTHON ?= python3
+
+.PHONY: deps test demo bench help
+
+help:
+	@echo "make demo   - run the sen pipeline end to end (what exists so far)"
+	@echo "make test   - run every test (cargo test --workspace)"
+	@echo "make bench  - criterion benches"
+	@echo "make deps   - fetch and verify native dependencies into $(SEN_CACHE)"
+
+deps:
+	@command -v $(PYTHON) >/dev/null || { echo "make deps: $(PYTHON) is required to fetch wheels from PyPI" >&2; exit 1; }
+	@$(PYTHON) scripts/deps.py
+
+test: deps
+	$(CARGO) test --workspace
+
+demo: deps
+	@scripts/demo.sh
+
+bench: deps
+	$(CARGO) bench -p sen-benches

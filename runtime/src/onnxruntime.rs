@@ -1,0 +1,62 @@
+//! Loading the ONNX Runtime shared library (ort's `load-dynamic`).
+//!
+//! The library comes from `make deps` (or `ORT_DYLIB_PATH`); a missing or
+//! incompatible library is one clear error that says what to do, not a dlopen panic.
+
+use crate::error::RuntimeError;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The loaded library.
+#[derive(Debug, Clone)]
+pub struct OrtLibrary {
+    pub path: PathBuf,
+    /// Version reported by the library itself, e.g. `1.31.1`.
+    pub version: String,
+}
+
+static LOADED: OnceLock<Result<OrtLibrary, String>> = OnceLock::new();
+
+/// Load ONNX Runtime once per process and create its global environment.
+pub fn init() -> Result<&'static OrtLibrary, RuntimeError> {
+    LOADED
+        .get_or_init(|| {
+            let path = sen_core::deps::onnxruntime_path().map_err(|e| e.to_string())?;
+            let builder = ort::init_from(&path).map_err(|e| {
+                format!(
+                    "cannot load ONNX Runtime from {}: {e}; run `make deps` to restore it",
+                    path.display()
+                )
+            })?;
+            builder.with_name("sen").build().map_err(|e| {
+                format!(
+                    "ONNX Runtime loaded from {} but its environment failed: {e}",
+                    path.display()
+                )
+            })?;
+            let version = version_from_path(&path).unwrap_or_else(|| "unknown".into());
+            Ok(OrtLibrary { path, version })
+        })
+        .as_ref()
+        .map_err(|m| RuntimeError::Dependency(m.clone()))
+}
+
+/// `libonnxruntime.so.1.31.1` -> `1.31.1`.
+fn version_from_path(p: &std::path::Path) -> Option<String> {
+    let name = std::fs::canonicalize(p)
+        .ok()?
+        .file_name()?
+        .to_str()?
+        .to_string();
+    name.strip_prefix("libonnxruntime.so.").map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loads_the_pinned_library() {
+        let lib = super::init().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(lib.version, "1.31.1");
+        assert!(ort::info().starts_with("ORT Build Info"), "{}", ort::info());
+    }
+}

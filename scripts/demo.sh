@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# `make demo`: what sen can do so far, end to end on this machine.
+# (The full pipeline -- synthetic data, training, export, index, search -- grows
+# into this script as those parts land.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== building (release)"
+cargo build --release -q -p sen-runtime -p sen-train
+
+echo
+echo "== libtorch (sen-train info)"
+target/release/sen-train info
+
+echo
+echo "== CLIP tokenizer (sen tokenize)"
+target/release/sen tokenize "A man in a grey hoodie with a red backpack." \
+  "She wears a crimson coat, navy jeans & white sneakers; carrying a black handbag."
+
+echo
+echo "== preprocessing, Pillow-exact (sen preprocess)"
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for f in core/tests/fixtures/images/astronaut.jpg core/tests/fixtures/images/rocket.jpg; do
+  target/release/sen preprocess "$f" --out "$out/$(basename "$f").npy"
+  target/release/sen preprocess "$f" --preset tiny --out "$out/$(basename "$f").tiny.npy"
+done
+echo
+echo "demo done."
