@@ -9,6 +9,7 @@
 //! - [`npy`], [`fsutil`], [`hash`]: small shared I/O helpers.
 
 pub mod config;
+pub mod data;
 pub mod deps;
 pub mod error;
 pub mod fsutil;
@@ -17,6 +18,8 @@ pub mod manifest;
 pub mod metrics;
 pub mod npy;
 pub mod preprocess;
+pub mod rng;
+pub mod text;
 pub mod tokenizer;
 
 pub use config::ModelConfig;
