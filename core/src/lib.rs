@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod npy;
 pub mod preprocess;
 pub mod rng;
+pub mod synth;
 pub mod text;
 pub mod tokenizer;
 

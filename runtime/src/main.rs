@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use sen_core::data::{Dataset, DatasetFormat, Split};
 use sen_core::preprocess::{Preprocessor, load_rgb8};
 use std::path::PathBuf;
 
@@ -46,6 +47,53 @@ enum Command {
         /// Take size and normalisation from this bundle's manifest instead.
         #[arg(long, value_name = "DIR")]
         bundle: Option<PathBuf>,
+    },
+    /// Generate the synthetic pedestrian benchmark (CUHK-PEDES format) into DIR.
+    Synth {
+        /// Output folder: gets reid_raw.json and imgs/synth/*.jpg.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Total identities, split 10:1:2 into train/val/test (650 -> 500/50/100).
+        #[arg(long, default_value_t = 650)]
+        ids: usize,
+        /// Images rendered per identity (each gets two captions).
+        #[arg(long, default_value_t = 4)]
+        images_per_id: usize,
+        /// Seed; the output is byte-for-byte identical for a seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print the generation report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect a benchmark dataset.
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+    },
+    /// Print the pruned form of a caption (its nouns, adjectives and pronouns), as
+    /// training's text augmentation uses it.
+    Prune {
+        /// The caption.
+        text: String,
+        /// Also print every word with its part-of-speech tag.
+        #[arg(long)]
+        tags: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Identities, images, captions, mean caption words and missing files per split.
+    Stats {
+        /// Dataset root (the folder holding the annotation file and imgs/).
+        root: PathBuf,
+        /// cuhk-pedes, icfg-pedes or rstpreid (detected from the annotation file if omitted).
+        #[arg(long)]
+        format: Option<DatasetFormat>,
+        /// Print JSON: {"format", "splits": {split: {identities, images, captions, mean_caption_words, missing_files}}}.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -137,6 +185,95 @@ fn run(cli: Cli) -> Result<()> {
                 out.display(),
                 data.iter().map(|&v| v as f64).sum::<f64>() / data.len() as f64
             );
+        }
+        Command::Synth {
+            out,
+            ids,
+            images_per_id,
+            seed,
+            json,
+        } => {
+            let cfg = sen_core::synth::SynthConfig {
+                ids,
+                images_per_id,
+                seed,
+            };
+            let bar = indicatif::ProgressBar::new_spinner().with_message(format!(
+                "rendering {} images of {ids} identities into {}",
+                ids * images_per_id,
+                out.display()
+            ));
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            let r = sen_core::synth::generate(&out, &cfg)?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "wrote {} images, {} captions of {}/{}/{} train/val/test identities to {} in {:.1}s ({:.0} images/s)",
+                    r.images,
+                    r.captions,
+                    r.identities[0],
+                    r.identities[1],
+                    r.identities[2],
+                    out.display(),
+                    r.seconds,
+                    r.images as f64 / r.seconds
+                );
+                println!(
+                    "{:.1}% of test identities have another test identity differing in exactly one attribute",
+                    100.0 * r.test_one_attribute_share
+                );
+            }
+        }
+        Command::Dataset {
+            command: DatasetCommand::Stats { root, format, json },
+        } => {
+            let ds = Dataset::load(&root, format)?;
+            let stats = ds.stats();
+            if json {
+                let splits: serde_json::Map<String, serde_json::Value> = stats
+                    .iter()
+                    .map(|(s, v)| (s.name().to_string(), serde_json::to_value(v).unwrap()))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"format": ds.format.name(), "splits": splits})
+                );
+            } else {
+                println!("{} ({})", root.display(), ds.format);
+                println!(
+                    "{:<6} {:>10} {:>8} {:>9} {:>11} {:>8}",
+                    "split", "identities", "images", "captions", "mean words", "missing"
+                );
+                for split in Split::ALL {
+                    if let Some(s) = stats.get(&split) {
+                        println!(
+                            "{:<6} {:>10} {:>8} {:>9} {:>11.1} {:>8}",
+                            split.name(),
+                            s.identities,
+                            s.images,
+                            s.captions,
+                            s.mean_caption_words,
+                            s.missing_files
+                        );
+                    }
+                }
+            }
+        }
+        Command::Prune { text, tags } => {
+            if tags {
+                let tagged = sen_core::text::Tagger::get().tag(&text);
+                println!(
+                    "{}",
+                    tagged
+                        .iter()
+                        .map(|t| format!("{}/{}", t.word, t.tag))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+            println!("{}", sen_core::text::prune(&text));
         }
     }
     Ok(())
