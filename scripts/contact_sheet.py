@@ -3,7 +3,7 @@
 
     sen synth --out /tmp/synth && python3 scripts/contact_sheet.py /tmp/synth docs/synth_contact_sheet.png
 
-Needs Pillow. Shows the first N records of the test split (default 24), 6 per row.
+Needs Pillow. Shows two images each of the first 12 test identities, 6 per row.
 """
 import json
 import sys
@@ -13,7 +13,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 
 def main(root, out, n=24, cols=6):
-    recs = [r for r in json.load(open(f"{root}/reid_raw.json")) if r["split"] == "test"][:n]
+    # Two images each of the first n/2 test identities: the same person varies, neighbours differ a little.
+    recs = [r for r in json.load(open(f"{root}/reid_raw.json"))
+            if r["split"] == "test" and r["file_path"].endswith(("_0.jpg", "_1.jpg"))][:n]
     tw, th, cap_h = 128, 384, 150
     sheet = Image.new("RGB", (cols * (tw + 8) + 8, ((len(recs) + cols - 1) // cols) * (th + cap_h + 8) + 8), "white")
     draw = ImageDraw.Draw(sheet)
@@ -24,7 +26,7 @@ def main(root, out, n=24, cols=6):
         sheet.paste(im, (x, y))
         text = f"id {r['id']}: " + r["captions"][0]
         draw.multiline_text((x, y + th + 3), "\n".join(textwrap.wrap(text, 24))[:400], fill="black", font=font)
-    sheet.save(out, optimize=True)
+    sheet.quantize(colors=256, dither=Image.Dither.NONE).save(out, optimize=True)
 
 
 if __name__ == "__main__":

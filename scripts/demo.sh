@@ -17,11 +17,22 @@ echo "== CLIP tokenizer (sen tokenize)"
 target/release/sen tokenize "A man in a grey hoodie with a red backpack." \
   "She wears a crimson coat, navy jeans & white sneakers; carrying a black handbag."
 
+demo=${SEN_DEMO_DIR:-target/demo}
+echo
+echo "== synthetic pedestrian benchmark (sen synth -> $demo/synth)"
+rm -rf "$demo/synth"
+target/release/sen synth --out "$demo/synth"
+target/release/sen dataset stats "$demo/synth"
+
+echo
+echo "== pruning augmentation (sen prune)"
+target/release/sen prune --tags "The woman is wearing a light blue shirt, dark pants and she carries her black bag."
+
 echo
 echo "== preprocessing, Pillow-exact (sen preprocess)"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-for f in core/tests/fixtures/images/astronaut.jpg core/tests/fixtures/images/rocket.jpg; do
+for f in core/tests/fixtures/images/astronaut.jpg "$demo/synth/imgs/synth/00001_0.jpg"; do
   target/release/sen preprocess "$f" --out "$out/$(basename "$f").npy"
   target/release/sen preprocess "$f" --preset tiny --out "$out/$(basename "$f").tiny.npy"
 done

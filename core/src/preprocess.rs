@@ -16,7 +16,9 @@ use std::io::Cursor;
 use std::path::Path;
 
 /// CLIP's normalisation constants.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// What the image encoder expects; stored in every bundle manifest.
@@ -49,7 +51,7 @@ impl PreprocessSpec {
                 "must be greater than 0",
             ));
         }
-        if self.std.iter().any(|&s| !(s > 0.0)) {
+        if self.std.iter().any(|&s| s.is_nan() || s <= 0.0) {
             return Err(CoreError::config(
                 "preprocess.std",
                 format!("{:?} must be positive", self.std),
@@ -415,6 +417,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::excessive_precision)]
     fn normalisation_matches_formula() {
         let p = Preprocessor::for_model(&ModelConfig::tiny());
         let img = Rgb8 {

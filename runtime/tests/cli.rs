@@ -165,3 +165,102 @@ fn missing_vocabulary_says_run_make_deps() {
         "{err}"
     );
 }
+
+#[test]
+fn synth_then_dataset_stats_json() {
+    let d = tempfile::tempdir().unwrap();
+    let out = sen()
+        .args([
+            "synth",
+            "--ids",
+            "13",
+            "--images-per-id",
+            "2",
+            "--seed",
+            "4",
+            "--json",
+            "--out",
+        ])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["images"], 26);
+    let out = sen()
+        .args(["dataset", "stats", "--json"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format"], "cuhk-pedes");
+    let train = &v["splits"]["train"];
+    assert_eq!(train["identities"], 10);
+    assert_eq!(train["images"], 20);
+    assert_eq!(train["captions"], 40);
+    assert_eq!(train["missing_files"], 0);
+    assert!(train["mean_caption_words"].as_f64().unwrap() > 10.0);
+    for split in ["val", "test"] {
+        assert_eq!(v["splits"][split].as_object().unwrap().len(), 5);
+    }
+    // A missing image is counted, and a wrong --format is a clear error.
+    let first = std::fs::read_dir(d.path().join("imgs/synth"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::remove_file(first).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(
+        &sen()
+            .args(["dataset", "stats", "--json"])
+            .arg(d.path())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let missing: u64 = ["train", "val", "test"]
+        .iter()
+        .map(|s| v["splits"][s]["missing_files"].as_u64().unwrap())
+        .sum();
+    assert_eq!(missing, 1);
+    let out = sen()
+        .args(["dataset", "stats", "--format", "rstpreid"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("data_captions.json"));
+    let out = sen()
+        .args(["dataset", "stats", "--format", "market1501"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown dataset format"));
+}
+
+#[test]
+fn prune_prints_nouns_adjectives_pronouns() {
+    let out = sen()
+        .args([
+            "prune",
+            "The woman is wearing a light blue shirt and she carries her black bag.",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "woman light blue shirt she her black bag"
+    );
+}

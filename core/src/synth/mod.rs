@@ -387,12 +387,13 @@ fn identities(cfg: &SynthConfig) -> Vec<(usize, Attributes)> {
             while family.len() < size && tries < 50 {
                 tries += 1;
                 let field = rng.below(ATTRIBUTE_NAMES.len());
-                if let Some(mut v) = base.mutate(field, &mut rng) {
-                    if !seen.contains(&v.values()) {
-                        v.skin = rng.below(SKIN.len());
-                        seen.insert(v.values());
-                        family.push(v);
-                    }
+                if let Some(mut v) = base
+                    .mutate(field, &mut rng)
+                    .filter(|v| !seen.contains(&v.values()))
+                {
+                    v.skin = rng.below(SKIN.len());
+                    seen.insert(v.values());
+                    family.push(v);
                 }
             }
             for a in family {

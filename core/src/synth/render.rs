@@ -121,6 +121,7 @@ impl Canvas {
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// A trapezoid: top edge y0 from xa0..xa1, bottom edge y1 from xb0..xb1.
     fn trapezoid(
         &mut self,
