@@ -1,7 +1,17 @@
 //! `sen-train`: SEN training in tch — the only library crate that links libtorch.
 //!
-//! This crate currently holds the libtorch link set-up and device discovery; the
-//! model, losses and training loop arrive with the trainer issue (#4).
+//! - [`model`]: the encoders, TIR decoder and ID head with OpenAI CLIP's names;
+//! - [`losses`]: SDM, ID, triplet and TIR objectives;
+//! - [`optim`]: Adam with parameter groups and saved state, the lr schedule, recipes;
+//! - [`checkpoint`], [`import`]: checkpoint directories and CLIP weight import;
+//! - [`trainer`]: the training loop and evaluation.
+
+pub mod checkpoint;
+pub mod import;
+pub mod losses;
+pub mod model;
+pub mod optim;
+pub mod trainer;
 
 use anyhow::{Context, Result};
 
