@@ -38,20 +38,33 @@ pub fn save(
     metrics: &serde_json::Value,
     extra: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("ckpt");
-    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).tempdir_in(parent)?;
-    vs.save(tmp.path().join(MODEL_FILE)).with_context(|| format!("writing {}", dir.join(MODEL_FILE).display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .tempdir_in(parent)?;
+    vs.save(tmp.path().join(MODEL_FILE))
+        .with_context(|| format!("writing {}", dir.join(MODEL_FILE).display()))?;
     std::fs::write(tmp.path().join(CONFIG_FILE), cfg.to_json_pretty())?;
-    std::fs::write(tmp.path().join(TRAIN_FILE), serde_json::to_string_pretty(train)?)?;
-    std::fs::write(tmp.path().join(METRICS_FILE), serde_json::to_string_pretty(metrics)?)?;
+    std::fs::write(
+        tmp.path().join(TRAIN_FILE),
+        serde_json::to_string_pretty(train)?,
+    )?;
+    std::fs::write(
+        tmp.path().join(METRICS_FILE),
+        serde_json::to_string_pretty(metrics)?,
+    )?;
     extra(tmp.path())?;
     let tmp = tmp.keep();
     let old = parent.join(format!(".{name}.old"));
     let _ = std::fs::remove_dir_all(&old);
     if dir.exists() {
-        std::fs::rename(dir, &old).with_context(|| format!("moving the previous {} aside", dir.display()))?;
+        std::fs::rename(dir, &old)
+            .with_context(|| format!("moving the previous {} aside", dir.display()))?;
     }
     std::fs::rename(&tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;
     let _ = std::fs::remove_dir_all(&old);
@@ -61,8 +74,10 @@ pub fn save(
 /// Load `model.safetensors` into `vs`: every variable must be present with its shape;
 /// tensors in the file that the model does not have are an error too (both listed).
 pub fn load_weights(vs: &mut nn::VarStore, path: &Path) -> Result<()> {
-    let file: std::collections::BTreeMap<String, tch::Tensor> =
-        tch::Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?.into_iter().collect();
+    let file: std::collections::BTreeMap<String, tch::Tensor> = tch::Tensor::read_safetensors(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .into_iter()
+        .collect();
     crate::import::copy_named(vs, &file, &[]).with_context(|| path.display().to_string())
 }
 

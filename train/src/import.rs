@@ -12,7 +12,12 @@ use std::path::Path;
 use tch::{Kind, Tensor, nn};
 
 /// Entries of OpenAI's files that are not parameters of the encoders.
-pub const IGNORED: [&str; 4] = ["logit_scale", "input_resolution", "context_length", "vocab_size"];
+pub const IGNORED: [&str; 4] = [
+    "logit_scale",
+    "input_resolution",
+    "context_length",
+    "vocab_size",
+];
 
 /// Read every named tensor of a CLIP weights file (TorchScript archive or safetensors).
 pub fn read_weights(path: &Path) -> Result<BTreeMap<String, Tensor>> {
@@ -20,14 +25,22 @@ pub fn read_weights(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         .with_context(|| format!("reading {}", path.display()))
         .map(|b| b.len() > 8 && b.get(8) == Some(&b'{'))?;
     let named: Vec<(String, Tensor)> = if is_safetensors {
-        Tensor::read_safetensors(path).with_context(|| format!("{}: not a readable safetensors file", path.display()))?
+        Tensor::read_safetensors(path)
+            .with_context(|| format!("{}: not a readable safetensors file", path.display()))?
     } else {
         let m = tch::CModule::load(path).with_context(|| {
-            format!("{}: neither safetensors nor a TorchScript archive that libtorch can load", path.display())
+            format!(
+                "{}: neither safetensors nor a TorchScript archive that libtorch can load",
+                path.display()
+            )
         })?;
-        m.named_parameters().with_context(|| format!("{}: cannot list its parameters", path.display()))?
+        m.named_parameters()
+            .with_context(|| format!("{}: cannot list its parameters", path.display()))?
     };
-    Ok(named.into_iter().map(|(k, v)| (k, v.to_kind(Kind::Float))).collect())
+    Ok(named
+        .into_iter()
+        .map(|(k, v)| (k, v.to_kind(Kind::Float)))
+        .collect())
 }
 
 /// Copy `source` into the variables of `vs` by name. Every variable must be in
@@ -47,13 +60,20 @@ pub fn copy_named_partial(
     let mut fresh = Vec::new();
     for (name, var) in &vars {
         match source.get(name) {
-            Some(t) if t.size() != var.size() => shape.push(format!("{name}: file {:?}, model {:?}", t.size(), var.size())),
+            Some(t) if t.size() != var.size() => shape.push(format!(
+                "{name}: file {:?}, model {:?}",
+                t.size(),
+                var.size()
+            )),
             Some(_) => {}
             None if optional.iter().any(|p| name.starts_with(p)) => fresh.push(name.clone()),
             None => missing.push(name.clone()),
         }
     }
-    let unexpected: Vec<&String> = source.keys().filter(|k| !vars.contains_key(*k) && !ignore.contains(&k.as_str())).collect();
+    let unexpected: Vec<&String> = source
+        .keys()
+        .filter(|k| !vars.contains_key(*k) && !ignore.contains(&k.as_str()))
+        .collect();
     if !missing.is_empty() || !shape.is_empty() || !unexpected.is_empty() {
         missing.sort();
         shape.sort();
@@ -65,7 +85,11 @@ pub fn copy_named_partial(
             msg += &format!(
                 "\n  unexpected ({}): {}",
                 unexpected.len(),
-                unexpected.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                unexpected
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         if !shape.is_empty() {
@@ -85,7 +109,11 @@ pub fn copy_named_partial(
 }
 
 /// [`copy_named_partial`] with nothing optional.
-pub fn copy_named(vs: &mut nn::VarStore, source: &BTreeMap<String, Tensor>, ignore: &[&str]) -> Result<()> {
+pub fn copy_named(
+    vs: &mut nn::VarStore,
+    source: &BTreeMap<String, Tensor>,
+    ignore: &[&str],
+) -> Result<()> {
     copy_named_partial(vs, source, ignore, &[]).map(|_| ())
 }
 
@@ -104,7 +132,8 @@ pub fn import_clip(weights: &Path, cfg: &ModelConfig, out: &Path) -> Result<()> 
     }
     let mut vs = nn::VarStore::new(tch::Device::Cpu);
     let _model = Sen::new(&vs.root(), cfg, None, false);
-    copy_named(&mut vs, &source, &IGNORED).with_context(|| format!("{} against preset {:?}", weights.display(), cfg.vision))?;
+    copy_named(&mut vs, &source, &IGNORED)
+        .with_context(|| format!("{} against preset {:?}", weights.display(), cfg.vision))?;
     let (sha, bytes) = sen_core::hash::sha256_file(weights)?;
     let train = serde_json::json!({
         "imported_from": weights.display().to_string(),

@@ -14,12 +14,17 @@ pub fn sdm(image: &Tensor, text: &Tensor, pids: &Tensor, scale: f64) -> Tensor {
     let (v, t) = (normalize(image), normalize(text));
     let t2i = t.matmul(&v.tr()) * scale;
     let i2t = t2i.tr();
-    let y = pids.unsqueeze(1).eq_tensor(&pids.unsqueeze(0)).to_kind(Kind::Float);
+    let y = pids
+        .unsqueeze(1)
+        .eq_tensor(&pids.unsqueeze(0))
+        .to_kind(Kind::Float);
     let q = &y / y.sum_dim_intlist(1, true, Kind::Float);
     let log_q = (q + 1e-8).log();
     let term = |s: &Tensor| {
         let logp = s.log_softmax(1, Kind::Float);
-        (logp.exp() * (&logp - &log_q)).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float)
+        (logp.exp() * (&logp - &log_q))
+            .sum_dim_intlist(1, false, Kind::Float)
+            .mean(Kind::Float)
     };
     term(&i2t) + term(&t2i)
 }
@@ -39,7 +44,11 @@ pub fn triplet(image: &Tensor, text: &Tensor, pids: &Tensor, margin: f64) -> Ten
     let s = t.matmul(&v.tr()); // [text k, image j]
     let same = pids.unsqueeze(1).eq_tensor(&pids.unsqueeze(0));
     let direction = |sim: &Tensor| -> Tensor {
-        let neg_idx = tch::no_grad(|| sim.detach().masked_fill(&same, f64::NEG_INFINITY).argmax(1, true));
+        let neg_idx = tch::no_grad(|| {
+            sim.detach()
+                .masked_fill(&same, f64::NEG_INFINITY)
+                .argmax(1, true)
+        });
         let has_neg = same.logical_not().any_dim(1, false).to_kind(Kind::Float);
         let neg = sim.gather(1, &neg_idx, false).squeeze_dim(1);
         let l = (neg - sim.diagonal(0, 0, 1) + margin).relu() * &has_neg;
@@ -89,7 +98,11 @@ mod tests {
     fn id_loss_hand_worked() {
         // logits [[2, 0]] with label 0: CE = -log(e^2/(e^2+1)); text logits [[0, 0]]: log 2.
         let want = ((1.0 + (-2f64).exp()).ln() + 2f64.ln()) / 2.0;
-        let got = scalar(&id_loss(&t(&[2., 0.], &[1, 2]), &t(&[0., 0.], &[1, 2]), &Tensor::from_slice(&[0i64])));
+        let got = scalar(&id_loss(
+            &t(&[2., 0.], &[1, 2]),
+            &t(&[0., 0.], &[1, 2]),
+            &Tensor::from_slice(&[0i64]),
+        ));
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
     }
 
@@ -107,16 +120,32 @@ mod tests {
         let mut l2 = 0.0;
         let ids = [0, 0, 1];
         for k in 0..3 {
-            let neg_t = (0..3).filter(|&j| ids[j] != ids[k]).map(|j| cos(ta[k], va[j])).fold(f64::MIN, f64::max);
+            let neg_t = (0..3)
+                .filter(|&j| ids[j] != ids[k])
+                .map(|j| cos(ta[k], va[j]))
+                .fold(f64::MIN, f64::max);
             l1 += (neg_t - cos(ta[k], va[k]) + m).max(0.0);
-            let neg_v = (0..3).filter(|&j| ids[j] != ids[k]).map(|j| cos(va[k], ta[j])).fold(f64::MIN, f64::max);
+            let neg_v = (0..3)
+                .filter(|&j| ids[j] != ids[k])
+                .map(|j| cos(va[k], ta[j]))
+                .fold(f64::MIN, f64::max);
             l2 += (neg_v - cos(va[k], ta[k]) + m).max(0.0);
         }
         let want = l1 / 3.0 + l2 / 3.0;
-        let got = scalar(&triplet(&t(&v, &[3, 2]), &t(&tt, &[3, 2]), &Tensor::from_slice(&[0i64, 0, 1]), m));
+        let got = scalar(&triplet(
+            &t(&v, &[3, 2]),
+            &t(&tt, &[3, 2]),
+            &Tensor::from_slice(&[0i64, 0, 1]),
+            m,
+        ));
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
         // Nobody has a negative: zero.
-        let got = scalar(&triplet(&t(&v, &[3, 2]), &t(&tt, &[3, 2]), &Tensor::from_slice(&[4i64, 4, 4]), m));
+        let got = scalar(&triplet(
+            &t(&v, &[3, 2]),
+            &t(&tt, &[3, 2]),
+            &Tensor::from_slice(&[4i64, 4, 4]),
+            m,
+        ));
         assert_eq!(got, 0.0);
     }
 

@@ -1,7 +1,12 @@
 //! `sen-train`: train, import and evaluate SEN checkpoints.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use sen_core::data::{Dataset, DatasetFormat, Split};
+use sen_core::{ClipTokenizer, ModelConfig, PreprocessSpec, Preprocessor};
+use sen_train::optim::Recipe;
+use sen_train::trainer::{self, LossWeights, Outcome, TrainOptions};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -22,10 +27,135 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Import OpenAI CLIP weights (ViT-B-16.pt TorchScript archive, or safetensors with
+    /// OpenAI key names) into a checkpoint directory.
+    ImportClip {
+        /// The weights file.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Model preset whose sizes the file must match (the position grid is resized to it).
+        #[arg(long, default_value = "vit-b16", value_parser = ["vit-b16", "tiny"])]
+        preset: String,
+        /// Output checkpoint directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Train a run into OUT (OUT/last, OUT/best, OUT/log.jsonl).
+    Train(TrainArgs),
+    /// Evaluate a checkpoint (or a run's best/) on a dataset split (SPEC §7 metrics).
+    Eval {
+        /// Checkpoint directory or run directory.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Dataset root.
+        #[arg(long)]
+        data: PathBuf,
+        /// cuhk-pedes, icfg-pedes or rstpreid (detected if omitted).
+        #[arg(long)]
+        format: Option<DatasetFormat>,
+        #[arg(long, default_value = "test")]
+        split: Split,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Print {"r1", "r5", "r10", "map", "minp"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+#[derive(Args)]
+struct TrainArgs {
+    /// Dataset root (annotation file + imgs/). Not needed with --resume.
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
+    /// cuhk-pedes, icfg-pedes or rstpreid (detected if omitted).
+    #[arg(long)]
+    format: Option<DatasetFormat>,
+    /// Model preset.
+    #[arg(long, default_value = "tiny", value_parser = ["vit-b16", "tiny"])]
+    preset: String,
+    /// Start the encoders from this checkpoint (e.g. from import-clip); TIR and ID
+    /// heads start from their initialisation.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Run directory.
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory with its saved options, weights and optimiser state.
+    #[arg(long, conflicts_with_all = ["data", "out", "init"])]
+    resume: Option<PathBuf>,
+    /// reference (SPEC §5, fine-tuning CLIP) or tiny-scratch (random init). Default:
+    /// reference with --init, tiny-scratch without.
+    #[arg(long)]
+    recipe: Option<String>,
+    /// Planned epochs (the schedule is laid out over them); default from the recipe.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Base learning rate override.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Identities per batch (P).
+    #[arg(long, default_value_t = 64)]
+    batch_ids: usize,
+    /// Images per identity (K).
+    #[arg(long, default_value_t = 2)]
+    batch_k: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Loss weights (0 switches a term off, for ablations).
+    #[arg(long, default_value_t = 1.0)]
+    w_sdm: f64,
+    #[arg(long, default_value_t = 1.0)]
+    w_id: f64,
+    #[arg(long, default_value_t = 10.0)]
+    w_triplet: f64,
+    #[arg(long, default_value_t = 10.0)]
+    w_tir: f64,
+    /// Probability of pruning a caption (0 switches pruning augmentation off).
+    #[arg(long, default_value_t = 0.2)]
+    prune_prob: f64,
+    /// Switch image augmentation off.
+    #[arg(long)]
+    no_augment: bool,
+    /// Evaluate on the val split every N epochs (and after the last).
+    #[arg(long, default_value_t = 1)]
+    eval_every: usize,
+    #[arg(long, default_value_t = 10)]
+    log_every: usize,
+    /// Data worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Keep decoded images in memory (small datasets).
+    #[arg(long)]
+    cache_images: bool,
+    /// Stop after this many minutes (the schedule still follows the planned epochs); resumable.
+    #[arg(long)]
+    max_minutes: Option<f64>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn main() {
+    tracing_subscriber_init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn tracing_subscriber_init() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { json } => {
             let info = sen_train::torch_info()?;
@@ -45,6 +175,121 @@ fn main() -> Result<()> {
                         "not available (CPU only; build with --features cuda on a GPU machine)"
                             .into()
                     }
+                );
+            }
+        }
+        Command::ImportClip {
+            weights,
+            preset,
+            out,
+        } => {
+            let cfg = ModelConfig::preset(&preset)?;
+            sen_train::import::import_clip(&weights, &cfg, &out)?;
+            println!(
+                "imported {} as {preset} into {}",
+                weights.display(),
+                out.display()
+            );
+        }
+        Command::Train(a) => {
+            let device = sen_train::parse_device(&a.device)?;
+            trainer::install_ctrlc();
+            let (opts, out, resume) = match &a.resume {
+                Some(dir) => (trainer::read_options(dir)?, dir.clone(), true),
+                None => {
+                    let model = ModelConfig::preset(&a.preset)?;
+                    let mut recipe =
+                        Recipe::named(a.recipe.as_deref().unwrap_or(if a.init.is_some() {
+                            "reference"
+                        } else {
+                            "tiny-scratch"
+                        }))?;
+                    if let Some(e) = a.epochs {
+                        anyhow::ensure!(
+                            e > recipe.warmup_epochs,
+                            "--epochs {e} must exceed the {} warm-up epochs",
+                            recipe.warmup_epochs
+                        );
+                        recipe.epochs = e;
+                    }
+                    if let Some(lr) = a.lr {
+                        recipe.bias_lr *= lr / recipe.lr;
+                        recipe.lr = lr;
+                    }
+                    let opts = TrainOptions {
+                        data: a.data.clone().unwrap(),
+                        format: a.format.map(|f| f.name().to_string()),
+                        model,
+                        init: a.init.clone(),
+                        recipe,
+                        identities_per_batch: a.batch_ids,
+                        samples_per_identity: a.batch_k,
+                        seed: a.seed,
+                        losses: LossWeights {
+                            sdm: a.w_sdm,
+                            id: a.w_id,
+                            triplet: a.w_triplet,
+                            tir: a.w_tir,
+                        },
+                        prune_prob: a.prune_prob,
+                        augment: !a.no_augment,
+                        eval_every: a.eval_every,
+                        log_every: a.log_every,
+                        workers: a.workers,
+                        cache_images: a.cache_images,
+                    };
+                    (opts, a.out.clone().unwrap(), false)
+                }
+            };
+            let (outcome, p) =
+                trainer::train(&opts, &out, resume, device, a.max_minutes, None, true)?;
+            match outcome {
+                Outcome::Finished => println!(
+                    "finished {} epochs; best val R@1 {} (epoch {}) in {}/best",
+                    opts.recipe.epochs,
+                    p.best_r1.map_or("-".into(), |r| format!("{r:.2}")),
+                    p.best_epoch.map_or("-".into(), |e| e.to_string()),
+                    out.display()
+                ),
+                Outcome::Interrupted | Outcome::TimeLimit => println!(
+                    "stopped at epoch {} batch {} ({}); continue with: sen-train train --resume {}",
+                    p.epoch,
+                    p.batch,
+                    if outcome == Outcome::Interrupted {
+                        "Ctrl-C"
+                    } else {
+                        "--max-minutes"
+                    },
+                    out.display()
+                ),
+            }
+        }
+        Command::Eval {
+            checkpoint,
+            data,
+            format,
+            split,
+            device,
+            json,
+        } => {
+            let device = sen_train::parse_device(&device)?;
+            let (_vs, model) = trainer::load_for_eval(&checkpoint, device)?;
+            let set = Dataset::load(&data, format)?.eval_set(split)?;
+            let pre = Preprocessor::new(PreprocessSpec::for_model(&model.cfg))?;
+            let tok = ClipTokenizer::from_vocab_gz(
+                &sen_core::deps::clip_vocab_path()?,
+                model.cfg.text.context_length,
+            )
+            .context("loading the tokenizer")?;
+            let m = trainer::evaluate(&model, &set, &pre, &tok, device, 64)?;
+            if json {
+                println!("{}", serde_json::to_string(&m)?);
+            } else {
+                println!(
+                    "{} on {} {}: {m}",
+                    checkpoint.display(),
+                    data.display(),
+                    split.name()
                 );
             }
         }

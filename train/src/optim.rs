@@ -116,10 +116,21 @@ impl Adam {
                 };
                 let exp_avg = tensor.zeros_like();
                 let exp_avg_sq = tensor.zeros_like();
-                Param { name, tensor, lr, weight_decay, exp_avg, exp_avg_sq }
+                Param {
+                    name,
+                    tensor,
+                    lr,
+                    weight_decay,
+                    exp_avg,
+                    exp_avg_sq,
+                }
             })
             .collect();
-        Adam { params, step: 0, recipe: recipe.clone() }
+        Adam {
+            params,
+            step: 0,
+            recipe: recipe.clone(),
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -143,9 +154,16 @@ impl Adam {
                 if !g.defined() {
                     continue;
                 }
-                let g = if p.weight_decay > 0.0 { &g + &p.tensor * p.weight_decay } else { g };
+                let g = if p.weight_decay > 0.0 {
+                    &g + &p.tensor * p.weight_decay
+                } else {
+                    g
+                };
                 let _ = p.exp_avg.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
-                let _ = p.exp_avg_sq.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
+                let _ = p
+                    .exp_avg_sq
+                    .g_mul_scalar_(b2)
+                    .g_add_(&(g.square() * (1.0 - b2)));
                 let denom = p.exp_avg_sq.sqrt() / bc2.sqrt() + eps;
                 let update = &p.exp_avg / denom * (p.lr * lr_factor / bc1);
                 let _ = p.tensor.g_sub_(&update);
@@ -158,24 +176,43 @@ impl Adam {
         let mut named: Vec<(String, Tensor)> = Vec::with_capacity(2 * self.params.len() + 1);
         for p in &self.params {
             named.push((format!("{}.exp_avg", p.name), p.exp_avg.shallow_clone()));
-            named.push((format!("{}.exp_avg_sq", p.name), p.exp_avg_sq.shallow_clone()));
+            named.push((
+                format!("{}.exp_avg_sq", p.name),
+                p.exp_avg_sq.shallow_clone(),
+            ));
         }
         named.push(("step".into(), Tensor::from_slice(&[self.step])));
-        Tensor::write_safetensors(&named, path).with_context(|| format!("writing {}", path.display()))
+        Tensor::write_safetensors(&named, path)
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// Restore moments saved by [`Adam::save`]; every parameter must be present.
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let map: BTreeMap<String, Tensor> =
-            Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?.into_iter().collect();
-        let step = map.get("step").with_context(|| format!("{}: no `step` entry", path.display()))?;
+        let map: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .into_iter()
+            .collect();
+        let step = map
+            .get("step")
+            .with_context(|| format!("{}: no `step` entry", path.display()))?;
         self.step = step.int64_value(&[0]);
         tch::no_grad(|| -> Result<()> {
             for p in &mut self.params {
-                for (suffix, dst) in [("exp_avg", &mut p.exp_avg), ("exp_avg_sq", &mut p.exp_avg_sq)] {
+                for (suffix, dst) in [
+                    ("exp_avg", &mut p.exp_avg),
+                    ("exp_avg_sq", &mut p.exp_avg_sq),
+                ] {
                     let key = format!("{}.{suffix}", p.name);
-                    let src = map.get(&key).with_context(|| format!("{}: missing `{key}`", path.display()))?;
-                    anyhow::ensure!(src.size() == dst.size(), "{}: `{key}` has shape {:?}, expected {:?}", path.display(), src.size(), dst.size());
+                    let src = map
+                        .get(&key)
+                        .with_context(|| format!("{}: missing `{key}`", path.display()))?;
+                    anyhow::ensure!(
+                        src.size() == dst.size(),
+                        "{}: `{key}` has shape {:?}, expected {:?}",
+                        path.display(),
+                        src.size(),
+                        dst.size()
+                    );
                     dst.copy_(&src.to_kind(Kind::Float).to_device(dst.device()));
                 }
             }
@@ -185,7 +222,10 @@ impl Adam {
 
     /// (name, lr) of every parameter, for tests and logs.
     pub fn groups(&self) -> Vec<(String, f64, f64)> {
-        self.params.iter().map(|p| (p.name.clone(), p.lr, p.weight_decay)).collect()
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), p.lr, p.weight_decay))
+            .collect()
     }
 }
 
@@ -199,7 +239,11 @@ mod tests {
         assert!((r.lr_factor(0) - 0.1).abs() < 1e-12);
         assert!((r.lr_factor(5) - 1.0).abs() < 1e-12);
         assert!((r.lr_factor(4) - (0.1 * 0.2 + 0.8)).abs() < 1e-12);
-        assert!((r.lr_factor(5 + 55 / 2) - 0.5 * (1.0 + (std::f64::consts::PI * 27.0 / 55.0).cos())).abs() < 1e-12);
+        assert!(
+            (r.lr_factor(5 + 55 / 2) - 0.5 * (1.0 + (std::f64::consts::PI * 27.0 / 55.0).cos()))
+                .abs()
+                < 1e-12
+        );
         assert!(r.lr_factor(59) < 0.01);
     }
 
@@ -209,26 +253,44 @@ mod tests {
         // step 1: m = 0.1 g, v = 0.001 g^2, m_hat = g, v_hat = g^2 -> x -= 0.1 * g / (|g| + eps).
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let x = vs.root().var_copy("w", &Tensor::from_slice(&[1f32, -2.]));
-        let r = Recipe { lr: 0.1, bias_lr: 0.1, weight_decay: 0.0, eps: 1e-8, ..Recipe::reference() };
+        let r = Recipe {
+            lr: 0.1,
+            bias_lr: 0.1,
+            weight_decay: 0.0,
+            eps: 1e-8,
+            ..Recipe::reference()
+        };
         let mut opt = Adam::new(&vs, &r);
         opt.zero_grad();
         x.square().sum(Kind::Float).backward();
         opt.step(1.0);
         let got = Vec::<f32>::try_from(&x).unwrap();
-        assert!((got[0] - 0.9).abs() < 1e-6 && (got[1] + 1.9).abs() < 1e-6, "{got:?}");
+        assert!(
+            (got[0] - 0.9).abs() < 1e-6 && (got[1] + 1.9).abs() < 1e-6,
+            "{got:?}"
+        );
     }
 
     #[test]
     fn groups_follow_the_spec() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        for name in ["visual.proj", "visual.ln_pre.bias", "tir.cross_attn.q_proj.weight", "tir.blocks.0.mlp.c_fc.weight", "id_head.weight"] {
+        for name in [
+            "visual.proj",
+            "visual.ln_pre.bias",
+            "tir.cross_attn.q_proj.weight",
+            "tir.blocks.0.mlp.c_fc.weight",
+            "id_head.weight",
+        ] {
             let mut parts: Vec<&str> = name.split('.').collect();
             let leaf = parts.pop().unwrap();
             let p = parts.iter().fold(vs.root(), |p, s| p / *s);
             let _ = p.var(leaf, &[2, 2], nn::Init::Const(0.0));
         }
-        let g: BTreeMap<String, (f64, f64)> =
-            Adam::new(&vs, &Recipe::reference()).groups().into_iter().map(|(n, lr, wd)| (n, (lr, wd))).collect();
+        let g: BTreeMap<String, (f64, f64)> = Adam::new(&vs, &Recipe::reference())
+            .groups()
+            .into_iter()
+            .map(|(n, lr, wd)| (n, (lr, wd)))
+            .collect();
         assert_eq!(g["visual.proj"], (1e-5, 4e-5));
         assert_eq!(g["visual.ln_pre.bias"], (2e-5, 0.0));
         assert_eq!(g["tir.cross_attn.q_proj.weight"], (5e-5, 4e-5));

@@ -1,1 +1,514 @@
-//! placeholder
+//! The training loop (SPEC §4-§5, §10) and evaluation (SPEC §7).
+//!
+//! A run directory `OUT/` holds `last/` (written every epoch and on Ctrl-C or the
+//! time limit, resumable), `best/` (best R@1 on the val split, never test) and
+//! `log.jsonl` (one JSON object per logged step and per evaluation).
+
+use crate::checkpoint;
+use crate::losses;
+use crate::model::{Sen, pool_eot, tir};
+use crate::optim::{Adam, Recipe};
+use anyhow::{Context, Result};
+use sen_core::data::pipeline::{Batch, PipelineConfig, TrainPipeline};
+use sen_core::data::{Dataset, DatasetFormat, EvalSet, Split};
+use sen_core::metrics::RetrievalMetrics;
+use sen_core::{ClipTokenizer, ModelConfig, PreprocessSpec, Preprocessor};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use tch::{Device, Kind, Tensor, nn};
+
+/// Fixed similarity scale (temperature 0.02).
+pub const LOGIT_SCALE: f64 = 50.0;
+/// Triplet margin.
+pub const TRIPLET_MARGIN: f64 = 0.05;
+
+/// Loss weights; 0 switches a term off (ablations).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossWeights {
+    pub sdm: f64,
+    pub id: f64,
+    pub triplet: f64,
+    pub tir: f64,
+}
+
+impl Default for LossWeights {
+    /// SPEC §4: L_sdm + 1.0 L_id + 10 L_tri + 10 L_tir.
+    fn default() -> Self {
+        LossWeights {
+            sdm: 1.0,
+            id: 1.0,
+            triplet: 10.0,
+            tir: 10.0,
+        }
+    }
+}
+
+/// Everything a run needs; saved in `train.json` so `--resume` restores it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub data: PathBuf,
+    pub format: Option<String>,
+    pub model: ModelConfig,
+    pub init: Option<PathBuf>,
+    pub recipe: Recipe,
+    pub identities_per_batch: usize,
+    pub samples_per_identity: usize,
+    pub seed: u64,
+    pub losses: LossWeights,
+    pub prune_prob: f64,
+    pub augment: bool,
+    pub eval_every: usize,
+    pub log_every: usize,
+    pub workers: usize,
+    pub cache_images: bool,
+}
+
+/// Where a run stands (saved in `train.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// Epoch to run next, and the first batch of it still to run.
+    pub epoch: usize,
+    pub batch: usize,
+    pub global_step: u64,
+    pub best_r1: Option<f64>,
+    pub best_epoch: Option<usize>,
+    pub finished: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainJson {
+    options: TrainOptions,
+    progress: Progress,
+    /// Original dataset id -> contiguous training pid.
+    pid_map: Vec<(i64, usize)>,
+    tools: serde_json::Value,
+}
+
+/// Per-step loss values.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StepLosses {
+    pub total: f64,
+    pub sdm: f64,
+    pub id: f64,
+    pub triplet: f64,
+    pub tir: f64,
+}
+
+/// How a call to [`train`] ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Finished,
+    Interrupted,
+    TimeLimit,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Install a Ctrl-C handler that makes the loop save `last/` and stop.
+pub fn install_ctrlc() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupted: finishing this step and writing a resumable checkpoint (Ctrl-C again to abort)"
+        );
+    });
+}
+
+fn tensor4(a: &ndarray::Array4<f32>, device: Device) -> Tensor {
+    let s: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+    Tensor::from_slice(a.as_slice().expect("standard layout"))
+        .view(s.as_slice())
+        .to_device(device)
+}
+
+/// The model's losses on one batch.
+pub fn batch_losses(
+    model: &Sen,
+    b: &Batch,
+    w: &LossWeights,
+    device: Device,
+) -> Result<(Tensor, StepLosses)> {
+    let images = tensor4(&b.images, device);
+    let (n, ctx) = (b.input_ids.nrows() as i64, b.input_ids.ncols() as i64);
+    let ids = Tensor::from_slice(b.input_ids.as_slice().expect("standard layout"))
+        .view([n, ctx])
+        .to_device(device);
+    let eot = Tensor::from_slice(&b.eot_index).to_device(device);
+    let pids = Tensor::from_slice(&b.pids).to_device(device);
+    let img_tokens = model.visual.forward(&images);
+    let txt_tokens = model.text.forward(&ids);
+    let (i_g, t_g) = (img_tokens.select(1, 0), pool_eot(&txt_tokens, &eot));
+    let mut total = Tensor::zeros([], (Kind::Float, device));
+    let mut out = StepLosses::default();
+    let val = |t: &Tensor| t.double_value(&[]);
+    if w.sdm > 0.0 {
+        let l = losses::sdm(&i_g, &t_g, &pids, LOGIT_SCALE);
+        out.sdm = val(&l);
+        total = total + l * w.sdm;
+    }
+    if w.id > 0.0 {
+        let head = model
+            .id_head
+            .as_ref()
+            .context("the ID loss needs the ID head")?;
+        let l = losses::id_loss(&i_g.apply(head), &t_g.apply(head), &pids);
+        out.id = val(&l);
+        total = total + l * w.id;
+    }
+    if w.triplet > 0.0 {
+        let l = losses::triplet(&i_g, &t_g, &pids, TRIPLET_MARGIN);
+        out.triplet = val(&l);
+        total = total + l * w.triplet;
+    }
+    if w.tir > 0.0 {
+        let dec = model
+            .tir
+            .as_ref()
+            .context("the TIR loss needs the TIR decoder")?;
+        let v = &model.cfg.vision;
+        let kept = model.cfg.tir.kept_tokens(v.num_tokens()) as i64;
+        let (keep, mask) = tir::random_masking(n, v.num_patches() as i64, kept, device);
+        let visible = model.visual.forward_masked(&tir::grayscale(&images), &keep);
+        let pred = dec.forward(&visible, &keep, &txt_tokens);
+        let target = tir::patchify(&images, v.patch_size as i64);
+        let l = losses::tir_mse(&pred, &target, &mask);
+        out.tir = val(&l);
+        total = total + l * w.tir;
+    }
+    out.total = val(&total);
+    anyhow::ensure!(
+        out.total.is_finite(),
+        "loss is not finite ({out:?}); lower the learning rate"
+    );
+    Ok((total, out))
+}
+
+/// Text-to-image metrics of `model` on an evaluation set (SPEC §7).
+pub fn evaluate(
+    model: &Sen,
+    set: &EvalSet,
+    pre: &Preprocessor,
+    tok: &ClipTokenizer,
+    device: Device,
+    batch: usize,
+) -> Result<RetrievalMetrics> {
+    let (img, txt) = embed_eval_set(model, set, pre, tok, device, batch)?;
+    let sim = txt.matmul(&img.tr()).to_device(Device::Cpu).contiguous();
+    let sim: Vec<f32> = Vec::<f32>::try_from(sim.flatten(0, -1))?;
+    Ok(sen_core::metrics::evaluate(
+        &sim,
+        &set.caption_pids,
+        &set.image_pids,
+    )?)
+}
+
+/// L2-normalised (image [G, D], text [Q, D]) embeddings of an evaluation set.
+pub fn embed_eval_set(
+    model: &Sen,
+    set: &EvalSet,
+    pre: &Preprocessor,
+    tok: &ClipTokenizer,
+    device: Device,
+    batch: usize,
+) -> Result<(Tensor, Tensor)> {
+    tch::no_grad(|| -> Result<(Tensor, Tensor)> {
+        let norm = |x: Tensor| &x / x.norm_scalaropt_dim(2.0, [-1], true).clamp_min(1e-12);
+        let mut imgs = Vec::new();
+        for chunk in set.images.chunks(batch) {
+            let x = tensor4(&pre.load_batch(chunk)?, device);
+            imgs.push(norm(model.encode_image(&x)));
+        }
+        let mut txts = Vec::new();
+        for chunk in set.captions.chunks(batch) {
+            let enc = tok.encode_batch(chunk)?;
+            let ctx = tok.context_length() as i64;
+            let ids: Vec<i64> = enc.iter().flat_map(|e| e.ids.iter().copied()).collect();
+            let eot: Vec<i64> = enc.iter().map(|e| e.eot_index as i64).collect();
+            let ids = Tensor::from_slice(&ids)
+                .view([enc.len() as i64, ctx])
+                .to_device(device);
+            txts.push(norm(
+                model.encode_text(&ids, &Tensor::from_slice(&eot).to_device(device)),
+            ));
+        }
+        Ok((Tensor::cat(&imgs, 0), Tensor::cat(&txts, 0)))
+    })
+}
+
+fn tools() -> serde_json::Value {
+    serde_json::json!({"sen-train": env!("CARGO_PKG_VERSION"), "libtorch": env!("SEN_LIBTORCH_VERSION")})
+}
+
+fn append_log(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(f, "{v}")?;
+    Ok(())
+}
+
+/// Train (or, with `resume`, continue) a run in `out`.
+pub fn train(
+    opts: &TrainOptions,
+    out: &Path,
+    resume: bool,
+    device: Device,
+    max_minutes: Option<f64>,
+    max_epochs: Option<usize>,
+    show_progress: bool,
+) -> Result<(Outcome, Progress)> {
+    let t_start = std::time::Instant::now();
+    let cfg = &opts.model;
+    cfg.validate()?;
+    let format = opts
+        .format
+        .as_deref()
+        .map(str::parse::<DatasetFormat>)
+        .transpose()?;
+    let ds = Dataset::load(&opts.data, format)?;
+    let train_set = ds.train_set()?;
+    let val_set = match ds.eval_set(Split::Val) {
+        Ok(s) => Some(s),
+        Err(e) if ds.split(Split::Val).next().is_none() => {
+            tracing::warn!(
+                "{e}; without a val split, best/ follows last/ (test is never used for selection)"
+            );
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let num_pids = train_set.num_pids() as i64;
+    let pid_map: Vec<(i64, usize)> = train_set.pid_map.iter().map(|(&k, &v)| (k, v)).collect();
+    let tok =
+        ClipTokenizer::from_vocab_gz(&sen_core::deps::clip_vocab_path()?, cfg.text.context_length)?;
+    let spec = PreprocessSpec::for_model(cfg);
+    let pre = Preprocessor::new(spec.clone())?;
+    let pipeline = TrainPipeline::new(
+        train_set,
+        spec,
+        tok.clone(),
+        PipelineConfig {
+            identities_per_batch: opts.identities_per_batch,
+            samples_per_identity: opts.samples_per_identity,
+            augment: opts.augment,
+            prune_prob: opts.prune_prob,
+            workers: opts.workers,
+            prefetch: 2,
+            seed: opts.seed,
+            cache_images: opts.cache_images,
+        },
+    )?;
+
+    tch::manual_seed(opts.seed as i64);
+    let mut vs = nn::VarStore::new(device);
+    let model = Sen::new(&vs.root(), cfg, Some(num_pids), opts.losses.tir > 0.0);
+    let mut opt;
+    let mut progress;
+    let last = out.join("last");
+    if resume {
+        let json: TrainJson = serde_json::from_str(
+            &std::fs::read_to_string(last.join(checkpoint::TRAIN_FILE))
+                .with_context(|| format!("{}: no resumable checkpoint", last.display()))?,
+        )?;
+        checkpoint::load_weights(&mut vs, &last.join(checkpoint::MODEL_FILE))?;
+        opt = Adam::new(&vs, &opts.recipe);
+        opt.load(&last.join(checkpoint::OPTIMIZER_FILE))?;
+        progress = json.progress;
+        tracing::info!(
+            "resuming {} at epoch {} batch {}",
+            out.display(),
+            progress.epoch,
+            progress.batch
+        );
+    } else {
+        if let Some(init) = &opts.init {
+            let dir = checkpoint::resolve(init)?;
+            let init_cfg = checkpoint::read_config(&dir)?;
+            anyhow::ensure!(
+                &init_cfg == cfg,
+                "--init {}: its config.json differs from the model being trained",
+                dir.display()
+            );
+            let src: std::collections::BTreeMap<String, Tensor> =
+                Tensor::read_safetensors(dir.join(checkpoint::MODEL_FILE))?
+                    .into_iter()
+                    .collect();
+            let fresh =
+                crate::import::copy_named_partial(&mut vs, &src, &[], &["tir.", "id_head."])
+                    .with_context(|| format!("--init {}", dir.display()))?;
+            if !fresh.is_empty() {
+                tracing::info!(
+                    "--init: {} training-only tensors (tir., id_head.) start from their initialisation",
+                    fresh.len()
+                );
+            }
+        }
+        opt = Adam::new(&vs, &opts.recipe);
+        progress = Progress::default();
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    }
+    let log_path = out.join("log.jsonl");
+    let epochs = opts.recipe.epochs;
+    let stop_epoch = max_epochs.map_or(epochs, |m| (progress.epoch + m).min(epochs));
+    let save_last = |vs: &nn::VarStore,
+                     opt: &Adam,
+                     progress: &Progress,
+                     metrics: &serde_json::Value|
+     -> Result<()> {
+        let json = TrainJson {
+            options: opts.clone(),
+            progress: progress.clone(),
+            pid_map: pid_map.clone(),
+            tools: tools(),
+        };
+        checkpoint::save(
+            &last,
+            vs,
+            cfg,
+            &serde_json::to_value(&json)?,
+            metrics,
+            |dir| opt.save(&dir.join(checkpoint::OPTIMIZER_FILE)),
+        )
+    };
+
+    let mut outcome = Outcome::Finished;
+    'epochs: while progress.epoch < stop_epoch {
+        let epoch = progress.epoch;
+        let lr_factor = opts.recipe.lr_factor(epoch);
+        let batches = pipeline.epoch_from(epoch as u64, progress.batch);
+        let n_batches = batches.len();
+        let bar = if show_progress {
+            indicatif::ProgressBar::new(n_batches as u64).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} {bar:25} {pos}/{len} {msg}",
+                )
+                .unwrap(),
+            )
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_prefix(format!("{}/{epochs}", epoch + 1));
+        bar.set_position(progress.batch as u64);
+        let t_epoch = std::time::Instant::now();
+        let mut seen = 0usize;
+        for b in batches {
+            let b = b?;
+            tch::manual_seed((opts.seed ^ 0x5EED) as i64 + progress.global_step as i64);
+            opt.zero_grad();
+            let (loss, l) = batch_losses(&model, &b, &opts.losses, device)?;
+            loss.backward();
+            opt.step(lr_factor);
+            progress.batch = b.index + 1;
+            progress.global_step += 1;
+            seen += b.pids.len();
+            let rate = seen as f64 / t_epoch.elapsed().as_secs_f64();
+            bar.set_message(format!(
+                "loss {:.3} sdm {:.3} id {:.3} tri {:.3} tir {:.3} | {rate:.0} samples/s",
+                l.total, l.sdm, l.id, l.triplet, l.tir
+            ));
+            bar.inc(1);
+            if progress.global_step % opts.log_every.max(1) as u64 == 0 || b.index + 1 == n_batches
+            {
+                append_log(
+                    &log_path,
+                    &serde_json::json!({"step": progress.global_step, "epoch": epoch, "batch": b.index,
+                        "lr_factor": lr_factor, "loss": l, "samples_per_s": rate}),
+                )?;
+            }
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                outcome = Outcome::Interrupted;
+            } else if max_minutes.is_some_and(|m| t_start.elapsed().as_secs_f64() > m * 60.0) {
+                outcome = Outcome::TimeLimit;
+            }
+            if outcome != Outcome::Finished {
+                bar.abandon();
+                if progress.batch >= n_batches {
+                    progress.epoch += 1;
+                    progress.batch = 0;
+                }
+                save_last(&vs, &opt, &progress, &serde_json::json!({}))?;
+                break 'epochs;
+            }
+        }
+        bar.finish();
+        progress.epoch += 1;
+        progress.batch = 0;
+        let mut metrics = serde_json::json!({});
+        let eval_now = (opts.eval_every > 0 && progress.epoch % opts.eval_every == 0)
+            || progress.epoch == epochs;
+        if let (true, Some(val)) = (eval_now, &val_set) {
+            let m = evaluate(&model, val, &pre, &tok, device, 64)?;
+            metrics = serde_json::json!({"split": "val", "epoch": progress.epoch, "r1": m.r1, "r5": m.r5, "r10": m.r10, "map": m.map, "minp": m.minp});
+            append_log(&log_path, &serde_json::json!({"eval": metrics.clone()}))?;
+            if show_progress {
+                eprintln!("  val after epoch {}: {m}", progress.epoch);
+            }
+            if progress.best_r1.is_none_or(|b| m.r1 > b) {
+                progress.best_r1 = Some(m.r1);
+                progress.best_epoch = Some(progress.epoch);
+                progress.finished = progress.epoch == epochs;
+                save_last(&vs, &opt, &progress, &metrics)?;
+                copy_dir(&last, &out.join("best"))?;
+                continue;
+            }
+        }
+        progress.finished = progress.epoch == epochs;
+        save_last(&vs, &opt, &progress, &metrics)?;
+        if val_set.is_none() {
+            copy_dir(&last, &out.join("best"))?;
+        }
+    }
+    Ok((outcome, progress))
+}
+
+/// Copy a checkpoint directory atomically (temporary sibling, then rename).
+fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
+    let parent = dst.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".best.")
+        .tempdir_in(parent)?;
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        std::fs::copy(e.path(), tmp.path().join(e.file_name()))?;
+    }
+    let tmp = tmp.keep();
+    let old = parent.join(".best.old");
+    let _ = std::fs::remove_dir_all(&old);
+    if dst.exists() {
+        std::fs::rename(dst, &old)?;
+    }
+    std::fs::rename(&tmp, dst)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Read the options of an existing run (for `--resume`).
+pub fn read_options(out: &Path) -> Result<TrainOptions> {
+    let p = out.join("last").join(checkpoint::TRAIN_FILE);
+    let json: TrainJson = serde_json::from_str(
+        &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+    )
+    .with_context(|| format!("{}: not a sen-train train.json", p.display()))?;
+    Ok(json.options)
+}
+
+/// Load a checkpoint's encoders for evaluation.
+pub fn load_for_eval(ckpt: &Path, device: Device) -> Result<(nn::VarStore, Sen)> {
+    let dir = checkpoint::resolve(ckpt)?;
+    let cfg = checkpoint::read_config(&dir)?;
+    let mut vs = nn::VarStore::new(device);
+    let model = Sen::new(&vs.root(), &cfg, None, false);
+    let src: std::collections::BTreeMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join(checkpoint::MODEL_FILE))
+            .with_context(|| format!("reading {}", dir.join(checkpoint::MODEL_FILE).display()))?
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("tir.") && !k.starts_with("id_head."))
+            .collect();
+    crate::import::copy_named(&mut vs, &src, &[]).with_context(|| format!("{}", dir.display()))?;
+    Ok((vs, model))
+}

@@ -153,10 +153,17 @@ impl TrainPipeline {
 
     /// The batches of `epoch`, prepared by worker threads, in order.
     pub fn epoch(&self, epoch: u64) -> EpochIter {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch index `first` on (resuming mid-epoch);
+    /// batch `i` is identical to what [`TrainPipeline::epoch`] yields at index `i`.
+    pub fn epoch_from(&self, epoch: u64, first: usize) -> EpochIter {
         let plan = Arc::new(self.plan(epoch));
         let total = plan.len();
         let (tx, rx) = sync_channel(self.inner.cfg.prefetch);
-        let next = Arc::new(AtomicUsize::new(0));
+        let first = first.min(total);
+        let next = Arc::new(AtomicUsize::new(first));
         let stop = Arc::new(AtomicBool::new(false));
         let workers = (0..self.inner.cfg.workers.min(total.max(1)))
             .map(|w| {

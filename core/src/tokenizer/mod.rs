@@ -41,6 +41,7 @@ pub struct Encoded {
 }
 
 /// The CLIP tokenizer.
+#[derive(Clone)]
 pub struct ClipTokenizer {
     inner: tokenizers::Tokenizer,
     context_length: usize,

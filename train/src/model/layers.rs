@@ -4,7 +4,14 @@ use tch::{Kind, Tensor, nn, nn::Module};
 
 /// `nn.LayerNorm` (eps 1e-5) with `weight`/`bias`.
 pub fn layer_norm(p: nn::Path, width: i64) -> nn::LayerNorm {
-    nn::layer_norm(p, vec![width], nn::LayerNormConfig { eps: 1e-5, ..Default::default() })
+    nn::layer_norm(
+        p,
+        vec![width],
+        nn::LayerNormConfig {
+            eps: 1e-5,
+            ..Default::default()
+        },
+    )
 }
 
 /// QuickGELU: `x * sigmoid(1.702 x)`.
@@ -26,7 +33,14 @@ impl MultiheadAttention {
     pub fn new(p: nn::Path, width: i64, heads: i64) -> Self {
         let bound = (6.0 / (width as f64 * 4.0)).sqrt(); // xavier_uniform over [3W, W]
         MultiheadAttention {
-            in_proj_weight: p.var("in_proj_weight", &[3 * width, width], nn::Init::Uniform { lo: -bound, up: bound }),
+            in_proj_weight: p.var(
+                "in_proj_weight",
+                &[3 * width, width],
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            ),
             in_proj_bias: p.zeros("in_proj_bias", &[3 * width]),
             out_proj: nn::linear(&p / "out_proj", width, width, Default::default()),
             heads,
@@ -40,8 +54,18 @@ impl MultiheadAttention {
         let hd = w / self.heads;
         let qkv = qkv.view([b, l, 3, self.heads, hd]).permute([2, 0, 3, 1, 4]); // [3, B, H, L, D]
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let o = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, causal, None, false); // [B, H, L, D]
-        self.out_proj.forward(&o.transpose(1, 2).contiguous().view([b, l, w]))
+        let o = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            causal,
+            None,
+            false,
+        ); // [B, H, L, D]
+        self.out_proj
+            .forward(&o.transpose(1, 2).contiguous().view([b, l, w]))
     }
 }
 
@@ -83,11 +107,17 @@ pub struct Transformer {
 impl Transformer {
     pub fn new(p: nn::Path, width: i64, layers: i64, heads: i64, mlp_width: i64) -> Self {
         let r = &p / "resblocks";
-        Transformer { blocks: (0..layers).map(|i| ResidualAttentionBlock::new(&r / i, width, heads, mlp_width)).collect() }
+        Transformer {
+            blocks: (0..layers)
+                .map(|i| ResidualAttentionBlock::new(&r / i, width, heads, mlp_width))
+                .collect(),
+        }
     }
 
     pub fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
-        self.blocks.iter().fold(x.shallow_clone(), |x, b| b.forward(&x, causal))
+        self.blocks
+            .iter()
+            .fold(x.shallow_clone(), |x, b| b.forward(&x, causal))
     }
 }
 
@@ -129,7 +159,10 @@ impl CrossAttention {
             None,
             false,
         );
-        o.transpose(1, 2).contiguous().view([b, lq, w]).apply(&self.out)
+        o.transpose(1, 2)
+            .contiguous()
+            .view([b, lq, w])
+            .apply(&self.out)
     }
 }
 

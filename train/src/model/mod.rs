@@ -39,7 +39,10 @@ impl Sen {
                     d,
                     n,
                     nn::LinearConfig {
-                        ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.001 },
+                        ws_init: nn::Init::Randn {
+                            mean: 0.0,
+                            stdev: 0.001,
+                        },
                         bs_init: Some(nn::Init::Const(0.0)),
                         bias: true,
                     },

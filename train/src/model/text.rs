@@ -23,19 +23,37 @@ impl TextTransformer {
                 p / "token_embedding",
                 cfg.vocab_size as i64,
                 w,
-                nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 }, ..Default::default() },
+                nn::EmbeddingConfig {
+                    ws_init: nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: 0.02,
+                    },
+                    ..Default::default()
+                },
             ),
             positional_embedding: p.var(
                 "positional_embedding",
                 &[cfg.context_length as i64, w],
-                nn::Init::Randn { mean: 0.0, stdev: 0.01 },
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.01,
+                },
             ),
-            transformer: Transformer::new(p / "transformer", w, cfg.layers as i64, cfg.heads as i64, 4 * w),
+            transformer: Transformer::new(
+                p / "transformer",
+                w,
+                cfg.layers as i64,
+                cfg.heads as i64,
+                4 * w,
+            ),
             ln_final: layer_norm(p / "ln_final", w),
             text_projection: p.var(
                 "text_projection",
                 &[w, embed_dim],
-                nn::Init::Randn { mean: 0.0, stdev: (w as f64).powf(-0.5) },
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: (w as f64).powf(-0.5),
+                },
             ),
         }
     }
@@ -51,5 +69,8 @@ impl TextTransformer {
 /// The token at each row's EOT position: tokens [B, L, D], eot [B] -> [B, D].
 pub fn pool_eot(tokens: &Tensor, eot: &Tensor) -> Tensor {
     let b = tokens.size()[0];
-    tokens.index(&[Some(Tensor::arange(b, (tch::Kind::Int64, tokens.device()))), Some(eot.shallow_clone())])
+    tokens.index(&[
+        Some(Tensor::arange(b, (tch::Kind::Int64, tokens.device()))),
+        Some(eot.shallow_clone()),
+    ])
 }

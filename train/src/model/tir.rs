@@ -22,10 +22,15 @@ pub struct TirDecoder {
 /// MAE's 2-D sin-cos table for a (gh, gw) grid plus a zero CLS row: [1 + gh*gw, dim].
 /// The first half of the dimensions encodes the column, the second half the row.
 pub fn sincos_2d(dim: i64, gh: i64, gw: i64) -> Tensor {
-    assert!(dim % 4 == 0, "sin-cos position embedding needs a width divisible by 4, got {dim}");
+    assert!(
+        dim % 4 == 0,
+        "sin-cos position embedding needs a width divisible by 4, got {dim}"
+    );
     let half = dim / 2;
     let quarter = half / 2;
-    let omega: Vec<f64> = (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
+    let omega: Vec<f64> = (0..quarter)
+        .map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64))
+        .collect();
     let mut out = vec![0f32; ((1 + gh * gw) * dim) as usize];
     for r in 0..gh {
         for c in 0..gw {
@@ -52,14 +57,28 @@ impl TirDecoder {
         TirDecoder {
             ln_in: layer_norm(&p / "ln_in", d),
             embed: nn::linear(&p / "embed", d, w, Default::default()),
-            mask_token: p.var("mask_token", &[w], nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
+            mask_token: p.var(
+                "mask_token",
+                &[w],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                },
+            ),
             pos: sincos_2d(w, gh as i64, gw as i64).to_device(device),
             ln_q: layer_norm(&p / "ln_q", w),
             ln_kv: layer_norm(&p / "ln_kv", d),
             cross_attn: CrossAttention::new(&p / "cross_attn", w, d, t.heads as i64),
             ln_cross: layer_norm(&p / "ln_cross", w),
             blocks: (0..t.layers as i64)
-                .map(|i| ResidualAttentionBlock::new(&p / "blocks" / i, w, t.heads as i64, t.mlp_width as i64))
+                .map(|i| {
+                    ResidualAttentionBlock::new(
+                        &p / "blocks" / i,
+                        w,
+                        t.heads as i64,
+                        t.mlp_width as i64,
+                    )
+                })
                 .collect(),
             ln_out: layer_norm(&p / "ln_out", w),
             head: nn::linear(&p / "head", w, patch * patch * 3, Default::default()),
@@ -73,11 +92,18 @@ impl TirDecoder {
         let x = visible.apply(&self.ln_in).apply(&self.embed); // [B, K, W]
         let (b, _, w) = x.size3().unwrap();
         let n = self.pos.size()[0] - 1;
-        let full = self.mask_token.view([1, 1, w]).expand([b, n, w], true).contiguous();
+        let full = self
+            .mask_token
+            .view([1, 1, w])
+            .expand([b, n, w], true)
+            .contiguous();
         let idx = keep.unsqueeze(-1).expand([b, keep.size()[1], w], true);
         let full = full.scatter(1, &idx, &x.narrow(1, 1, x.size()[1] - 1));
         let x = Tensor::cat(&[x.narrow(1, 0, 1), full], 1) + &self.pos; // [B, 1+N, W]
-        let x = self.cross_attn.forward(&x.apply(&self.ln_q), &text.apply(&self.ln_kv)).apply(&self.ln_cross);
+        let x = self
+            .cross_attn
+            .forward(&x.apply(&self.ln_q), &text.apply(&self.ln_kv))
+            .apply(&self.ln_cross);
         let x = self.blocks.iter().fold(x, |x, blk| blk.forward(&x, false));
         let y = self.head.forward(&x.apply(&self.ln_out));
         y.narrow(1, 1, n)
@@ -89,13 +115,20 @@ impl TirDecoder {
 pub fn patchify(images: &Tensor, p: i64) -> Tensor {
     let (b, c, h, w) = images.size4().unwrap();
     let (gh, gw) = (h / p, w / p);
-    images.view([b, c, gh, p, gw, p]).permute([0, 2, 4, 3, 5, 1]).reshape([b, gh * gw, p * p * c])
+    images
+        .view([b, c, gh, p, gw, p])
+        .permute([0, 2, 4, 3, 5, 1])
+        .reshape([b, gh * gw, p * p * c])
 }
 
 /// 0.2989 R + 0.5870 G + 0.1140 B, repeated to 3 channels.
 pub fn grayscale(images: &Tensor) -> Tensor {
-    let w = Tensor::from_slice(&[0.2989f32, 0.5870, 0.1140]).to_device(images.device()).view([1, 3, 1, 1]);
-    (images * w).sum_dim_intlist(1, true, Kind::Float).expand([-1, 3, -1, -1], true)
+    let w = Tensor::from_slice(&[0.2989f32, 0.5870, 0.1140])
+        .to_device(images.device())
+        .view([1, 3, 1, 1]);
+    (images * w)
+        .sum_dim_intlist(1, true, Kind::Float)
+        .expand([-1, 3, -1, -1], true)
 }
 
 /// Per-sample random masking: keep `kept - 1` of `n` patches (CLS is always kept).

@@ -26,18 +26,45 @@ impl VisionTransformer {
                 3,
                 w,
                 cfg.patch_size as i64,
-                nn::ConvConfig { stride: cfg.patch_size as i64, bias: false, ..Default::default() },
+                nn::ConvConfig {
+                    stride: cfg.patch_size as i64,
+                    bias: false,
+                    ..Default::default()
+                },
             ),
-            class_embedding: p.var("class_embedding", &[w], nn::Init::Randn { mean: 0.0, stdev: scale }),
+            class_embedding: p.var(
+                "class_embedding",
+                &[w],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: scale,
+                },
+            ),
             positional_embedding: p.var(
                 "positional_embedding",
                 &[cfg.num_tokens() as i64, w],
-                nn::Init::Randn { mean: 0.0, stdev: scale },
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: scale,
+                },
             ),
             ln_pre: layer_norm(&p / "ln_pre", w),
-            transformer: Transformer::new(&p / "transformer", w, cfg.layers as i64, cfg.heads as i64, 4 * w),
+            transformer: Transformer::new(
+                &p / "transformer",
+                w,
+                cfg.layers as i64,
+                cfg.heads as i64,
+                4 * w,
+            ),
             ln_post: layer_norm(&p / "ln_post", w),
-            proj: p.var("proj", &[w, embed_dim], nn::Init::Randn { mean: 0.0, stdev: scale }),
+            proj: p.var(
+                "proj",
+                &[w, embed_dim],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: scale,
+                },
+            ),
             patch: cfg.patch_size as i64,
         }
     }
@@ -46,11 +73,15 @@ impl VisionTransformer {
     fn patches(&self, x: &Tensor) -> Tensor {
         let x = self.conv1.forward(x); // [B, W, gh, gw]
         let x = x.flatten(2, 3).transpose(1, 2); // [B, N, W]
-        x + self.positional_embedding.narrow(0, 1, self.positional_embedding.size()[0] - 1)
+        x + self
+            .positional_embedding
+            .narrow(0, 1, self.positional_embedding.size()[0] - 1)
     }
 
     fn cls(&self, b: i64) -> Tensor {
-        (&self.class_embedding + self.positional_embedding.get(0)).view([1, 1, -1]).expand([b, 1, -1], true)
+        (&self.class_embedding + self.positional_embedding.get(0))
+            .view([1, 1, -1])
+            .expand([b, 1, -1], true)
     }
 
     fn encode(&self, x: Tensor) -> Tensor {
@@ -86,9 +117,17 @@ impl VisionTransformer {
 pub fn resize_position_table(table: &Tensor, gh: i64, gw: i64) -> Tensor {
     let (rows, w) = table.size2().expect("[rows, width]");
     let old = ((rows - 1) as f64).sqrt() as i64;
-    assert_eq!(old * old, rows - 1, "position table without a square grid: {rows} rows");
+    assert_eq!(
+        old * old,
+        rows - 1,
+        "position table without a square grid: {rows} rows"
+    );
     let cls = table.narrow(0, 0, 1);
-    let grid = table.narrow(0, 1, rows - 1).to_kind(Kind::Float).view([1, old, old, w]).permute([0, 3, 1, 2]);
+    let grid = table
+        .narrow(0, 1, rows - 1)
+        .to_kind(Kind::Float)
+        .view([1, old, old, w])
+        .permute([0, 3, 1, 2]);
     let resized = grid.upsample_bilinear2d([gh, gw], false, None, None); // [1, W, gh, gw]
     let flat = resized.permute([0, 2, 3, 1]).reshape([gh * gw, w]);
     Tensor::cat(&[cls.to_kind(Kind::Float), flat], 0)
