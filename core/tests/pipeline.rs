@@ -172,3 +172,33 @@ fn unreadable_image_is_an_error_naming_it() {
     let e = p.epoch(0).next().unwrap().unwrap_err().to_string();
     assert!(e.contains(".jpg"), "{e}");
 }
+
+#[test]
+fn epoch_from_skips_batches_and_matches() {
+    let d = tempfile::tempdir().unwrap();
+    generate(
+        d.path(),
+        &SynthConfig {
+            ids: 26,
+            images_per_id: 2,
+            seed: 1,
+        },
+    )
+    .unwrap();
+    let cfg = PipelineConfig {
+        identities_per_batch: 4,
+        samples_per_identity: 2,
+        seed: 9,
+        ..Default::default()
+    };
+    let p = pipeline(d.path(), cfg);
+    let all: Vec<_> = p.epoch(0).map(|b| b.unwrap()).collect();
+    let tail: Vec<_> = p.epoch_from(0, 2).map(|b| b.unwrap()).collect();
+    assert_eq!(tail.len(), all.len() - 2);
+    for (a, b) in all[2..].iter().zip(&tail) {
+        assert_eq!(a.index, b.index);
+        assert_eq!(a.images, b.images);
+        assert_eq!(a.input_ids, b.input_ids);
+    }
+    assert_eq!(p.epoch_from(0, all.len()).count(), 0);
+}

@@ -194,7 +194,7 @@ impl TrainPipeline {
         EpochIter {
             rx,
             pending: BTreeMap::new(),
-            next: 0,
+            next: first,
             total,
             stop,
             workers,
