@@ -1,0 +1,121 @@
+//! `sen-train` as a user runs it: Ctrl-C leaves a resumable checkpoint, and bad
+//! input is a clear error.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sen-train"))
+}
+
+#[test]
+fn ctrl_c_writes_a_resumable_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    sen_core::synth::generate(
+        &d.path().join("data"),
+        &sen_core::synth::SynthConfig {
+            ids: 26,
+            images_per_id: 2,
+            seed: 1,
+        },
+    )
+    .unwrap();
+    let run = d.path().join("run");
+    let mut child = bin()
+        .args([
+            "train",
+            "--preset",
+            "tiny",
+            "--epochs",
+            "50",
+            "--batch-ids",
+            "4",
+            "--batch-k",
+            "2",
+            "--log-every",
+            "1",
+        ])
+        .arg("--data")
+        .arg(d.path().join("data"))
+        .arg("--out")
+        .arg(&run)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first logged step, then interrupt.
+    let t0 = Instant::now();
+    while !run.join("log.jsonl").is_file() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no training step within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("--resume"), "{stdout}");
+    let train: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("last/train.json")).unwrap())
+            .unwrap();
+    let p = &train["progress"];
+    assert!(p["global_step"].as_u64().unwrap() >= 1);
+    assert_eq!(p["finished"], false);
+    assert!(run.join("last/optimizer.safetensors").is_file());
+    assert_eq!(
+        train["pid_map"].as_array().unwrap().len(),
+        20,
+        "pid map recorded"
+    );
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["train", "--data"])
+        .arg(d.path())
+        .arg("--out")
+        .arg(d.path().join("r"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("no annotation file") && !e.contains("panicked"),
+        "{e}"
+    );
+    let out = bin()
+        .args(["eval", "--checkpoint"])
+        .arg(d.path())
+        .arg("--data")
+        .arg(d.path())
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("neither a checkpoint directory"), "{e}");
+    let out = bin()
+        .args(["train", "--resume"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("train.json"), "{e}");
+    let out = bin().args(["info", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let out = bin()
+        .args(["train", "--data", "x", "--out", "y", "--device", "cuda:7"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("cuda:7"), "{e}");
+}
