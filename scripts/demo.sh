@@ -25,6 +25,14 @@ target/release/sen synth --out "$demo/synth"
 target/release/sen dataset stats "$demo/synth"
 
 echo
+echo "== training SEN, tiny preset from scratch, on the synthetic benchmark (sen-train train)"
+echo "   (planned 15 epochs, stopped after ${SEN_DEMO_TRAIN_MINUTES:-4} minutes; SEN_DEMO_TRAIN_MINUTES to change)"
+rm -rf "$demo/run"
+target/release/sen-train train --data "$demo/synth" --out "$demo/run" --preset tiny --epochs 15 \
+  --batch-ids 32 --batch-k 2 --cache-images --max-minutes "${SEN_DEMO_TRAIN_MINUTES:-4}"
+target/release/sen-train eval --checkpoint "$demo/run" --data "$demo/synth" --split test
+
+echo
 echo "== pruning augmentation (sen prune)"
 target/release/sen prune --tags "The woman is wearing a light blue shirt, dark pants and she carries her black bag."
 
