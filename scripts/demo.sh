@@ -28,9 +28,9 @@ echo
 echo "== training SEN, tiny preset from scratch, on the synthetic benchmark (sen-train train)"
 echo "   (planned 15 epochs, stopped after ${SEN_DEMO_TRAIN_MINUTES:-4} minutes; SEN_DEMO_TRAIN_MINUTES to change)"
 rm -rf "$demo/run"
-target/release/sen-train train --data "$demo/synth" --out "$demo/run" --preset tiny --epochs 15 \
-  --batch-ids 32 --batch-k 2 --cache-images --max-minutes "${SEN_DEMO_TRAIN_MINUTES:-4}"
-target/release/sen-train eval --checkpoint "$demo/run" --data "$demo/synth" --split test
+target/release/sen-train train --dataset "$demo/synth" --out "$demo/run" --preset tiny --epochs 15 \
+  --batch 64 --batch-k 2 --cache-images --max-minutes "${SEN_DEMO_TRAIN_MINUTES:-4}"
+target/release/sen-train eval --checkpoint "$demo/run" --dataset "$demo/synth" --split test
 
 echo
 echo "== pruning augmentation (sen prune)"

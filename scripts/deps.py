@@ -29,8 +29,11 @@ import time
 import zipfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOCK = os.path.join(REPO, "deps", "wheels.json")
-STAMP_NAME = "deps.stamp"
+# `deps.py` fetches the CPU set; `deps.py cuda` (make deps-cuda) the CUDA libraries
+# libtorch_cuda needs at run time, for GPU machines without a PyTorch install.
+SET = sys.argv[1] if len(sys.argv) > 1 else "cpu"
+LOCK = os.path.join(REPO, "deps", {"cpu": "wheels.json", "cuda": "wheels-cuda.json"}[SET])
+STAMP_NAME = {"cpu": "deps.stamp", "cuda": "deps-cuda.stamp"}[SET]
 # Files smaller than this are re-hashed on every run (the vocabulary, ONNX Runtime,
 # the CUDA runtime libraries, headers); the large libtorch libraries only have
 # their size checked unless SEN_DEPS_VERIFY=full.
@@ -125,6 +128,20 @@ def unpack(wheel, whl_path, staging):
     """Extract the mapped members of one wheel into `staging`; returns the relative paths written."""
     written = []
     with zipfile.ZipFile(whl_path) as z:
+        if wheel.get("extract_libs"):
+            # Every shared library under nvidia/<package>/lib/, where libtorch_cuda's
+            # RPATH ($ORIGIN/../../nvidia/...) looks for it.
+            for name in z.namelist():
+                if re.match(r"^nvidia/[^/]+/lib/[^/]+\.so[.0-9]*$", name):
+                    out = os.path.join(staging, name)
+                    os.makedirs(os.path.dirname(out), exist_ok=True)
+                    with z.open(name) as fi, open(out, "wb") as fo:
+                        shutil.copyfileobj(fi, fo, 1 << 22)
+                    os.chmod(out, 0o755)
+                    written.append(name)
+            if not written:
+                die(f"{wheel['file']} has no nvidia/*/lib/*.so files; deps/wheels-cuda.json is wrong")
+            return written
         for src, dst in wheel["extract"].items():
             members = [n for n in z.namelist() if (n.startswith(src) if src.endswith("/") else n == src)]
             members = [n for n in members if not n.endswith("/")]
@@ -196,15 +213,12 @@ def main():
             for rel, exp in wheel.get("expect", {}).items():
                 if files[rel]["bytes"] != exp["bytes"]:
                     die(f"{rel} from {wheel['file']} has {files[rel]['bytes']} bytes, expected {exp['bytes']}")
-        # Swap each top-level folder in atomically, then write the stamp last.
-        for top in sorted({rel.split("/")[0] for rel in files}):
-            dst = os.path.join(cache, top)
-            old = dst + ".old"
-            shutil.rmtree(old, ignore_errors=True)
-            if os.path.exists(dst):
-                os.replace(dst, old)
-            os.replace(os.path.join(staging, top), dst)
-            shutil.rmtree(old, ignore_errors=True)
+        # Move each file into place (an atomic rename per file; the CPU and CUDA sets
+        # share nvidia/cu13/lib), then write the stamp last.
+        for rel in sorted(files):
+            dst = os.path.join(cache, rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.replace(os.path.join(staging, rel), dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     stamp = {"lock_sha256": lock_hash(), "files": files}

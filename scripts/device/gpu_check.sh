@@ -17,14 +17,14 @@ chmod +x $B $S
   echo "== info"; nvidia-smi -L; $B info --json
   echo "== synth"; $S synth --out /tmp/synth --ids 650 --images-per-id 4
   echo "== tiny on cuda, 4 epochs, batch 128"
-  /usr/bin/time -f "%e s wall" $B train --data /tmp/synth --out /tmp/run --preset tiny --epochs 4 \
-     --batch-ids 64 --batch-k 2 --cache-images --eval-every 2 --device cuda --log-every 20 2>&1 | tail -5
+  /usr/bin/time -f "%e s wall" $B train --dataset /tmp/synth --out /tmp/run --preset tiny --epochs 4 \
+     --batch 128 --batch-k 2 --cache-images --eval-every 2 --device cuda --log-every 20 2>&1 | tail -5
   tail -n 3 /tmp/run/log.jsonl
   echo "== eval cuda vs cpu on the same checkpoint"
-  $B eval --checkpoint /tmp/run --data /tmp/synth --split test --device cuda --json
-  $B eval --checkpoint /tmp/run --data /tmp/synth --split test --device cpu --json
+  $B eval --checkpoint /tmp/run --dataset /tmp/synth --split test --device cuda --json
+  $B eval --checkpoint /tmp/run --dataset /tmp/synth --split test --device cpu --json
   echo "== vit-b16 on cuda, batch 128, 1.5 minutes"
-  timeout 200 $B train --data /tmp/synth --out /tmp/runb --preset vit-b16 --epochs 10 --batch-ids 64 \
+  timeout 200 $B train --dataset /tmp/synth --out /tmp/runb --preset vit-b16 --epochs 10 --batch 128 \
      --batch-k 2 --cache-images --eval-every 0 --device cuda --log-every 5 --max-minutes 1.5 2>&1 | tail -3
   tail -n 3 /tmp/runb/log.jsonl
   nvidia-smi --query-gpu=name,memory.used --format=csv

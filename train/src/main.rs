@@ -48,7 +48,7 @@ enum Command {
         #[arg(long)]
         checkpoint: PathBuf,
         /// Dataset root.
-        #[arg(long)]
+        #[arg(long = "dataset", alias = "data", value_name = "ROOT")]
         data: PathBuf,
         /// cuhk-pedes, icfg-pedes or rstpreid (detected if omitted).
         #[arg(long)]
@@ -67,7 +67,12 @@ enum Command {
 #[derive(Args)]
 struct TrainArgs {
     /// Dataset root (annotation file + imgs/). Not needed with --resume.
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(
+        long = "dataset",
+        alias = "data",
+        value_name = "ROOT",
+        required_unless_present = "resume"
+    )]
     data: Option<PathBuf>,
     /// cuhk-pedes, icfg-pedes or rstpreid (detected if omitted).
     #[arg(long)]
@@ -95,9 +100,9 @@ struct TrainArgs {
     /// Base learning rate override.
     #[arg(long)]
     lr: Option<f64>,
-    /// Identities per batch (P).
-    #[arg(long, default_value_t = 64)]
-    batch_ids: usize,
+    /// Batch size: identities per batch x --batch-k samples each (SPEC §5: 128 = 64 x 2).
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
     /// Images per identity (K).
     #[arg(long, default_value_t = 2)]
     batch_k: usize,
@@ -135,6 +140,9 @@ struct TrainArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Mixed precision on CUDA: fp16 autocast with dynamic loss scaling.
+    #[arg(long)]
+    amp: bool,
 }
 
 fn main() {
@@ -216,13 +224,19 @@ fn run(cli: Cli) -> Result<()> {
                         recipe.bias_lr *= lr / recipe.lr;
                         recipe.lr = lr;
                     }
+                    anyhow::ensure!(
+                        a.batch_k > 0 && a.batch % a.batch_k == 0 && a.batch >= 2 * a.batch_k,
+                        "--batch {} must be a multiple of --batch-k {} with at least two identities",
+                        a.batch,
+                        a.batch_k
+                    );
                     let opts = TrainOptions {
                         data: a.data.clone().unwrap(),
                         format: a.format.map(|f| f.name().to_string()),
                         model,
                         init: a.init.clone(),
                         recipe,
-                        identities_per_batch: a.batch_ids,
+                        identities_per_batch: a.batch / a.batch_k,
                         samples_per_identity: a.batch_k,
                         seed: a.seed,
                         losses: LossWeights {
@@ -237,6 +251,7 @@ fn run(cli: Cli) -> Result<()> {
                         log_every: a.log_every,
                         workers: a.workers,
                         cache_images: a.cache_images,
+                        amp: a.amp,
                     };
                     (opts, a.out.clone().unwrap(), false)
                 }

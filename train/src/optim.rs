@@ -171,6 +171,30 @@ impl Adam {
         });
     }
 
+    /// One update from gradients scaled by `1 / inv_scale` (fp16 loss scaling): if any
+    /// gradient is not finite, nothing changes and `false` is returned.
+    pub fn step_scaled(&mut self, lr_factor: f64, inv_scale: f64) -> bool {
+        let finite = tch::no_grad(|| {
+            self.params.iter().all(|p| {
+                let g = p.tensor.grad();
+                !g.defined() || g.isfinite().all().int64_value(&[]) == 1
+            })
+        });
+        if !finite {
+            return false;
+        }
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                let mut g = p.tensor.grad();
+                if g.defined() {
+                    let _ = g.g_mul_scalar_(inv_scale);
+                }
+            }
+        });
+        self.step(lr_factor);
+        true
+    }
+
     /// Save moments and the step count (`optimizer.safetensors`).
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut named: Vec<(String, Tensor)> = Vec::with_capacity(2 * self.params.len() + 1);

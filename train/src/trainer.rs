@@ -63,6 +63,9 @@ pub struct TrainOptions {
     pub log_every: usize,
     pub workers: usize,
     pub cache_images: bool,
+    /// Mixed precision (CUDA fp16 autocast with dynamic loss scaling).
+    #[serde(default)]
+    pub amp: bool,
 }
 
 /// Where a run stands (saved in `train.json`).
@@ -94,6 +97,37 @@ pub struct StepLosses {
     pub id: f64,
     pub triplet: f64,
     pub tir: f64,
+}
+
+/// Dynamic loss scaling for fp16 autocast (as torch's GradScaler): start at 2^16,
+/// halve on overflow (the step is skipped), double after 2000 clean steps.
+#[derive(Debug, Clone)]
+pub struct LossScaler {
+    pub scale: f64,
+    good: u32,
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        LossScaler {
+            scale: 65536.0,
+            good: 0,
+        }
+    }
+}
+
+impl LossScaler {
+    pub fn overflow(&mut self) {
+        self.scale = (self.scale / 2.0).max(1.0);
+        self.good = 0;
+    }
+    pub fn good_step(&mut self) {
+        self.good += 1;
+        if self.good >= 2000 {
+            self.scale *= 2.0;
+            self.good = 0;
+        }
+    }
 }
 
 /// How a call to [`train`] ended.
@@ -304,9 +338,12 @@ pub fn train(
         },
     )?;
 
+    // Initialise on the CPU generator, then move: the same seed gives the same start
+    // on every device (and CPU/CUDA losses can be compared at step 0).
     tch::manual_seed(opts.seed as i64);
-    let mut vs = nn::VarStore::new(device);
+    let mut vs = nn::VarStore::new(Device::Cpu);
     let model = Sen::new(&vs.root(), cfg, Some(num_pids), opts.losses.tir > 0.0);
+    vs.set_device(device);
     let mut opt;
     let mut progress;
     let last = out.join("last");
@@ -376,6 +413,43 @@ pub fn train(
         )
     };
 
+    // Evaluate on val, save last/, and copy it to best/ when R@1 improved (or when
+    // there is no val split to choose on).
+    let eval_and_save = |model: &Sen,
+                         vs: &nn::VarStore,
+                         opt: &Adam,
+                         progress: &mut Progress|
+     -> Result<()> {
+        let Some(val) = &val_set else {
+            save_last(vs, opt, progress, &serde_json::json!({}))?;
+            return copy_dir(&last, &out.join("best"));
+        };
+        let m = evaluate(model, val, &pre, &tok, device, 64)?;
+        let metrics = serde_json::json!({"split": "val", "epoch": progress.epoch, "batch": progress.batch,
+            "r1": m.r1, "r5": m.r5, "r10": m.r10, "map": m.map, "minp": m.minp});
+        append_log(&log_path, &serde_json::json!({"eval": metrics.clone()}))?;
+        if show_progress {
+            eprintln!(
+                "  val after epoch {} batch {}: {m}",
+                progress.epoch, progress.batch
+            );
+        }
+        let improved = progress.best_r1.is_none_or(|b| m.r1 > b);
+        if improved {
+            progress.best_r1 = Some(m.r1);
+            progress.best_epoch = Some(progress.epoch);
+        }
+        save_last(vs, opt, progress, &metrics)?;
+        if improved {
+            copy_dir(&last, &out.join("best"))?;
+        }
+        Ok(())
+    };
+    let amp = opts.amp && device.is_cuda();
+    if opts.amp && !amp {
+        tracing::warn!("--amp applies to CUDA only; training in fp32 on {device:?}");
+    }
+    let mut scaler = LossScaler::default();
     let mut outcome = Outcome::Finished;
     'epochs: while progress.epoch < stop_epoch {
         let epoch = progress.epoch;
@@ -400,9 +474,22 @@ pub fn train(
             let b = b?;
             tch::manual_seed((opts.seed ^ 0x5EED) as i64 + progress.global_step as i64);
             opt.zero_grad();
-            let (loss, l) = batch_losses(&model, &b, &opts.losses, device)?;
-            loss.backward();
-            opt.step(lr_factor);
+            let (loss, l) = tch::autocast(amp, || batch_losses(&model, &b, &opts.losses, device))?;
+            if amp {
+                (loss * scaler.scale).backward();
+                if !opt.step_scaled(lr_factor, 1.0 / scaler.scale) {
+                    scaler.overflow();
+                    tracing::debug!(
+                        "fp16 gradient overflow: step skipped, loss scale now {}",
+                        scaler.scale
+                    );
+                } else {
+                    scaler.good_step();
+                }
+            } else {
+                loss.backward();
+                opt.step(lr_factor);
+            }
             progress.batch = b.index + 1;
             progress.global_step += 1;
             seen += b.pids.len();
@@ -431,36 +518,25 @@ pub fn train(
                     progress.epoch += 1;
                     progress.batch = 0;
                 }
-                save_last(&vs, &opt, &progress, &serde_json::json!({}))?;
+                if outcome == Outcome::TimeLimit {
+                    // --max-minutes: evaluate what we have, keep the best, save.
+                    eval_and_save(&model, &vs, &opt, &mut progress)?;
+                } else {
+                    save_last(&vs, &opt, &progress, &serde_json::json!({}))?;
+                }
                 break 'epochs;
             }
         }
         bar.finish();
         progress.epoch += 1;
         progress.batch = 0;
-        let mut metrics = serde_json::json!({});
+        progress.finished = progress.epoch == epochs;
         let eval_now = (opts.eval_every > 0 && progress.epoch % opts.eval_every == 0)
             || progress.epoch == epochs;
-        if let (true, Some(val)) = (eval_now, &val_set) {
-            let m = evaluate(&model, val, &pre, &tok, device, 64)?;
-            metrics = serde_json::json!({"split": "val", "epoch": progress.epoch, "r1": m.r1, "r5": m.r5, "r10": m.r10, "map": m.map, "minp": m.minp});
-            append_log(&log_path, &serde_json::json!({"eval": metrics.clone()}))?;
-            if show_progress {
-                eprintln!("  val after epoch {}: {m}", progress.epoch);
-            }
-            if progress.best_r1.is_none_or(|b| m.r1 > b) {
-                progress.best_r1 = Some(m.r1);
-                progress.best_epoch = Some(progress.epoch);
-                progress.finished = progress.epoch == epochs;
-                save_last(&vs, &opt, &progress, &metrics)?;
-                copy_dir(&last, &out.join("best"))?;
-                continue;
-            }
-        }
-        progress.finished = progress.epoch == epochs;
-        save_last(&vs, &opt, &progress, &metrics)?;
-        if val_set.is_none() {
-            copy_dir(&last, &out.join("best"))?;
+        if eval_now {
+            eval_and_save(&model, &vs, &opt, &mut progress)?;
+        } else {
+            save_last(&vs, &opt, &progress, &serde_json::json!({}))?;
         }
     }
     Ok((outcome, progress))

@@ -34,6 +34,7 @@ fn options(data: &Path, epochs: usize) -> TrainOptions {
         log_every: 1,
         workers: 2,
         cache_images: true,
+        amp: false,
     }
 }
 

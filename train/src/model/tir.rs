@@ -99,7 +99,7 @@ impl TirDecoder {
             .contiguous();
         let idx = keep.unsqueeze(-1).expand([b, keep.size()[1], w], true);
         let full = full.scatter(1, &idx, &x.narrow(1, 1, x.size()[1] - 1));
-        let x = Tensor::cat(&[x.narrow(1, 0, 1), full], 1) + &self.pos; // [B, 1+N, W]
+        let x = Tensor::cat(&[x.narrow(1, 0, 1), full], 1) + self.pos.to_device(x.device()); // [B, 1+N, W]
         let x = self
             .cross_attn
             .forward(&x.apply(&self.ln_q), &text.apply(&self.ln_kv))
@@ -132,9 +132,10 @@ pub fn grayscale(images: &Tensor) -> Tensor {
 }
 
 /// Per-sample random masking: keep `kept - 1` of `n` patches (CLS is always kept).
-/// Returns (keep indices [B, kept-1], mask [B, N] with 1 = masked).
+/// Returns (keep indices [B, kept-1], mask [B, N] with 1 = masked). The noise is drawn
+/// on the CPU generator whatever the device, so CPU and CUDA runs mask alike.
 pub fn random_masking(b: i64, n: i64, kept: i64, device: Device) -> (Tensor, Tensor) {
-    let noise = Tensor::rand([b, n], (Kind::Float, device));
+    let noise = Tensor::rand([b, n], (Kind::Float, Device::Cpu)).to_device(device);
     let order = noise.argsort(1, false);
     let keep = order.narrow(1, 0, kept - 1);
     let mask = Tensor::ones([b, n], (Kind::Float, device)).scatter_value(1, &keep, 0.0);
