@@ -8,17 +8,24 @@ export SEN_CACHE
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: deps test demo bench help
+.PHONY: deps deps-cuda test demo bench help
 
 help:
 	@echo "make demo   - run the sen pipeline end to end (what exists so far)"
 	@echo "make test   - run every test (cargo test --workspace)"
 	@echo "make bench  - criterion benches"
 	@echo "make deps   - fetch and verify native dependencies into $(SEN_CACHE)"
+	@echo "make deps-cuda - also the CUDA libraries libtorch_cuda loads (GPU machines only, ~2 GB)"
 
 deps:
 	@command -v $(PYTHON) >/dev/null || { echo "make deps: $(PYTHON) is required to fetch wheels from PyPI" >&2; exit 1; }
 	@$(PYTHON) scripts/deps.py
+
+# GPU machines only: the CUDA libraries (cuDNN, cuBLAS, NCCL, ...) that libtorch_cuda
+# loads, for running `sen-train --device cuda` built with `--features cuda` without a
+# PyTorch install. Never needed on CPU machines.
+deps-cuda: deps
+	@$(PYTHON) scripts/deps.py cuda
 
 test: deps
 	$(CARGO) test --workspace

@@ -77,7 +77,7 @@ def stamp_problems(cache, stamp, full):
     """Every reason the cache does not match its stamp (empty list = healthy)."""
     problems = []
     if stamp is None:
-        return ["no deps.stamp (never completed)"]
+        return [f"no {STAMP_NAME} (never completed)"]
     if stamp.get("lock_sha256") != lock_hash():
         return ["deps/wheels.json changed since the cache was filled"]
     for rel, meta in stamp.get("files", {}).items():
