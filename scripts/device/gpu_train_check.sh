@@ -23,9 +23,9 @@ rate() { grep -o '"samples_per_s":[0-9.]*' "$1/log.jsonl" | tail -1; grep -o '"s
   done
   for cfg in "64 fp32" "64 amp" "128 fp32" "128 amp"; do
     set -- $cfg; bs=$1; prec=$2; flag=""; [ $prec = amp ] && flag=--amp
-    echo "== vit-b16, batch $bs, $prec, ~1 minute"
+    echo "== vit-b16, batch $bs, $prec, ~45 seconds"
     rm -rf /tmp/v; peak $B train --dataset /tmp/synth --out /tmp/v --preset vit-b16 --epochs 10 --batch $bs --cache-images \
-       --eval-every 0 --device cuda --log-every 10 --max-minutes 1 $flag >/tmp/v.log 2>&1
+       --eval-every 0 --device cuda --log-every 10 --max-minutes 0.75 $flag >/tmp/v.log 2>&1
     tail -1 /tmp/v.log; rate /tmp/v
   done
 } 2>&1 | tee "$OUT/gpu_train_check.log"
