@@ -98,7 +98,10 @@ impl TirDecoder {
             .expand([b, n, w], true)
             .contiguous();
         let idx = keep.unsqueeze(-1).expand([b, keep.size()[1], w], true);
-        let full = full.scatter(1, &idx, &x.narrow(1, 1, x.size()[1] - 1));
+        // Under autocast the embedded tokens may be fp16 while the mask token is fp32.
+        let visible_patches = x.narrow(1, 1, x.size()[1] - 1).to_kind(full.kind());
+        let full = full.scatter(1, &idx, &visible_patches);
+        let x = x.to_kind(full.kind());
         let x = Tensor::cat(&[x.narrow(1, 0, 1), full], 1) + self.pos.to_device(x.device()); // [B, 1+N, W]
         let x = self
             .cross_attn
