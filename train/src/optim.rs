@@ -296,6 +296,36 @@ mod tests {
     }
 
     #[test]
+    fn scaled_step_unscales_and_skips_overflow() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let x = vs.root().var_copy("w", &Tensor::from_slice(&[1f32, -2.]));
+        let r = Recipe {
+            lr: 0.1,
+            bias_lr: 0.1,
+            weight_decay: 0.0,
+            eps: 1e-8,
+            ..Recipe::reference()
+        };
+        let mut opt = Adam::new(&vs, &r);
+        // Loss scaled by 1024: the update equals the unscaled one (Adam is scale-free
+        // up to eps, and the gradient is divided back before the moments).
+        opt.zero_grad();
+        (x.square().sum(Kind::Float) * 1024.0).backward();
+        assert!(opt.step_scaled(1.0, 1.0 / 1024.0));
+        let got = Vec::<f32>::try_from(&x).unwrap();
+        assert!(
+            (got[0] - 0.9).abs() < 1e-6 && (got[1] + 1.9).abs() < 1e-6,
+            "{got:?}"
+        );
+        // A non-finite gradient: nothing moves, the step count does not advance.
+        opt.zero_grad();
+        (x.sum(Kind::Float) * f64::INFINITY).backward();
+        assert!(!opt.step_scaled(1.0, 1.0));
+        assert_eq!(Vec::<f32>::try_from(&x).unwrap(), got);
+        assert_eq!(opt.step, 1);
+    }
+
+    #[test]
     fn groups_follow_the_spec() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         for name in [

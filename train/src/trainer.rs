@@ -588,3 +588,26 @@ pub fn load_for_eval(ckpt: &Path, device: Device) -> Result<(nn::VarStore, Sen)>
     crate::import::copy_named(&mut vs, &src, &[]).with_context(|| format!("{}", dir.display()))?;
     Ok((vs, model))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LossScaler;
+
+    #[test]
+    fn loss_scaler_halves_on_overflow_and_grows_after_2000_clean_steps() {
+        let mut s = LossScaler::default();
+        assert_eq!(s.scale, 65536.0);
+        s.overflow();
+        assert_eq!(s.scale, 32768.0);
+        for _ in 0..1999 {
+            s.good_step();
+        }
+        assert_eq!(s.scale, 32768.0);
+        s.good_step();
+        assert_eq!(s.scale, 65536.0);
+        for _ in 0..40 {
+            s.overflow();
+        }
+        assert_eq!(s.scale, 1.0, "never below 1");
+    }
+}

@@ -2,40 +2,13 @@
 //! extra entries, a 14x14 position grid resized to 24x8 (checked against bilinear
 //! interpolation computed here), and refusal of mismatching files.
 
-use sen_core::config::{ModelConfig, TextConfig, TirConfig, VisionConfig};
+mod common;
+
+use sen_core::ModelConfig;
 use sen_train::checkpoint;
 use sen_train::model::Sen;
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor, nn};
-
-/// 384x128 input (24x8 grid) with width 8 so the fixture stays small.
-fn micro_384() -> ModelConfig {
-    ModelConfig {
-        vision: VisionConfig {
-            width: 8,
-            layers: 1,
-            heads: 2,
-            patch_size: 16,
-            image_height: 384,
-            image_width: 128,
-        },
-        text: TextConfig {
-            width: 8,
-            layers: 1,
-            heads: 2,
-            context_length: 77,
-            vocab_size: 49408,
-        },
-        embed_dim: 8,
-        tir: TirConfig {
-            width: 8,
-            heads: 2,
-            layers: 1,
-            mlp_width: 16,
-            mask_ratio: 0.7,
-        },
-    }
-}
 
 /// An OpenAI-style state dict for `cfg`: fp16, 197-row position table, extra entries.
 fn openai_like(cfg: &ModelConfig) -> BTreeMap<String, Tensor> {
@@ -108,7 +81,7 @@ fn bilinear(
 
 #[test]
 fn imports_openai_layout_and_resizes_positions() {
-    let cfg = micro_384();
+    let cfg = common::micro_384();
     let sd = openai_like(&cfg);
     let d = tempfile::tempdir().unwrap();
     let file = d.path().join("clip.safetensors");
@@ -170,7 +143,7 @@ fn imports_openai_layout_and_resizes_positions() {
 
 #[test]
 fn refuses_mismatching_files_listing_every_key() {
-    let cfg = micro_384();
+    let cfg = common::micro_384();
     let mut sd = openai_like(&cfg);
     sd.remove("visual.proj");
     sd.remove("ln_final.bias");

@@ -3,39 +3,12 @@
 //! `scripts/reference/clip_jit_fixture.py`; values checked against what PyTorch
 //! recorded next to it.
 
-use sen_core::config::{ModelConfig, TextConfig, TirConfig, VisionConfig};
+mod common;
+
 use sen_train::checkpoint;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::Tensor;
-
-fn micro_384() -> ModelConfig {
-    ModelConfig {
-        vision: VisionConfig {
-            width: 8,
-            layers: 1,
-            heads: 2,
-            patch_size: 16,
-            image_height: 384,
-            image_width: 128,
-        },
-        text: TextConfig {
-            width: 8,
-            layers: 1,
-            heads: 2,
-            context_length: 77,
-            vocab_size: 49408,
-        },
-        embed_dim: 8,
-        tir: TirConfig {
-            width: 8,
-            heads: 2,
-            layers: 1,
-            mlp_width: 16,
-            mask_ratio: 0.7,
-        },
-    }
-}
 
 #[test]
 fn imports_a_torchscript_archive() {
@@ -46,7 +19,8 @@ fn imports_a_torchscript_archive() {
     .unwrap();
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("ckpt");
-    sen_train::import::import_clip(&fx.join("clip_micro_jit.pt"), &micro_384(), &out).unwrap();
+    sen_train::import::import_clip(&fx.join("clip_micro_jit.pt"), &common::micro_384(), &out)
+        .unwrap();
     let got: BTreeMap<String, Tensor> = Tensor::read_safetensors(out.join(checkpoint::MODEL_FILE))
         .unwrap()
         .into_iter()
