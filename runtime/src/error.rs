@@ -7,4 +7,19 @@ pub enum RuntimeError {
     /// ONNX Runtime (or another native dependency) is missing or unusable.
     #[error("{0}")]
     Dependency(String),
+    /// ONNX Runtime refused a model or a run (names the model file).
+    #[error("{context}: {message}")]
+    Onnx { context: String, message: String },
+    /// Bad input to an encoder (names the tensor and what would fix it).
+    #[error("{0}")]
+    Input(String),
+}
+
+impl RuntimeError {
+    pub fn onnx(context: impl std::fmt::Display, e: impl std::fmt::Display) -> Self {
+        RuntimeError::Onnx {
+            context: context.to_string(),
+            message: e.to_string(),
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! preprocessing tools, which call `sen-core` (the only copy of both). Encoders,
 //! the gallery index, search and evaluation arrive with the runtime issue (#6).
 
+pub mod encoders;
 pub mod error;
 pub mod onnxruntime;
 

@@ -7,12 +7,22 @@ use crate::error::RuntimeError;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-/// The loaded library.
-#[derive(Debug, Clone)]
+/// The loaded library and its process-wide environment.
+#[derive(Clone)]
 pub struct OrtLibrary {
     pub path: PathBuf,
     /// Version reported by the library itself, e.g. `1.31.1`.
     pub version: String,
+    pub env: ort::environment::Environment,
+}
+
+impl std::fmt::Debug for OrtLibrary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrtLibrary")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .finish()
+    }
 }
 
 static LOADED: OnceLock<Result<OrtLibrary, String>> = OnceLock::new();
@@ -28,14 +38,14 @@ pub fn init() -> Result<&'static OrtLibrary, RuntimeError> {
                     path.display()
                 )
             })?;
-            builder.with_name("sen").build().map_err(|e| {
+            let env = builder.with_name("sen").build().map_err(|e| {
                 format!(
                     "ONNX Runtime loaded from {} but its environment failed: {e}",
                     path.display()
                 )
             })?;
             let version = version_from_path(&path).unwrap_or_else(|| "unknown".into());
-            Ok(OrtLibrary { path, version })
+            Ok(OrtLibrary { path, version, env })
         })
         .as_ref()
         .map_err(|m| RuntimeError::Dependency(m.clone()))

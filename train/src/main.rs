@@ -41,7 +41,7 @@ enum Command {
         out: PathBuf,
     },
     /// Train a run into OUT (OUT/last, OUT/best, OUT/log.jsonl).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a checkpoint (or a run's best/) on a dataset split (SPEC §7 metrics).
     Eval {
         /// Checkpoint directory or run directory.
@@ -97,15 +97,44 @@ struct TrainArgs {
     /// Planned epochs (the schedule is laid out over them); default from the recipe.
     #[arg(long)]
     epochs: Option<usize>,
-    /// Base learning rate override.
+    /// Base learning rate override (the bias rate keeps its ratio to it unless --bias-lr).
     #[arg(long)]
     lr: Option<f64>,
+    /// Learning rate of every bias (no weight decay on biases).
+    #[arg(long)]
+    bias_lr: Option<f64>,
+    /// Rate multiplier for the TIR cross-attention and the ID classifier (SPEC §5: 5).
+    #[arg(long)]
+    head_lr_mult: Option<f64>,
+    /// L2 weight decay (added to the gradient).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Adam epsilon.
+    #[arg(long)]
+    eps: Option<f64>,
+    /// Adam beta1.
+    #[arg(long)]
+    beta1: Option<f64>,
+    /// Adam beta2.
+    #[arg(long)]
+    beta2: Option<f64>,
+    /// Linear warm-up epochs (from --warmup-factor x the rate), then cosine to 0.
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    /// Starting fraction of the rate during warm-up.
+    #[arg(long)]
+    warmup_factor: Option<f64>,
     /// Batch size: identities per batch x --batch-k samples each (SPEC §5: 128 = 64 x 2).
     #[arg(long, default_value_t = 128)]
     batch: usize,
     /// Images per identity (K).
     #[arg(long, default_value_t = 2)]
     batch_k: usize,
+    /// Build each batch from groups of G identities whose training captions are alike
+    /// (TF-IDF nearest neighbours), so in-batch negatives are hard; 1: IRRA's random
+    /// identities.
+    #[arg(long, default_value_t = 1, value_name = "G")]
+    similar_ids: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Loss weights (0 switches a term off, for ablations).
@@ -212,23 +241,74 @@ fn run(cli: Cli) -> Result<()> {
                         } else {
                             "tiny-scratch"
                         }))?;
+                    if let Some(w) = a.warmup_epochs {
+                        recipe.warmup_epochs = w;
+                    }
                     if let Some(e) = a.epochs {
-                        anyhow::ensure!(
-                            e > recipe.warmup_epochs,
-                            "--epochs {e} must exceed the {} warm-up epochs",
-                            recipe.warmup_epochs
-                        );
                         recipe.epochs = e;
                     }
+                    anyhow::ensure!(
+                        recipe.epochs > recipe.warmup_epochs,
+                        "--epochs {} must exceed the {} warm-up epochs (--warmup-epochs)",
+                        recipe.epochs,
+                        recipe.warmup_epochs
+                    );
                     if let Some(lr) = a.lr {
                         recipe.bias_lr *= lr / recipe.lr;
                         recipe.lr = lr;
+                    }
+                    let positive = |flag: &str, v: f64| -> Result<f64> {
+                        anyhow::ensure!(
+                            v.is_finite() && v > 0.0,
+                            "{flag} {v}: must be a positive number"
+                        );
+                        Ok(v)
+                    };
+                    let fraction = |flag: &str, v: f64| -> Result<f64> {
+                        anyhow::ensure!((0.0..1.0).contains(&v), "{flag} {v}: must be in [0, 1)");
+                        Ok(v)
+                    };
+                    positive("--lr", recipe.lr)?;
+                    if let Some(v) = a.bias_lr {
+                        recipe.bias_lr = positive("--bias-lr", v)?;
+                    }
+                    if let Some(v) = a.head_lr_mult {
+                        recipe.head_lr_mult = positive("--head-lr-mult", v)?;
+                    }
+                    if let Some(v) = a.weight_decay {
+                        anyhow::ensure!(
+                            v.is_finite() && v >= 0.0,
+                            "--weight-decay {v}: must be >= 0"
+                        );
+                        recipe.weight_decay = v;
+                    }
+                    if let Some(v) = a.eps {
+                        recipe.eps = positive("--eps", v)?;
+                    }
+                    if let Some(v) = a.beta1 {
+                        recipe.beta1 = fraction("--beta1", v)?;
+                    }
+                    if let Some(v) = a.beta2 {
+                        recipe.beta2 = fraction("--beta2", v)?;
+                    }
+                    if let Some(v) = a.warmup_factor {
+                        anyhow::ensure!(
+                            v > 0.0 && v <= 1.0,
+                            "--warmup-factor {v}: must be in (0, 1]"
+                        );
+                        recipe.warmup_factor = v;
                     }
                     anyhow::ensure!(
                         a.batch_k > 0 && a.batch % a.batch_k == 0 && a.batch >= 2 * a.batch_k,
                         "--batch {} must be a multiple of --batch-k {} with at least two identities",
                         a.batch,
                         a.batch_k
+                    );
+                    anyhow::ensure!(
+                        a.similar_ids >= 1 && a.similar_ids <= a.batch / a.batch_k,
+                        "--similar-ids {}: must be between 1 and the {} identities per batch",
+                        a.similar_ids,
+                        a.batch / a.batch_k
                     );
                     let opts = TrainOptions {
                         data: a.data.clone().unwrap(),
@@ -238,6 +318,7 @@ fn run(cli: Cli) -> Result<()> {
                         recipe,
                         identities_per_batch: a.batch / a.batch_k,
                         samples_per_identity: a.batch_k,
+                        similar_ids: a.similar_ids,
                         seed: a.seed,
                         losses: LossWeights {
                             sdm: a.w_sdm,

@@ -148,25 +148,29 @@ impl Adam {
         let (b1, b2, eps) = (self.recipe.beta1, self.recipe.beta2, self.recipe.eps);
         let bc1 = 1.0 - b1.powi(self.step as i32);
         let bc2 = 1.0 - b2.powi(self.step as i32);
+        // In place, three temporaries per tensor (PyTorch's Adam formulation):
+        // m.lerp_(g, 1 - b1); v = b2 v + (1 - b2) g^2; p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).
         tch::no_grad(|| {
             for p in &mut self.params {
-                let g = p.tensor.grad();
+                let mut g = p.tensor.grad();
                 if !g.defined() {
                     continue;
                 }
-                let g = if p.weight_decay > 0.0 {
-                    &g + &p.tensor * p.weight_decay
-                } else {
-                    g
-                };
-                let _ = p.exp_avg.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
-                let _ = p
-                    .exp_avg_sq
-                    .g_mul_scalar_(b2)
-                    .g_add_(&(g.square() * (1.0 - b2)));
-                let denom = p.exp_avg_sq.sqrt() / bc2.sqrt() + eps;
-                let update = &p.exp_avg / denom * (p.lr * lr_factor / bc1);
-                let _ = p.tensor.g_sub_(&update);
+                if p.weight_decay > 0.0 {
+                    let _ = g.g_add_(&(&p.tensor * p.weight_decay));
+                }
+                let _ = p.exp_avg.lerp_(&g, 1.0 - b1);
+                let _ = p.exp_avg_sq.g_mul_scalar_(b2);
+                let _ = p.exp_avg_sq.addcmul_(&(&g * (1.0 - b2)), &g);
+                let mut denom = p.exp_avg_sq.sqrt();
+                let _ = denom.g_mul_scalar_(1.0 / bc2.sqrt());
+                let _ = denom.g_add_scalar_(eps);
+                let step_size = p.lr * lr_factor / bc1;
+                if step_size > 0.0 {
+                    // p += m / (denom / -step_size)
+                    let _ = denom.g_mul_scalar_(-1.0 / step_size);
+                    let _ = p.tensor.addcdiv_(&p.exp_avg, &denom);
+                }
             }
         });
     }

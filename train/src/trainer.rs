@@ -55,6 +55,9 @@ pub struct TrainOptions {
     pub recipe: Recipe,
     pub identities_per_batch: usize,
     pub samples_per_identity: usize,
+    /// Identities per batch come in groups of this many with alike captions (1: random).
+    #[serde(default = "one")]
+    pub similar_ids: usize,
     pub seed: u64,
     pub losses: LossWeights,
     pub prune_prob: f64,
@@ -66,6 +69,10 @@ pub struct TrainOptions {
     /// Mixed precision (CUDA fp16 autocast with dynamic loss scaling).
     #[serde(default)]
     pub amp: bool,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Where a run stands (saved in `train.json`).
@@ -182,7 +189,7 @@ pub fn batch_losses(
     if w.sdm > 0.0 {
         let l = losses::sdm(&i_g, &t_g, &pids, LOGIT_SCALE);
         out.sdm = val(&l);
-        total = total + l * w.sdm;
+        total += l * w.sdm;
     }
     if w.id > 0.0 {
         let head = model
@@ -191,12 +198,12 @@ pub fn batch_losses(
             .context("the ID loss needs the ID head")?;
         let l = losses::id_loss(&i_g.apply(head), &t_g.apply(head), &pids);
         out.id = val(&l);
-        total = total + l * w.id;
+        total += l * w.id;
     }
     if w.triplet > 0.0 {
         let l = losses::triplet(&i_g, &t_g, &pids, TRIPLET_MARGIN);
         out.triplet = val(&l);
-        total = total + l * w.triplet;
+        total += l * w.triplet;
     }
     if w.tir > 0.0 {
         let dec = model
@@ -211,7 +218,7 @@ pub fn batch_losses(
         let target = tir::patchify(&images, v.patch_size as i64);
         let l = losses::tir_mse(&pred, &target, &mask);
         out.tir = val(&l);
-        total = total + l * w.tir;
+        total += l * w.tir;
     }
     out.total = val(&total);
     anyhow::ensure!(
@@ -335,6 +342,7 @@ pub fn train(
             prefetch: 2,
             seed: opts.seed,
             cache_images: opts.cache_images,
+            similar_ids: opts.similar_ids,
         },
     )?;
 

@@ -21,7 +21,7 @@ fn ctrl_c_writes_a_resumable_checkpoint() {
     )
     .unwrap();
     let run = d.path().join("run");
-    let mut child = bin()
+    let child = bin()
         .args([
             "train",
             "--preset",

@@ -54,6 +54,7 @@ fn write(sd: &BTreeMap<String, Tensor>, path: &std::path::Path) {
 }
 
 /// PyTorch `F.interpolate(mode="bilinear", align_corners=False)` at one output point.
+#[allow(clippy::too_many_arguments)]
 fn bilinear(
     grid: &[f32],
     n_in: usize,

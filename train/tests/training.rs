@@ -26,6 +26,7 @@ fn options(data: &Path, epochs: usize) -> TrainOptions {
         },
         identities_per_batch: 4,
         samples_per_identity: 2,
+        similar_ids: 1,
         seed: 7,
         losses: LossWeights::default(),
         prune_prob: 0.2,

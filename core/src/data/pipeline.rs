@@ -11,7 +11,7 @@
 //! which is a different grey — see ARCHITECTURE.md).
 
 use super::TrainSet;
-use super::sampler::IdentitySampler;
+use super::sampler::{IdentitySampler, caption_neighbours};
 use crate::error::CoreError;
 use crate::preprocess::{PreprocessSpec, Preprocessor, Rgb8, load_rgb8};
 use crate::rng::Rng;
@@ -39,6 +39,9 @@ pub struct PipelineConfig {
     pub seed: u64,
     /// Keep resized images in memory after their first decode (small datasets).
     pub cache_images: bool,
+    /// G > 1: batches from groups of G identities with alike training captions
+    /// (hard in-batch negatives, see `sampler`); 1: IRRA's random identities.
+    pub similar_ids: usize,
 }
 
 impl Default for PipelineConfig {
@@ -53,6 +56,7 @@ impl Default for PipelineConfig {
             prefetch: 2,
             seed: 42,
             cache_images: false,
+            similar_ids: 1,
         }
     }
 }
@@ -109,12 +113,27 @@ impl TrainPipeline {
             )));
         }
         let pids: Vec<usize> = set.samples.iter().map(|s| s.pid).collect();
-        let sampler = IdentitySampler::new(
+        let mut sampler = IdentitySampler::new(
             &pids,
             cfg.identities_per_batch,
             cfg.samples_per_identity,
             cfg.seed,
         )?;
+        if cfg.similar_ids > 1 {
+            let captions: Vec<(usize, &str)> = set
+                .samples
+                .iter()
+                .map(|s| (s.pid, s.caption.as_str()))
+                .collect();
+            // A few spare neighbours per identity: some are used up late in an epoch.
+            let neighbours = caption_neighbours(&captions, 4 * cfg.similar_ids);
+            sampler = sampler.with_similar_groups(cfg.similar_ids, neighbours)?;
+        } else if cfg.similar_ids == 0 {
+            return Err(CoreError::Invalid(
+                "pipeline: similar-identity groups must be at least 1 (1 = random identities)"
+                    .into(),
+            ));
+        }
         let cache = (0..set.images.len()).map(|_| OnceLock::new()).collect();
         Ok(TrainPipeline {
             inner: Arc::new(Inner {

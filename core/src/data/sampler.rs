@@ -6,9 +6,16 @@
 //! identity with fewer than K samples is topped up by drawing again from its own);
 //! then batches repeatedly take P distinct identities at random among those with
 //! groups left, one group each, until fewer than P identities have groups left.
+//!
+//! Optionally (`with_similar_groups`), the P identities of a batch come in groups of G
+//! alike identities: a random identity and its nearest available neighbours by
+//! training-caption similarity ([`caption_neighbours`]). Random batches of a large
+//! training set rarely hold two people who differ in one detail, so the in-batch
+//! negatives of SDM and the triplet loss are easy; these batches make them hard.
 
 use crate::error::CoreError;
 use crate::rng::Rng;
+use std::collections::HashMap;
 
 #[derive(Debug, Clone)]
 pub struct IdentitySampler {
@@ -17,6 +24,81 @@ pub struct IdentitySampler {
     pub identities_per_batch: usize,
     pub samples_per_identity: usize,
     seed: u64,
+    /// G and each pid's neighbours, nearest first (G = 1: no grouping).
+    similar: Option<(usize, Vec<Vec<usize>>)>,
+}
+
+/// For every pid, its `m` nearest other pids by the cosine similarity of TF-IDF
+/// vectors of its captions' lower-cased words and word pairs ("black jeans"),
+/// nearest first (ties by lower pid). Terms used by more than half of the
+/// identities carry little weight and are skipped, which also bounds the cost on
+/// large sets. `captions` holds (pid, caption) pairs; pids are contiguous from 0.
+pub fn caption_neighbours(captions: &[(usize, &str)], m: usize) -> Vec<Vec<usize>> {
+    let n = captions.iter().map(|c| c.0 + 1).max().unwrap_or(0);
+    let mut term_ids: HashMap<String, usize> = HashMap::new();
+    let mut counts: Vec<HashMap<usize, f32>> = vec![HashMap::new(); n];
+    for &(pid, text) in captions {
+        let words: Vec<String> = text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        let pairs = words.windows(2).map(|w| format!("{} {}", w[0], w[1]));
+        for term in words.iter().cloned().chain(pairs) {
+            let next = term_ids.len();
+            let t = *term_ids.entry(term).or_insert(next);
+            *counts[pid].entry(t).or_insert(0.0) += 1.0;
+        }
+    }
+    let mut df = vec![0usize; term_ids.len()];
+    for c in &counts {
+        for &t in c.keys() {
+            df[t] += 1;
+        }
+    }
+    // Sparse unit vectors (term, weight) per pid, and postings per kept term.
+    let mut postings: Vec<Vec<(usize, f32)>> = vec![Vec::new(); df.len()];
+    let mut vectors: Vec<Vec<(usize, f32)>> = Vec::with_capacity(n);
+    for (pid, c) in counts.iter().enumerate() {
+        let mut v: Vec<(usize, f32)> = c
+            .iter()
+            .filter(|&(&t, _)| 2 * df[t] <= n)
+            .map(|(&t, &tf)| (t, tf * ((n as f32) / df[t] as f32).ln()))
+            .collect();
+        v.sort_by_key(|e| e.0);
+        let norm = v.iter().map(|e| e.1 * e.1).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            for e in &mut v {
+                e.1 /= norm;
+                postings[e.0].push((pid, e.1));
+            }
+        }
+        vectors.push(v);
+    }
+    let mut acc = vec![0f32; n];
+    let mut out = Vec::with_capacity(n);
+    for (pid, v) in vectors.iter().enumerate() {
+        acc.iter_mut().for_each(|a| *a = 0.0);
+        for &(t, w) in v {
+            for &(other, w2) in &postings[t] {
+                acc[other] += w * w2;
+            }
+        }
+        let mut order: Vec<usize> = (0..n).filter(|&o| o != pid).collect();
+        let key = |o: &usize| (std::cmp::Reverse(ordered(acc[*o])), *o);
+        if order.len() > m {
+            order.select_nth_unstable_by_key(m, key);
+            order.truncate(m);
+        }
+        order.sort_by_key(key);
+        out.push(order);
+    }
+    out
+}
+
+/// A total order key for a non-NaN f32 (similarities are finite).
+fn ordered(x: f32) -> i64 {
+    (x as f64 * 1e9) as i64
 }
 
 impl IdentitySampler {
@@ -48,7 +130,32 @@ impl IdentitySampler {
             identities_per_batch,
             samples_per_identity,
             seed,
+            similar: None,
         })
+    }
+
+    /// Build batches from groups of `group` alike identities (`neighbours[pid]`,
+    /// nearest first, e.g. from [`caption_neighbours`]); `group` 1 keeps random batches.
+    pub fn with_similar_groups(
+        mut self,
+        group: usize,
+        neighbours: Vec<Vec<usize>>,
+    ) -> Result<Self, CoreError> {
+        if group == 0 || group > self.identities_per_batch {
+            return Err(CoreError::Invalid(format!(
+                "batch: similar-identity groups of {group} must be between 1 and the {} identities per batch",
+                self.identities_per_batch
+            )));
+        }
+        if neighbours.len() != self.by_pid.len() {
+            return Err(CoreError::Invalid(format!(
+                "batch: neighbour lists for {} identities, but the training split has {}",
+                neighbours.len(),
+                self.by_pid.len()
+            )));
+        }
+        self.similar = (group > 1).then_some((group, neighbours));
+        Ok(self)
     }
 
     pub fn batch_size(&self) -> usize {
@@ -76,20 +183,47 @@ impl IdentitySampler {
             .filter(|&p| !groups[p].is_empty())
             .collect();
         let mut batches = Vec::new();
+        // pos[pid]: index of pid in `avail` (usize::MAX when it has no groups left).
+        let mut pos = vec![usize::MAX; groups.len()];
         while avail.len() >= self.identities_per_batch {
-            let mut chosen = Vec::with_capacity(self.identities_per_batch);
-            for _ in 0..self.identities_per_batch {
-                let j = rng.below(avail.len() - chosen.len());
-                // Partial Fisher-Yates: move the chosen pid to the end region.
+            for (i, &p) in avail.iter().enumerate() {
+                pos[p] = i;
+            }
+            let mut chosen: Vec<usize> = Vec::with_capacity(self.identities_per_batch);
+            // Partial Fisher-Yates: chosen pids move to the end region of `avail`.
+            fn take(p: usize, chosen: &mut Vec<usize>, avail: &mut [usize], pos: &mut [usize]) {
                 let last = avail.len() - 1 - chosen.len();
+                let j = pos[p];
                 avail.swap(j, last);
-                chosen.push(avail[last]);
+                pos[avail[j]] = j;
+                pos[p] = last;
+                chosen.push(p);
+            }
+            while chosen.len() < self.identities_per_batch {
+                let seed_pid = avail[rng.below(avail.len() - chosen.len())];
+                take(seed_pid, &mut chosen, &mut avail, &mut pos);
+                if let Some((g, neighbours)) = &self.similar {
+                    let mut in_group = 1;
+                    for &nb in &neighbours[seed_pid] {
+                        if in_group == *g || chosen.len() == self.identities_per_batch {
+                            break;
+                        }
+                        // Available and not yet in this batch.
+                        if pos[nb] < avail.len() - chosen.len() {
+                            take(nb, &mut chosen, &mut avail, &mut pos);
+                            in_group += 1;
+                        }
+                    }
+                }
             }
             let mut batch = Vec::with_capacity(self.batch_size());
             for &p in &chosen {
                 batch.extend(groups[p].pop().expect("available pid has a group"));
             }
             batches.push(batch);
+            for &p in &chosen {
+                pos[p] = usize::MAX;
+            }
             avail.retain(|&p| !groups[p].is_empty());
         }
         batches
@@ -131,6 +265,67 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), n);
+    }
+
+    #[test]
+    fn caption_neighbours_rank_by_shared_rare_terms() {
+        // pid 0 and 2 share "red coat"; 1 and 3 share "green skirt"; "a person" is in
+        // all five and "in a" in four (skipped as too common).
+        let caps = [
+            (0, "A person in a red coat."),
+            (1, "A person in a green skirt."),
+            (2, "A person in a red coat with a hat."),
+            (3, "A person in a green skirt with boots."),
+            (4, "A person with a bag."),
+        ];
+        let nb = caption_neighbours(&caps, 2);
+        assert_eq!(nb.len(), 5);
+        assert_eq!(nb[0][0], 2);
+        assert_eq!(nb[2][0], 0);
+        assert_eq!(nb[1][0], 3);
+        assert_eq!(nb[3][0], 1);
+        assert!(
+            nb.iter()
+                .enumerate()
+                .all(|(p, v)| v.len() == 2 && !v.contains(&p))
+        );
+    }
+
+    #[test]
+    fn similar_groups_put_neighbours_together() {
+        // 12 identities x 2 samples; neighbours pair 2i with 2i+1.
+        let pids: Vec<usize> = (0..12).flat_map(|p| [p, p]).collect();
+        let neighbours: Vec<Vec<usize>> = (0..12).map(|p| vec![p ^ 1]).collect();
+        let s = IdentitySampler::new(&pids, 4, 2, 3)
+            .unwrap()
+            .with_similar_groups(2, neighbours.clone())
+            .unwrap();
+        let e = s.epoch(0);
+        assert_eq!(e.len(), 3);
+        for b in &e {
+            let mut ids: Vec<usize> = b.iter().map(|&i| pids[i]).collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), 4, "{b:?}");
+            for &p in &ids {
+                assert!(
+                    ids.contains(&(p ^ 1)),
+                    "{p} without its neighbour in {ids:?}"
+                );
+            }
+        }
+        let mut all = e.concat();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 24);
+        // G = 1 is exactly the random sampler.
+        let plain = IdentitySampler::new(&pids, 4, 2, 3).unwrap();
+        let g1 = plain
+            .clone()
+            .with_similar_groups(1, neighbours.clone())
+            .unwrap();
+        assert_eq!(plain.epoch(5), g1.epoch(5));
+        assert!(plain.clone().with_similar_groups(5, neighbours).is_err());
     }
 
     #[test]

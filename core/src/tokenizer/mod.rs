@@ -21,6 +21,8 @@ pub const SOT_ID: u32 = 49406;
 pub const EOT_ID: u32 = 49407;
 /// Vocabulary size: 256 bytes + 256 bytes with `</w>` + 48894 merges + 2 specials.
 pub const VOCAB_SIZE: usize = 49408;
+/// Padding id after EOT (open_clip pads with zeros).
+pub const PAD_ID: u32 = 0;
 /// Number of merge lines used (lines 1..=48894 of the file).
 pub const NUM_MERGES: usize = 49152 - 256 - 2;
 /// sha256 of `bpe_simple_vocab_16e6.txt.gz` as shipped in open_clip_torch 3.3.0.

@@ -36,7 +36,6 @@ pub fn sincos_2d(dim: i64, gh: i64, gw: i64) -> Tensor {
         for c in 0..gw {
             let row = (1 + r * gw + c) as usize * dim as usize;
             for (k, &o) in omega.iter().enumerate() {
-                let k = k as usize;
                 let q = quarter as usize;
                 out[row + k] = (c as f64 * o).sin() as f32;
                 out[row + q + k] = (c as f64 * o).cos() as f32;

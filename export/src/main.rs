@@ -1,0 +1,87 @@
+//! `sen-export --checkpoint DIR --out BUNDLE [--fp16] [--opset 17]`.
+
+use clap::Parser;
+use sen_export::{ExportOptions, encoders::Fp32Islands};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "sen-export",
+    version,
+    about = "Export a SEN checkpoint's image and text encoders to an ONNX deployment bundle"
+)]
+struct Cli {
+    /// Checkpoint directory, or a training run directory (its best/).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Bundle directory to create.
+    #[arg(long)]
+    out: PathBuf,
+    /// Float16 weights and compute (float32 inputs and outputs).
+    #[arg(long)]
+    fp16: bool,
+    /// ONNX opset (17 to 21).
+    #[arg(long, default_value_t = 17)]
+    opset: i64,
+    /// fp16 only: run LayerNormalization in float16 too (default: float32, measured
+    /// to matter; see ARCHITECTURE.md).
+    #[arg(long, requires = "fp16")]
+    fp16_layer_norm: bool,
+    /// fp16 only: run Softmax in float32 (default: float16).
+    #[arg(long, requires = "fp16")]
+    fp32_softmax: bool,
+    /// Move weights to `<model>.onnx.data` when a model's weights exceed this many MiB
+    /// (default: protobuf's 2 GiB limit).
+    #[arg(long, value_name = "MIB")]
+    external_data_mib: Option<u64>,
+    /// Replace an existing bundle directory.
+    #[arg(long)]
+    force: bool,
+    /// Print the export report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let mut opts = ExportOptions {
+        fp16: cli.fp16,
+        opset: cli.opset,
+        force: cli.force,
+        ..Default::default()
+    };
+    if cli.fp16 {
+        opts.fp32_islands = Fp32Islands {
+            layer_norm: !cli.fp16_layer_norm,
+            softmax: cli.fp32_softmax,
+        };
+    }
+    if let Some(mib) = cli.external_data_mib {
+        opts.external_data_threshold = mib * 1024 * 1024;
+    }
+    match sen_export::export(&cli.checkpoint, &cli.out, &opts) {
+        Ok(r) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).expect("report serialises")
+                );
+            } else {
+                println!(
+                    "exported {} ({}) in {:.1} s: {} bytes",
+                    r.bundle.display(),
+                    r.precision,
+                    r.seconds,
+                    r.total_bytes
+                );
+                for (f, b) in &r.files {
+                    println!("  {f:<28} {b:>12}");
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The exported ONNX encoders against the tch model they came from (issue #5):
+//! fp32 within 1e-4 per element, fp16 cosine >= 0.999 per row, batch 1 == batch 7,
+//! external data, and clear errors for a damaged checkpoint or bundle.
+
+use ndarray::{Array1, Array2, Array4, Axis, s};
+use sen_core::ModelConfig;
+use sen_export::{ExportOptions, export};
+use sen_runtime::encoders::{BundleEncoders, SessionOptions};
+use sen_train::model::Sen;
+use std::path::Path;
+use tch::{Device, Kind, Tensor, nn};
+
+const CAPTIONS: [&str; 7] = [
+    "A man in a grey hoodie with a red backpack.",
+    "The woman wears a long navy coat, black jeans and white sneakers.",
+    "A thin lady with shoulder-length blonde hair and a beige tee.",
+    "young guy, green jacket",
+    "This heavyset person is dressed in an orange coat and brown trousers. Her long gray hair is visible and she carries a black handbag over the shoulder.",
+    "a",
+    "Someone walking away from the camera in a purple striped shirt, khaki shorts and a white cap; he holds a phone.",
+];
+
+/// A model of the tiny preset's architecture with every tensor perturbed (so a swapped
+/// LayerNorm weight/bias or a wrong transpose cannot hide behind 1s and 0s), saved as a
+/// trainer checkpoint with TIR and ID head (which the export must leave out).
+fn checkpoint(cfg: &ModelConfig, dir: &Path, seed: i64) -> (nn::VarStore, Sen) {
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Sen::new(&vs.root(), cfg, Some(11), true);
+    tch::no_grad(|| {
+        for (_, mut t) in vs.variables() {
+            let noise = t.randn_like() * 0.05;
+            let _ = t.g_add_(&noise);
+        }
+    });
+    sen_train::checkpoint::save(
+        dir,
+        &vs,
+        cfg,
+        &serde_json::json!({}),
+        &serde_json::json!({}),
+        |_| Ok(()),
+    )
+    .unwrap();
+    (vs, model)
+}
+
+fn images(cfg: &ModelConfig, n: usize) -> Array4<f32> {
+    let (h, w) = (cfg.vision.image_height, cfg.vision.image_width);
+    let mut x = 0x9E3779B97F4A7C15u64;
+    Array4::from_shape_fn((n, 3, h, w), |_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % 4001) as f32 / 1000.0 - 2.0
+    })
+}
+
+fn tokens(ctx: usize) -> (Array2<i64>, Array1<i64>) {
+    let tok =
+        sen_core::ClipTokenizer::from_vocab_gz(&sen_core::deps::clip_vocab_path().unwrap(), ctx)
+            .unwrap();
+    let mut ids = Array2::zeros((CAPTIONS.len(), ctx));
+    let mut eot = Array1::zeros(CAPTIONS.len());
+    for (i, c) in CAPTIONS.iter().enumerate() {
+        let e = tok.encode(c).unwrap();
+        ids.row_mut(i).assign(&Array1::from(e.ids));
+        eot[i] = e.eot_index as i64;
+    }
+    (ids, eot)
+}
+
+fn to_array(t: &Tensor) -> Array2<f32> {
+    let (r, c) = t.size2().unwrap();
+    let v: Vec<f32> = Vec::try_from(t.contiguous().view([-1])).unwrap();
+    Array2::from_shape_vec((r as usize, c as usize), v).unwrap()
+}
+
+/// The tch model's L2-normalised embeddings.
+fn reference(
+    model: &Sen,
+    imgs: &Array4<f32>,
+    ids: &Array2<i64>,
+    eot: &Array1<i64>,
+) -> (Array2<f32>, Array2<f32>) {
+    tch::no_grad(|| {
+        let s: Vec<i64> = imgs.shape().iter().map(|&d| d as i64).collect();
+        let x = Tensor::from_slice(imgs.as_slice().unwrap()).view(s.as_slice());
+        let i = model.encode_image(&x);
+        let i = &i / i.norm_scalaropt_dim(2, [-1], true);
+        let ids_t = Tensor::from_slice(ids.as_slice().unwrap())
+            .view([ids.nrows() as i64, ids.ncols() as i64]);
+        let t = model.encode_text(&ids_t, &Tensor::from_slice(eot.as_slice().unwrap()));
+        let t = &t / t.norm_scalaropt_dim(2, [-1], true);
+        (
+            to_array(&i.to_kind(Kind::Float)),
+            to_array(&t.to_kind(Kind::Float)),
+        )
+    })
+}
+
+fn max_abs(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn min_row_cosine(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
+    a.axis_iter(Axis(0))
+        .zip(b.axis_iter(Axis(0)))
+        .map(|(x, y)| x.dot(&y) / (x.dot(&x).sqrt() * y.dot(&y).sqrt()))
+        .fold(1.0, f32::min)
+}
+
+fn run_bundle(
+    dir: &Path,
+    imgs: &Array4<f32>,
+    ids: &Array2<i64>,
+    eot: &Array1<i64>,
+) -> (Array2<f32>, Array2<f32>, BundleEncoders) {
+    let mut enc =
+        BundleEncoders::load_cpu(dir, &SessionOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let i = enc.encode_images(imgs.view()).unwrap();
+    let t = enc.encode_texts(ids.view(), eot.view()).unwrap();
+    (i, t, enc)
+}
+
+#[test]
+fn tiny_fp32_and_fp16_match_the_tch_model() {
+    let cfg = ModelConfig::tiny();
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("ckpt");
+    let (_vs, model) = checkpoint(&cfg, &ckpt, 3);
+    let imgs = images(&cfg, 7);
+    let (ids, eot) = tokens(cfg.text.context_length);
+    let (ri, rt) = reference(&model, &imgs, &ids, &eot);
+
+    let b32 = tmp.path().join("fp32");
+    export(&ckpt, &b32, &ExportOptions::default()).unwrap();
+    let (i32_, t32, mut enc) = run_bundle(&b32, &imgs, &ids, &eot);
+    let (di, dt) = (max_abs(&ri, &i32_), max_abs(&rt, &t32));
+    eprintln!("fp32 max |diff|: image {di:.2e}, text {dt:.2e}");
+    assert!(
+        di <= 1e-4 && dt <= 1e-4,
+        "fp32 parity: image {di}, text {dt}"
+    );
+    // Rows are unit length.
+    for r in i32_.axis_iter(Axis(0)).chain(t32.axis_iter(Axis(0))) {
+        assert!((r.dot(&r) - 1.0).abs() < 1e-5);
+    }
+    // Batch 1 gives the same rows as batch 7.
+    for k in 0..7 {
+        let i1 = enc
+            .encode_images(imgs.slice(s![k..k + 1, .., .., ..]))
+            .unwrap();
+        let t1 = enc
+            .encode_texts(ids.slice(s![k..k + 1, ..]), eot.slice(s![k..k + 1]))
+            .unwrap();
+        let bi = max_abs(&i1, &i32_.slice(s![k..k + 1, ..]).to_owned());
+        let bt = max_abs(&t1, &t32.slice(s![k..k + 1, ..]).to_owned());
+        assert!(
+            bi <= 1e-6 && bt <= 1e-6,
+            "row {k}: batch 1 vs 7 differ by {bi} / {bt}"
+        );
+    }
+
+    let b16 = tmp.path().join("fp16");
+    export(
+        &ckpt,
+        &b16,
+        &ExportOptions {
+            fp16: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (i16_, t16, _) = run_bundle(&b16, &imgs, &ids, &eot);
+    let (ci, ct) = (min_row_cosine(&ri, &i16_), min_row_cosine(&rt, &t16));
+    eprintln!(
+        "fp16 min row cosine: image 1 - {:.2e}, text 1 - {:.2e}; max |diff| image {:.2e}, text {:.2e}",
+        1.0 - ci,
+        1.0 - ct,
+        max_abs(&ri, &i16_),
+        max_abs(&rt, &t16)
+    );
+    assert!(
+        ci >= 0.999 && ct >= 0.999,
+        "fp16 parity: image {ci}, text {ct}"
+    );
+    let m = sen_core::Manifest::load(&b16).unwrap();
+    assert_eq!(m.precision, sen_core::Precision::Fp16);
+    assert_eq!(m.model, cfg);
+}
+
+#[test]
+fn external_data_below_a_lowered_threshold_gives_the_same_outputs() {
+    let cfg = ModelConfig::tiny();
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("ckpt");
+    let (_vs, _model) = checkpoint(&cfg, &ckpt, 5);
+    let imgs = images(&cfg, 2);
+    let (ids, eot) = tokens(cfg.text.context_length);
+    let inline = tmp.path().join("inline");
+    export(&ckpt, &inline, &ExportOptions::default()).unwrap();
+    let ext = tmp.path().join("external");
+    let report = export(
+        &ckpt,
+        &ext,
+        &ExportOptions {
+            external_data_threshold: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // The text encoder (6.3M-entry embedding) goes external; its .onnx is small.
+    assert!(
+        report.files.contains_key("text_encoder.onnx.data"),
+        "{:?}",
+        report.files
+    );
+    assert!(
+        report.files["text_encoder.onnx"] < 1 << 20,
+        "{:?}",
+        report.files
+    );
+    let m = sen_core::Manifest::load(&ext).unwrap();
+    assert!(m.files.contains_key("text_encoder.onnx.data"));
+    let (a_i, a_t, _) = run_bundle(&inline, &imgs, &ids, &eot);
+    let (b_i, b_t, _) = run_bundle(&ext, &imgs, &ids, &eot);
+    assert_eq!(a_i, b_i);
+    assert_eq!(a_t, b_t);
+    // A damaged data file is caught by the manifest, naming it.
+    let data = ext.join("text_encoder.onnx.data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&data, bytes).unwrap();
+    let err = BundleEncoders::load_cpu(&ext, &SessionOptions::default())
+        .err()
+        .expect("damaged bundle refused")
+        .to_string();
+    assert!(
+        err.contains("text_encoder.onnx.data") && err.contains("does not match"),
+        "{err}"
+    );
+}
+
+#[test]
+fn checkpoint_problems_are_named() {
+    let cfg = ModelConfig::tiny();
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("ckpt");
+    checkpoint(&cfg, &ckpt, 1);
+    // A config that does not match the weights names the tensor and both shapes.
+    let mut wrong = cfg.clone();
+    wrong.embed_dim = 64;
+    wrong.save(&ckpt.join("config.json")).unwrap();
+    let err = export(&ckpt, &tmp.path().join("b"), &ExportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("visual.proj") && err.contains("[128, 64]"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("b").exists(), "no half bundle is left");
+    // An existing bundle is not overwritten without --force.
+    cfg.save(&ckpt.join("config.json")).unwrap();
+    let out = tmp.path().join("b");
+    export(&ckpt, &out, &ExportOptions::default()).unwrap();
+    let err = export(&ckpt, &out, &ExportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--force"), "{err}");
+    export(
+        &ckpt,
+        &out,
+        &ExportOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let err = export(
+        &ckpt,
+        &out,
+        &ExportOptions {
+            opset: 16,
+            force: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--opset 16"), "{err}");
+    // Opset 18 (ReduceL2 axes as an input) loads and runs too.
+    let o18 = tmp.path().join("o18");
+    export(
+        &ckpt,
+        &o18,
+        &ExportOptions {
+            opset: 18,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let imgs = images(&cfg, 1);
+    let (ids, eot) = tokens(cfg.text.context_length);
+    let (a, b, _) = run_bundle(&o18, &imgs, &ids, &eot);
+    let (c, d, _) = run_bundle(&out, &imgs, &ids, &eot);
+    assert!(max_abs(&a, &c) < 1e-6 && max_abs(&b, &d) < 1e-6);
+}
+
+/// vit-b16 (random weights) exports and runs on ONNX Runtime's CPU provider.
+#[test]
+fn vit_b16_exports_and_runs() {
+    let cfg = ModelConfig::vit_b16();
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("ckpt");
+    let t0 = std::time::Instant::now();
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Sen::new(&vs.root(), &cfg, None, false);
+    sen_train::checkpoint::save(
+        &ckpt,
+        &vs,
+        &cfg,
+        &serde_json::json!({}),
+        &serde_json::json!({}),
+        |_| Ok(()),
+    )
+    .unwrap();
+    let out = tmp.path().join("bundle");
+    export(&ckpt, &out, &ExportOptions::default()).unwrap();
+    let imgs = images(&cfg, 1);
+    let (ids, eot) = tokens(cfg.text.context_length);
+    let (ids, eot) = (
+        ids.slice(s![..2, ..]).to_owned(),
+        eot.slice(s![..2]).to_owned(),
+    );
+    let (ri, rt) = reference(&model, &imgs, &ids, &eot);
+    let (oi, ot, _) = run_bundle(&out, &imgs, &ids, &eot);
+    let (di, dt) = (max_abs(&ri, &oi), max_abs(&rt, &ot));
+    eprintln!(
+        "vit-b16 fp32 max |diff|: image {di:.2e}, text {dt:.2e} ({:.1} s)",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        di <= 1e-4 && dt <= 1e-4,
+        "vit-b16 parity: image {di}, text {dt}"
+    );
+}
+
+/// The exporter's list of encoder tensors is exactly the tch model's (minus TIR and
+/// the ID head), names and shapes, for both presets.
+#[test]
+fn exporter_reads_every_encoder_tensor_of_the_model() {
+    for cfg in [ModelConfig::tiny(), ModelConfig::vit_b16()] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _m = Sen::new(&vs.root(), &cfg, Some(3), true);
+        let mut model: Vec<(String, Vec<i64>)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("tir.") && !n.starts_with("id_head."))
+            .map(|(n, t)| (n, t.size()))
+            .collect();
+        model.sort();
+        assert_eq!(model, sen_export::encoders::encoder_tensors(&cfg));
+    }
+}
