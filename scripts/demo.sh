@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== building (release)"
-cargo build --release -q -p sen-runtime -p sen-train
+cargo build --release -q -p sen-runtime -p sen-train -p sen-export
 
 echo
 echo "== libtorch (sen-train info)"
@@ -32,6 +32,12 @@ rm -rf "$demo/run"
 target/release/sen-train train --dataset "$demo/synth" --out "$demo/run" --preset tiny --epochs 7 \
   --batch 32 --batch-k 2 --eval-every 7 --cache-images --max-minutes "${SEN_DEMO_TRAIN_MINUTES:-5}"
 target/release/sen-train eval --checkpoint "$demo/run" --dataset "$demo/synth" --split test
+
+echo
+echo "== exporting the encoders to ONNX bundles (sen-export), fp32 and fp16"
+target/release/sen-export --checkpoint "$demo/run" --out "$demo/bundle-fp32" --force
+target/release/sen-export --checkpoint "$demo/run" --out "$demo/bundle-fp16" --fp16 --force
+target/release/sen tokenize --bundle "$demo/bundle-fp32" "a man in a grey hoodie with a red backpack"
 
 echo
 echo "== pruning augmentation (sen prune)"
