@@ -39,6 +39,23 @@ pub fn write_atomic_with(
     Ok(())
 }
 
+/// The weights file of a checkpoint directory (SPEC §10).
+pub const CHECKPOINT_MODEL_FILE: &str = "model.safetensors";
+
+/// A checkpoint directory, or a training run directory meaning its `best/` (SPEC §10:
+/// every command that takes a checkpoint accepts either).
+pub fn resolve_checkpoint(path: &Path) -> Result<std::path::PathBuf, CoreError> {
+    for dir in [path.to_path_buf(), path.join("best")] {
+        if dir.join(CHECKPOINT_MODEL_FILE).is_file() {
+            return Ok(dir);
+        }
+    }
+    Err(CoreError::Invalid(format!(
+        "{}: neither a checkpoint directory (no {CHECKPOINT_MODEL_FILE}) nor a training run (no best/{CHECKPOINT_MODEL_FILE})",
+        path.display()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

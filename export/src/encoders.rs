@@ -22,6 +22,17 @@ pub struct Fp32Islands {
     pub softmax: bool,
 }
 
+/// A row-major `[rows, cols]` matrix as `[cols, rows]`.
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = data[r * cols + c];
+        }
+    }
+    t
+}
+
 struct Ctx<'a> {
     b: Builder,
     w: &'a Weights,
@@ -40,13 +51,7 @@ impl Ctx<'_> {
 
     /// A Linear's `[out, in]` weight stored as `[in, out]` for `x @ W`.
     fn linear_t(&mut self, name: &str, out: i64, inp: i64) -> Result<String, ExportError> {
-        let data = self.w.get(name, &[out, inp])?;
-        let mut t = vec![0f32; data.len()];
-        for o in 0..out as usize {
-            for i in 0..inp as usize {
-                t[i * out as usize + o] = data[o * inp as usize + i];
-            }
-        }
+        let t = transpose(self.w.get(name, &[out, inp])?, out as usize, inp as usize);
         Ok(self.b.weight(&format!("{name}.T"), &[inp, out], &t))
     }
 
@@ -111,14 +116,8 @@ impl Ctx<'_> {
             .const_i64(&format!("{prefix}.heads_shape"), &[4], &[0, 0, heads, hd]);
         let mut qkv = Vec::new();
         for (i, part) in ["q", "k", "v"].iter().enumerate() {
-            let rows = &w_all[(i * (width * width) as usize)..((i + 1) * (width * width) as usize)];
-            let mut t = vec![0f32; rows.len()];
             let wu = width as usize;
-            for o in 0..wu {
-                for j in 0..wu {
-                    t[j * wu + o] = rows[o * wu + j];
-                }
-            }
+            let t = transpose(&w_all[i * wu * wu..(i + 1) * wu * wu], wu, wu);
             let wname = self.b.weight(
                 &format!("{prefix}.{part}_proj.weight.T"),
                 &[width, width],

@@ -129,14 +129,7 @@ impl Builder {
     ) -> String {
         self.count += 1;
         let out = format!("{hint}/{op}_{}", self.count);
-        self.nodes.push(NodeProto {
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![out.clone()],
-            name: out.clone(),
-            op_type: op.into(),
-            attribute: attrs,
-            ..Default::default()
-        });
+        self.op_named(op, &out, inputs, attrs);
         out
     }
 

@@ -86,19 +86,6 @@ pub struct ExportReport {
     pub seconds: f64,
 }
 
-/// A checkpoint directory, or a run directory meaning its `best/` (SPEC §10).
-pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, ExportError> {
-    for dir in [path.to_path_buf(), path.join("best")] {
-        if dir.join("model.safetensors").is_file() {
-            return Ok(dir);
-        }
-    }
-    Err(ExportError::Input(format!(
-        "{}: neither a checkpoint directory (no model.safetensors) nor a training run (no best/model.safetensors)",
-        path.display()
-    )))
-}
-
 fn model_proto(graph: proto::GraphProto, opset: i64, doc: &str) -> ModelProto {
     ModelProto {
         ir_version: IR_VERSION,
@@ -245,9 +232,9 @@ pub fn export(
             out.display()
         )));
     }
-    let ckpt = resolve_checkpoint(checkpoint)?;
+    let ckpt = sen_core::fsutil::resolve_checkpoint(checkpoint)?;
     let cfg = ModelConfig::from_json_file(&ckpt.join("config.json"))?;
-    let weights_path = ckpt.join("model.safetensors");
+    let weights_path = ckpt.join(sen_core::fsutil::CHECKPOINT_MODEL_FILE);
     let weights = weights::Weights::load(&weights_path)?;
     let (source_sha, _) = sen_core::hash::sha256_file(&weights_path)?;
     let compute = if opts.fp16 {

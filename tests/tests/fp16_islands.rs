@@ -138,7 +138,7 @@ fn fp16_islands_measurement() {
     ) else {
         panic!("set SEN_MEASURE_CKPT (a run or checkpoint) and SEN_MEASURE_DATA (a dataset root)");
     };
-    let dir = sen_export::resolve_checkpoint(std::path::Path::new(&ckpt)).unwrap();
+    let dir = sen_core::fsutil::resolve_checkpoint(std::path::Path::new(&ckpt)).unwrap();
     let cfg = ModelConfig::from_json_file(&dir.join("config.json")).unwrap();
     let w = W(Tensor::read_safetensors(dir.join("model.safetensors"))
         .unwrap()

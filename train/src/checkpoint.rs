@@ -7,7 +7,7 @@ use sen_core::ModelConfig;
 use std::path::{Path, PathBuf};
 use tch::nn;
 
-pub const MODEL_FILE: &str = "model.safetensors";
+pub const MODEL_FILE: &str = sen_core::fsutil::CHECKPOINT_MODEL_FILE;
 pub const CONFIG_FILE: &str = "config.json";
 pub const TRAIN_FILE: &str = "train.json";
 pub const METRICS_FILE: &str = "metrics.json";
@@ -15,17 +15,7 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// A checkpoint directory, or a run directory meaning its `best/`.
 pub fn resolve(path: &Path) -> Result<PathBuf> {
-    if path.join(MODEL_FILE).is_file() {
-        return Ok(path.to_path_buf());
-    }
-    let best = path.join("best");
-    if best.join(MODEL_FILE).is_file() {
-        return Ok(best);
-    }
-    anyhow::bail!(
-        "{}: neither a checkpoint directory (no {MODEL_FILE}) nor a training run (no best/{MODEL_FILE})",
-        path.display()
-    )
+    Ok(sen_core::fsutil::resolve_checkpoint(path)?)
 }
 
 /// Write a checkpoint directory atomically. `extra` writes further files (optimizer

@@ -278,10 +278,8 @@ mod tests {
         assert!(r.lr_factor(59) < 0.01);
     }
 
-    #[test]
-    fn adam_matches_the_formula() {
-        // One parameter x = [1, -2], loss = sum(x^2) -> grad 2x. Torch Adam, lr 0.1, wd 0:
-        // step 1: m = 0.1 g, v = 0.001 g^2, m_hat = g, v_hat = g^2 -> x -= 0.1 * g / (|g| + eps).
+    /// One parameter x = [1, -2] under Adam with lr 0.1, no decay, eps 1e-8.
+    fn one_parameter_adam() -> (nn::VarStore, Tensor, Adam) {
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let x = vs.root().var_copy("w", &Tensor::from_slice(&[1f32, -2.]));
         let r = Recipe {
@@ -291,7 +289,15 @@ mod tests {
             eps: 1e-8,
             ..Recipe::reference()
         };
-        let mut opt = Adam::new(&vs, &r);
+        let opt = Adam::new(&vs, &r);
+        (vs, x, opt)
+    }
+
+    #[test]
+    fn adam_matches_the_formula() {
+        // One parameter x = [1, -2], loss = sum(x^2) -> grad 2x. Torch Adam, lr 0.1, wd 0:
+        // step 1: m = 0.1 g, v = 0.001 g^2, m_hat = g, v_hat = g^2 -> x -= 0.1 * g / (|g| + eps).
+        let (_vs, x, mut opt) = one_parameter_adam();
         opt.zero_grad();
         x.square().sum(Kind::Float).backward();
         opt.step(1.0);
@@ -304,16 +310,7 @@ mod tests {
 
     #[test]
     fn scaled_step_unscales_and_skips_overflow() {
-        let vs = nn::VarStore::new(tch::Device::Cpu);
-        let x = vs.root().var_copy("w", &Tensor::from_slice(&[1f32, -2.]));
-        let r = Recipe {
-            lr: 0.1,
-            bias_lr: 0.1,
-            weight_decay: 0.0,
-            eps: 1e-8,
-            ..Recipe::reference()
-        };
-        let mut opt = Adam::new(&vs, &r);
+        let (_vs, x, mut opt) = one_parameter_adam();
         // Loss scaled by 1024: the update equals the unscaled one (Adam is scale-free
         // up to eps, and the gradient is divided back before the moments).
         opt.zero_grad();
