@@ -8,7 +8,7 @@ export SEN_CACHE
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: deps deps-cuda test demo bench help
+.PHONY: deps deps-cuda deps-ort-gpu test demo bench help
 
 help:
 	@echo "make demo   - run the sen pipeline end to end (what exists so far)"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench  - criterion benches"
 	@echo "make deps   - fetch and verify native dependencies into $(SEN_CACHE)"
 	@echo "make deps-cuda - also the CUDA libraries libtorch_cuda loads (GPU machines only, ~2 GB)"
+	@echo "make deps-ort-gpu - ONNX Runtime's GPU build for sen --ort-lib (GPU machines only, ~255 MB)"
 
 deps:
 	@command -v $(PYTHON) >/dev/null || { echo "make deps: $(PYTHON) is required to fetch wheels from PyPI" >&2; exit 1; }
@@ -26,6 +27,11 @@ deps:
 # PyTorch install. Never needed on CPU machines.
 deps-cuda: deps
 	@$(PYTHON) scripts/deps.py cuda
+
+# GPU machines only: ONNX Runtime 1.31.1's GPU build (CUDA and TensorRT providers) into
+# $(SEN_CACHE)/onnxruntime-gpu/lib; run sen with --ort-lib (or ORT_DYLIB_PATH) pointing there.
+deps-ort-gpu:
+	@$(PYTHON) scripts/deps.py ort-gpu
 
 test: deps
 	$(CARGO) test --workspace

@@ -30,10 +30,12 @@ import zipfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `deps.py` fetches the CPU set; `deps.py cuda` (make deps-cuda) the CUDA libraries
-# libtorch_cuda needs at run time, for GPU machines without a PyTorch install.
+# libtorch_cuda needs at run time, for GPU machines without a PyTorch install;
+# `deps.py ort-gpu` (make deps-ort-gpu) ONNX Runtime's GPU build for `sen --ort-lib`.
 SET = sys.argv[1] if len(sys.argv) > 1 else "cpu"
-LOCK = os.path.join(REPO, "deps", {"cpu": "wheels.json", "cuda": "wheels-cuda.json"}[SET])
-STAMP_NAME = {"cpu": "deps.stamp", "cuda": "deps-cuda.stamp"}[SET]
+LOCK = os.path.join(REPO, "deps", {"cpu": "wheels.json", "cuda": "wheels-cuda.json",
+                                   "ort-gpu": "wheels-ort-gpu.json"}[SET])
+STAMP_NAME = {"cpu": "deps.stamp", "cuda": "deps-cuda.stamp", "ort-gpu": "deps-ort-gpu.stamp"}[SET]
 # Files smaller than this are re-hashed on every run (the vocabulary, ONNX Runtime,
 # the CUDA runtime libraries, headers); the large libtorch libraries only have
 # their size checked unless SEN_DEPS_VERIFY=full.

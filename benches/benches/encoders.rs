@@ -1,60 +1,36 @@
-//! ONNX Runtime CPU latency of exported encoders (issue #5): one image and one caption
-//! per call, and a batch of 8 images, for the tiny and vit-b16 presets. The weights
-//! are random (latency does not depend on their values); the bundle is built by the
-//! real exporter. `cargo bench -p sen-benches --bench encoders`.
+//! ONNX Runtime CPU latency and throughput of exported encoders: one image and one
+//! caption per call, and a batch of 16 images (the runtime's default batch), for the
+//! tiny and vit-b16 presets. The weights are random (speed does not depend on their
+//! values); the bundles are built by the real exporter into
+//! `target/bench-bundles/<preset>` (kept, so `scripts/reference/ort_throughput.py`
+//! can time Python onnxruntime on the very same files).
+//! `cargo bench -p sen-benches --bench encoders`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ndarray::{Array1, Array2, Array4};
 use sen_core::ModelConfig;
-use sen_export::{ExportOptions, encoders::encoder_tensors, export};
-use sen_runtime::encoders::{BundleEncoders, SessionOptions};
-use std::path::Path;
+use sen_export::{ExportOptions, export};
+use sen_runtime::encoders::Encoders;
 use std::time::Duration;
-
-/// A checkpoint directory with random encoder weights for `cfg`.
-fn random_checkpoint(cfg: &ModelConfig, dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut x = 0x2545F4914F6CDD1Du64;
-    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = encoder_tensors(cfg)
-        .into_iter()
-        .map(|(name, shape)| {
-            let n: i64 = shape.iter().product();
-            let bytes = (0..n)
-                .flat_map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    (((x % 2001) as f32 / 1000.0 - 1.0) * 0.02).to_le_bytes()
-                })
-                .collect();
-            (name, shape.iter().map(|&d| d as usize).collect(), bytes)
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
-    cfg.save(&dir.join("config.json")).unwrap();
-}
 
 fn encoders(c: &mut Criterion) {
     for preset in ["tiny", "vit-b16"] {
         let cfg = ModelConfig::preset(preset).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        random_checkpoint(&cfg, &tmp.path().join("ckpt"));
-        let bundle = tmp.path().join("bundle");
-        export(&tmp.path().join("ckpt"), &bundle, &ExportOptions::default()).unwrap();
-        let mut enc = BundleEncoders::load_cpu(&bundle, &SessionOptions::default()).unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-bundles");
+        let bundle = root.join(preset);
+        if sen_core::Manifest::load(&bundle).is_err() {
+            let tmp = tempfile::tempdir().unwrap();
+            sen_export::fixtures::random_checkpoint(&cfg, &tmp.path().join("ckpt"), 1).unwrap();
+            let opts = ExportOptions {
+                force: true,
+                ..Default::default()
+            };
+            export(&tmp.path().join("ckpt"), &bundle, &opts).unwrap();
+        }
+        let enc = Encoders::load_cpu(&bundle).unwrap();
         let (h, w) = (cfg.vision.image_height, cfg.vision.image_width);
         let img1 = Array4::<f32>::from_elem((1, 3, h, w), 0.1);
-        let img8 = Array4::<f32>::from_elem((8, 3, h, w), 0.1);
+        let img16 = Array4::<f32>::from_elem((16, 3, h, w), 0.1);
         let tok = sen_core::ClipTokenizer::from_vocab_gz(
             &sen_core::deps::clip_vocab_path().unwrap(),
             cfg.text.context_length,
@@ -67,14 +43,17 @@ fn encoders(c: &mut Criterion) {
         let eot = Array1::from(vec![e.eot_index as i64]);
         let mut g = c.benchmark_group(format!("ort-cpu-fp32-{preset}"));
         g.sample_size(20).measurement_time(Duration::from_secs(8));
+        g.throughput(criterion::Throughput::Elements(1));
         g.bench_function("image-batch-1", |b| {
-            b.iter(|| enc.encode_images(img1.view()).unwrap())
+            b.iter(|| enc.image.encode(img1.view()).unwrap())
         });
-        g.bench_function("image-batch-8", |b| {
-            b.iter(|| enc.encode_images(img8.view()).unwrap())
+        g.throughput(criterion::Throughput::Elements(16));
+        g.bench_function("image-batch-16", |b| {
+            b.iter(|| enc.image.encode(img16.view()).unwrap())
         });
+        g.throughput(criterion::Throughput::Elements(1));
         g.bench_function("caption-batch-1", |b| {
-            b.iter(|| enc.encode_texts(ids.view(), eot.view()).unwrap())
+            b.iter(|| enc.text.encode_ids(ids.view(), eot.view()).unwrap())
         });
         g.finish();
     }

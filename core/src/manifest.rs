@@ -188,18 +188,30 @@ impl Manifest {
         Ok(())
     }
 
-    /// Write `manifest.json` into `dir` atomically.
-    pub fn save(&self, dir: &Path) -> Result<(), CoreError> {
-        let s = serde_json::to_string_pretty(self).expect("Manifest serialises");
-        crate::fsutil::write_atomic(&dir.join(MANIFEST_FILE), s.as_bytes())
+    /// The content hash of one encoder: its `.onnx` file's sha256, or, for a model
+    /// with external data, the sha256 of `"<onnx sha256>\n<data sha256>\n"` (the
+    /// `.onnx` alone would not change with the weights). Keys the gallery index
+    /// and the TensorRT engine cache (SPEC §9, §10).
+    pub fn encoder_digest(&self, io: &EncoderIo) -> Result<String, CoreError> {
+        let entry = |name: &str| {
+            self.files.get(name).ok_or_else(|| {
+                CoreError::Invalid(format!("the bundle manifest does not list {name}"))
+            })
+        };
+        let onnx = entry(&io.file)?;
+        let data_name = format!("{}.data", io.file);
+        Ok(match self.files.get(&data_name) {
+            None => onnx.sha256.clone(),
+            Some(data) => {
+                crate::hash::sha256_hex(format!("{}\n{}\n", onnx.sha256, data.sha256).as_bytes())
+            }
+        })
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample(dir: &Path) -> Manifest {
+    /// A tiny-preset fp32 manifest whose three files (placeholder bytes) are written into
+    /// `dir`: for tests of code that takes a manifest (index, runtime).
+    #[doc(hidden)]
+    pub fn example(dir: &Path) -> Manifest {
         let model = ModelConfig::tiny();
         let spec = |file: &str| EncoderIo {
             file: file.into(),
@@ -237,6 +249,21 @@ mod tests {
             m.add_file(dir, f).unwrap();
         }
         m
+    }
+
+    /// Write `manifest.json` into `dir` atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), CoreError> {
+        let s = serde_json::to_string_pretty(self).expect("Manifest serialises");
+        crate::fsutil::write_atomic(&dir.join(MANIFEST_FILE), s.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(dir: &Path) -> Manifest {
+        Manifest::example(dir)
     }
 
     #[test]

@@ -275,21 +275,16 @@ pub fn image_encoder(
         &pos[width as usize..],
     );
     let x = c.b.op("Add", "visual", &[&x, &pos_rest], vec![]);
-    // Broadcast the class token to [B, 1, W].
-    let bshape = c.b.op(
-        "Shape",
-        "visual",
-        &[&x],
-        vec![attr_int("start", 0), attr_int("end", 1)],
-    );
-    let rest = c.b.const_i64("visual.cls_shape_rest", &[2], &[1, width]);
-    let cls_shape = c.b.op(
-        "Concat",
-        "visual",
-        &[&bshape, &rest],
-        vec![attr_int("axis", 0)],
-    );
-    let cls_b = c.b.op("Expand", "visual", &[&cls_c, &cls_shape], vec![]);
+    // Broadcast the class token to [B, 1, W] as x[:, :1, :] * 0 + cls: no Shape op,
+    // whose int64 shape arithmetic ONNX Runtime's CUDA provider places on the CPU
+    // (which a session without CPU fallback refuses). Exact for finite inputs.
+    let s0 = c.b.const_i64("visual.cls_slice_starts", &[1], &[0]);
+    let s1 = c.b.const_i64("visual.cls_slice_ends", &[1], &[1]);
+    let sa = c.b.const_i64("visual.cls_slice_axes", &[1], &[1]);
+    let first = c.b.op("Slice", "visual", &[&x, &s0, &s1, &sa], vec![]); // [B, 1, W]
+    let zero = c.b.weight("visual.zero", &[1], &[0.0]);
+    let zeros = c.b.op("Mul", "visual", &[&first, &zero], vec![]);
+    let cls_b = c.b.op("Add", "visual", &[&zeros, &cls_c], vec![]);
     let mut x =
         c.b.op("Concat", "visual", &[&cls_b, &x], vec![attr_int("axis", 1)]); // [B, N+1, W]
     x = c.layer_norm(&x, "visual.ln_pre", width)?;

@@ -3,6 +3,7 @@
 //! Reads `model.safetensors` and `config.json` directly; never links libtorch.
 
 pub mod encoders;
+pub mod fixtures;
 pub mod graph;
 pub mod proto;
 pub mod weights;

@@ -13,6 +13,12 @@ pub enum RuntimeError {
     /// Bad input to an encoder (names the tensor and what would fix it).
     #[error("{0}")]
     Input(String),
+    /// A damaged, mismatched or unreadable gallery index (names the file).
+    #[error("{0}")]
+    Index(String),
+    /// An execution provider that cannot start here (names what is missing and how to install it).
+    #[error("{0}")]
+    Provider(String),
 }
 
 impl RuntimeError {

@@ -1,12 +1,21 @@
 //! `sen-runtime`: the crate an edge box embeds (no libtorch).
 //!
-//! Today: ONNX Runtime loading ([`onnxruntime`]) and the `sen` CLI's tokenizer and
-//! preprocessing tools, which call `sen-core` (the only copy of both). Encoders,
-//! the gallery index, search and evaluation arrive with the runtime issue (#6).
+//! - [`onnxruntime`]: loading the ONNX Runtime library (`make deps`, `ORT_DYLIB_PATH`, `--ort-lib`);
+//! - [`providers`]: TensorRT / CUDA / CPU: preflight checks, engine-cache keys, profiles;
+//! - [`encoders`]: a verified bundle's [`ImageEncoder`](encoders::ImageEncoder) and
+//!   [`TextEncoder`](encoders::TextEncoder), batched and safe for concurrent callers;
+//! - [`index`]: the gallery index file; [`search`]: exact top-k (SIMD, multi-threaded);
+//! - [`eval`]: SPEC §7 metrics of a bundle on a dataset split.
+//!
+//! Tokenizer, preprocessing, datasets and metrics are `sen-core`'s (the only copy).
 
 pub mod encoders;
 pub mod error;
+pub mod eval;
+pub mod index;
 pub mod onnxruntime;
+pub mod providers;
+pub mod search;
 
 pub use error::RuntimeError;
 

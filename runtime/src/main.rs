@@ -1,5 +1,7 @@
 //! `sen`: text-to-image person retrieval on the edge.
 
+mod cli;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sen_core::data::{Dataset, DatasetFormat, Split};
@@ -10,18 +12,34 @@ use std::path::PathBuf;
 #[command(
     name = "sen",
     version,
-    about = "SEN text-to-image person retrieval: tokenizer and preprocessing tools",
-    long_about = "SEN text-to-image person retrieval.\n\n\
-        `sen tokenize` and `sen preprocess` show exactly what the encoders receive, \
-        for when a Python pipeline and sen disagree."
+    about = "SEN text-to-image person retrieval on ONNX Runtime (TensorRT, CUDA, CPU)",
+    long_about = "SEN text-to-image person retrieval on ONNX Runtime (TensorRT, CUDA, CPU).\n\n\
+        `sen index` embeds a gallery of person crops with a bundle's image encoder; \
+        `sen search` ranks it for a text description; `sen eval` scores a bundle on a \
+        benchmark. `sen tokenize` and `sen preprocess` show exactly what the encoders \
+        receive, for when a Python pipeline and sen disagree."
 )]
 struct Cli {
+    /// The libonnxruntime.so to load (a GPU build for --provider cuda/tensorrt);
+    /// default: ORT_DYLIB_PATH, else the CPU build `make deps` fetched.
+    #[arg(long, global = true, value_name = "FILE")]
+    ort_lib: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// A bundle's manifest, and which execution providers can start here (and why not).
+    Info(cli::InfoArgs),
+    /// Embed a gallery (a folder of images, or a dataset split) into an index file.
+    Index(cli::IndexArgs),
+    /// Rank an index's images for a text description (or many, one per line).
+    Search(cli::SearchArgs),
+    /// R@1/5/10, mAP and mINP of a bundle on a dataset split (SPEC §7).
+    Eval(cli::EvalArgs),
+    /// Build (and cache) the TensorRT engines of a bundle ahead of serving.
+    BuildEngines(cli::BuildEnginesArgs),
     /// Tokenise captions exactly as the text encoder receives them (CLIP BPE, 77 ids).
     Tokenize {
         /// The texts to tokenise (each one argument; quote sentences).
@@ -106,7 +124,10 @@ struct TokenizedJson<'a> {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(Cli::parse()) {
@@ -116,7 +137,15 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(p) = cli.ort_lib {
+        sen_runtime::onnxruntime::set_library_path(p)?;
+    }
     match cli.command {
+        Command::Info(a) => cli::info(a)?,
+        Command::Index(a) => cli::index(a)?,
+        Command::Search(a) => cli::search(a)?,
+        Command::Eval(a) => cli::eval(a)?,
+        Command::BuildEngines(a) => cli::build_engines(a)?,
         Command::Tokenize {
             texts,
             json,

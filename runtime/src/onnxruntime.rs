@@ -26,12 +26,35 @@ impl std::fmt::Debug for OrtLibrary {
 }
 
 static LOADED: OnceLock<Result<OrtLibrary, String>> = OnceLock::new();
+static OVERRIDE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Use this `libonnxruntime.so` (the `--ort-lib` flag) instead of `ORT_DYLIB_PATH` or
+/// the `make deps` cache. Must come before the first [`init`].
+pub fn set_library_path(path: PathBuf) -> Result<(), RuntimeError> {
+    if !path.is_file() {
+        return Err(RuntimeError::Dependency(format!(
+            "--ort-lib {}: no such file; give the path of libonnxruntime.so (a GPU build for --provider cuda/tensorrt)",
+            path.display()
+        )));
+    }
+    if LOADED.get().is_some() {
+        return Err(RuntimeError::Dependency(
+            "--ort-lib: ONNX Runtime is already loaded in this process".into(),
+        ));
+    }
+    OVERRIDE
+        .set(path)
+        .map_err(|_| RuntimeError::Dependency("--ort-lib given twice".into()))
+}
 
 /// Load ONNX Runtime once per process and create its global environment.
 pub fn init() -> Result<&'static OrtLibrary, RuntimeError> {
     LOADED
         .get_or_init(|| {
-            let path = sen_core::deps::onnxruntime_path().map_err(|e| e.to_string())?;
+            let path = match OVERRIDE.get() {
+                Some(p) => p.clone(),
+                None => sen_core::deps::onnxruntime_path().map_err(|e| e.to_string())?,
+            };
             let builder = ort::init_from(&path).map_err(|e| {
                 format!(
                     "cannot load ONNX Runtime from {}: {e}; run `make deps` to restore it",

@@ -5,7 +5,7 @@
 use ndarray::{Array1, Array2, Array4, Axis, s};
 use sen_core::ModelConfig;
 use sen_export::{ExportOptions, export};
-use sen_runtime::encoders::{BundleEncoders, SessionOptions};
+use sen_runtime::encoders::Encoders;
 use sen_train::model::Sen;
 use std::path::Path;
 use tch::{Device, Kind, Tensor, nn};
@@ -119,11 +119,10 @@ fn run_bundle(
     imgs: &Array4<f32>,
     ids: &Array2<i64>,
     eot: &Array1<i64>,
-) -> (Array2<f32>, Array2<f32>, BundleEncoders) {
-    let mut enc =
-        BundleEncoders::load_cpu(dir, &SessionOptions::default()).unwrap_or_else(|e| panic!("{e}"));
-    let i = enc.encode_images(imgs.view()).unwrap();
-    let t = enc.encode_texts(ids.view(), eot.view()).unwrap();
+) -> (Array2<f32>, Array2<f32>, Encoders) {
+    let enc = Encoders::load_cpu(dir).unwrap_or_else(|e| panic!("{e}"));
+    let i = enc.image.encode(imgs.view()).unwrap();
+    let t = enc.text.encode_ids(ids.view(), eot.view()).unwrap();
     (i, t, enc)
 }
 
@@ -139,7 +138,7 @@ fn tiny_fp32_and_fp16_match_the_tch_model() {
 
     let b32 = tmp.path().join("fp32");
     export(&ckpt, &b32, &ExportOptions::default()).unwrap();
-    let (i32_, t32, mut enc) = run_bundle(&b32, &imgs, &ids, &eot);
+    let (i32_, t32, enc) = run_bundle(&b32, &imgs, &ids, &eot);
     let (di, dt) = (max_abs(&ri, &i32_), max_abs(&rt, &t32));
     eprintln!("fp32 max |diff|: image {di:.2e}, text {dt:.2e}");
     assert!(
@@ -153,10 +152,12 @@ fn tiny_fp32_and_fp16_match_the_tch_model() {
     // Batch 1 gives the same rows as batch 7.
     for k in 0..7 {
         let i1 = enc
-            .encode_images(imgs.slice(s![k..k + 1, .., .., ..]))
+            .image
+            .encode(imgs.slice(s![k..k + 1, .., .., ..]))
             .unwrap();
         let t1 = enc
-            .encode_texts(ids.slice(s![k..k + 1, ..]), eot.slice(s![k..k + 1]))
+            .text
+            .encode_ids(ids.slice(s![k..k + 1, ..]), eot.slice(s![k..k + 1]))
             .unwrap();
         let bi = max_abs(&i1, &i32_.slice(s![k..k + 1, ..]).to_owned());
         let bt = max_abs(&t1, &t32.slice(s![k..k + 1, ..]).to_owned());
@@ -236,7 +237,7 @@ fn external_data_below_a_lowered_threshold_gives_the_same_outputs() {
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[100] ^= 1;
     std::fs::write(&data, bytes).unwrap();
-    let err = BundleEncoders::load_cpu(&ext, &SessionOptions::default())
+    let err = Encoders::load_cpu(&ext)
         .err()
         .expect("damaged bundle refused")
         .to_string();

@@ -1,0 +1,767 @@
+//! The serving commands of `sen`: info, index, search, eval, build-engines.
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use sen_core::Manifest;
+use sen_core::data::{Dataset, DatasetFormat, Split};
+use sen_runtime::encoders::{Encoders, ImageEncoder, SessionReport, TextEncoder};
+use sen_runtime::index::{Index, IndexBuilder, Storage};
+use sen_runtime::providers::{self, BatchProfile, ProviderKind, ProviderOptions, TensorRtOptions};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where and how the encoders run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProviderArgs {
+    /// Execution provider: tensorrt, cuda or cpu. Nothing falls back to another
+    /// provider unless --allow-fallback.
+    #[arg(long, default_value = "cpu")]
+    provider: ProviderKind,
+    /// GPU ordinal for cuda/tensorrt.
+    #[arg(long, default_value_t = 0)]
+    device: i32,
+    /// Let nodes the provider cannot take run on CUDA or the CPU (logged).
+    #[arg(long)]
+    allow_fallback: bool,
+    /// CPU provider: intra-op threads (default one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Sessions per encoder, for concurrent callers (each holds its own engine on a GPU).
+    #[arg(long, default_value_t = 1)]
+    sessions: usize,
+    /// TensorRT engine and timing caches (default $SEN_CACHE/tensorrt).
+    #[arg(long, value_name = "DIR")]
+    engine_cache: Option<PathBuf>,
+    /// Image batch sizes MIN,OPT,MAX: the TensorRT profile; files are encoded in batches of OPT.
+    #[arg(long, default_value = "1,16,64")]
+    image_batch: BatchProfile,
+    /// Text batch sizes MIN,OPT,MAX.
+    #[arg(long, default_value = "1,8,64")]
+    text_batch: BatchProfile,
+    /// TensorRT: let LayerNorm run in fp16 inside fp16/int8 engines (default keeps it fp32).
+    #[arg(long)]
+    fp16_layer_norm: bool,
+    /// TensorRT builder workspace limit in MiB.
+    #[arg(long)]
+    workspace_mib: Option<usize>,
+}
+
+impl ProviderArgs {
+    fn options(&self) -> ProviderOptions {
+        let mut o = ProviderOptions::new(self.provider);
+        o.device_id = self.device;
+        o.allow_fallback = self.allow_fallback;
+        o.threads = self.threads;
+        o.sessions = self.sessions;
+        o.tensorrt = TensorRtOptions {
+            cache_root: self
+                .engine_cache
+                .clone()
+                .unwrap_or_else(|| TensorRtOptions::default().cache_root),
+            image_profile: self.image_batch,
+            text_profile: self.text_batch,
+            fp16_flag: false,
+            layer_norm_fp32: !self.fp16_layer_norm,
+            workspace_mib: self.workspace_mib,
+        };
+        o
+    }
+}
+
+fn log_sessions(reports: &[SessionReport]) {
+    for r in reports {
+        tracing::info!(
+            "{} on {} in {:.2} s{}",
+            r.model.display(),
+            r.provider,
+            r.seconds,
+            r.engine_dir
+                .as_ref()
+                .map(|d| format!(
+                    " (engine {} {})",
+                    if r.engine_was_cached {
+                        "loaded from"
+                    } else {
+                        "built into"
+                    },
+                    d.display()
+                ))
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn spinner(msg: String) -> ProgressBar {
+    let b = ProgressBar::new_spinner().with_message(msg);
+    b.enable_steady_tick(std::time::Duration::from_millis(120));
+    b
+}
+
+fn bar(n: usize, what: &str) -> ProgressBar {
+    let b = ProgressBar::new(n as u64);
+    b.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} [{{bar:30}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}"
+        ))
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    b
+}
+
+// ---------------------------------------------------------------- info
+
+#[derive(clap::Args, Debug)]
+pub struct InfoArgs {
+    /// Bundle directory (from sen-export or sen-calibrate).
+    bundle: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    device: i32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn info(a: InfoArgs) -> Result<()> {
+    let m = Manifest::read_unverified(&a.bundle)?;
+    let verified = m.verify_files(&a.bundle);
+    let lib = sen_runtime::onnxruntime::init();
+    let mut providers = serde_json::Map::new();
+    for kind in ProviderKind::ALL {
+        let v = match &lib {
+            Err(e) => {
+                serde_json::json!({"compiled_in": true, "can_start": false, "missing": [e.to_string()]})
+            }
+            Ok(lib) => {
+                let p = providers::preflight(kind, &lib.path, a.device);
+                serde_json::json!({
+                    "compiled_in": true,
+                    "can_start": p.ok(),
+                    "missing": p.missing,
+                    "gpu": p.gpu.as_ref().map(|g| serde_json::json!({
+                        "name": g.name,
+                        "compute_capability": format!("{}.{}", g.compute_capability.0, g.compute_capability.1),
+                        "memory_mib": g.memory_bytes >> 20,
+                        "driver_cuda": format!("{}.{}", g.driver_cuda_version / 1000, (g.driver_cuda_version % 1000) / 10),
+                    })),
+                    "tensorrt": p.tensorrt.map(|(x, y, z)| format!("{x}.{y}.{z}")),
+                })
+            }
+        };
+        providers.insert(kind.name().into(), v);
+    }
+    let image_digest = m.encoder_digest(&m.io.image).ok();
+    let text_digest = m.encoder_digest(&m.io.text).ok();
+    if a.json {
+        let v = serde_json::json!({
+            "bundle": a.bundle,
+            "verified": verified.is_ok(),
+            "verify_error": verified.as_ref().err().map(|e| e.to_string()),
+            "precision": m.precision.to_string(),
+            "model": m.model,
+            "preprocess": m.preprocess,
+            "image_encoder_sha256": image_digest,
+            "text_encoder_sha256": text_digest,
+            "files": m.files,
+            "tools": m.tools,
+            "source_checkpoint_sha256": m.source_checkpoint_sha256,
+            "calibration": m.calibration,
+            "onnxruntime": lib.as_ref().ok().map(|l| serde_json::json!({"path": l.path, "version": l.version})),
+            "providers": providers,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("bundle     {}", a.bundle.display());
+    match &verified {
+        Ok(()) => println!(
+            "files      {} files match the manifest (sha256)",
+            m.files.len()
+        ),
+        Err(e) => println!("files      DO NOT MATCH: {e}"),
+    }
+    println!("precision  {}", m.precision);
+    let v = &m.model.vision;
+    let t = &m.model.text;
+    println!(
+        "image      {}x{} (HxW), ViT width {} x {} layers, patch {} -> {}-dim",
+        v.image_height, v.image_width, v.width, v.layers, v.patch_size, m.model.embed_dim
+    );
+    println!(
+        "text       {} tokens, width {} x {} layers, vocabulary {}",
+        t.context_length, t.width, t.layers, t.vocab_size
+    );
+    println!(
+        "preprocess resize {} to {}x{}, mean {:?}, std {:?}",
+        m.preprocess.resize,
+        m.preprocess.height,
+        m.preprocess.width,
+        m.preprocess.mean,
+        m.preprocess.std
+    );
+    for (name, f) in &m.files {
+        println!(
+            "  {name:<24} {:>12} bytes  sha256 {}",
+            f.bytes,
+            &f.sha256[..16]
+        );
+    }
+    if let Some(d) = image_digest {
+        println!("image encoder digest {d} (indexes and engine caches are keyed by it)");
+    }
+    println!(
+        "tools      {}",
+        m.tools
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(c) = &m.calibration {
+        println!(
+            "calibration {} on {} samples (data sha256 {})",
+            c.method,
+            c.samples,
+            &c.data_sha256[..16]
+        );
+    }
+    match &lib {
+        Ok(l) => println!("\nONNX Runtime {} from {}", l.version, l.path.display()),
+        Err(e) => println!("\nONNX Runtime: {e}"),
+    }
+    println!("execution providers (all compiled in):");
+    for kind in ProviderKind::ALL {
+        let p = &providers[kind.name()];
+        if p["can_start"].as_bool() == Some(true) {
+            let gpu = p["gpu"]["name"]
+                .as_str()
+                .map(|g| format!(" on {g}"))
+                .unwrap_or_default();
+            let trt = p["tensorrt"]
+                .as_str()
+                .map(|t| format!(", TensorRT {t}"))
+                .unwrap_or_default();
+            println!("  {:<9} can start{gpu}{trt}", kind.name());
+        } else {
+            println!("  {:<9} cannot start here:", kind.name());
+            for m in p["missing"].as_array().into_iter().flatten() {
+                println!("              - {}", m.as_str().unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- index
+
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["images", "dataset"])))]
+pub struct IndexArgs {
+    /// Bundle directory.
+    bundle: PathBuf,
+    /// Index every image (jpg, jpeg, png, bmp, webp) under DIR, recursively, in path order.
+    #[arg(long, value_name = "DIR")]
+    images: Option<PathBuf>,
+    /// Index the images of a dataset split, with their person ids.
+    #[arg(long, value_name = "ROOT")]
+    dataset: Option<PathBuf>,
+    #[arg(long)]
+    format: Option<DatasetFormat>,
+    #[arg(long, default_value = "test")]
+    split: Split,
+    /// Index file to write (atomically).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Add to an existing index (same image encoder; images already in it are skipped).
+    #[arg(long)]
+    append: bool,
+    /// Replace an existing index file.
+    #[arg(long, conflicts_with = "append")]
+    force: bool,
+    /// Store embeddings as float16 (half the memory traffic when searching).
+    #[arg(long)]
+    f16: bool,
+    /// Stop at the first unreadable image instead of listing and skipping it.
+    #[arg(long)]
+    strict: bool,
+    #[command(flatten)]
+    provider: ProviderArgs,
+}
+
+fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))?;
+        for e in rd {
+            let e = e.with_context(|| format!("reading {}", d.display()))?;
+            let p = e.path();
+            let ft = e
+                .file_type()
+                .with_context(|| format!("reading {}", p.display()))?;
+            if ft.is_dir() {
+                stack.push(p);
+            } else if p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
+                matches!(
+                    x.to_ascii_lowercase().as_str(),
+                    "jpg" | "jpeg" | "png" | "bmp" | "webp"
+                )
+            }) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn index(a: IndexArgs) -> Result<()> {
+    if a.out.exists() && !a.append && !a.force {
+        bail!(
+            "{} exists: pass --append to add to it or --force to replace it",
+            a.out.display()
+        );
+    }
+    let (paths, pids): (Vec<PathBuf>, Vec<Option<i64>>) = match (&a.images, &a.dataset) {
+        (Some(dir), _) => {
+            let p = list_images(dir)?;
+            if p.is_empty() {
+                bail!("{}: no jpg/jpeg/png/bmp/webp images found", dir.display());
+            }
+            let n = p.len();
+            (p, vec![None; n])
+        }
+        (None, Some(root)) => {
+            let ds = Dataset::load(root, a.format)?;
+            let recs: Vec<_> = ds.split(a.split).collect();
+            if recs.is_empty() {
+                bail!(
+                    "{}: the {} split has no images",
+                    root.display(),
+                    a.split.name()
+                );
+            }
+            (
+                recs.iter().map(|r| ds.image_path(r)).collect(),
+                recs.iter().map(|r| Some(r.id)).collect(),
+            )
+        }
+        (None, None) => unreachable!("clap requires --images or --dataset"),
+    };
+    let t0 = Instant::now();
+    let enc = ImageEncoder::load(&a.bundle, &a.provider.options())?;
+    log_sessions(&enc.reports);
+    let mut builder = if a.append && a.out.exists() {
+        let old = Index::open(&a.out)?;
+        old.check_bundle(&enc.manifest, &a.bundle)?;
+        let want = if a.f16 {
+            Storage::F16
+        } else {
+            old.header.dtype
+        };
+        if want != old.header.dtype {
+            bail!(
+                "--f16: {} stores {:?} rows; appending keeps the index's storage (drop --f16, or rebuild with --force)",
+                a.out.display(),
+                old.header.dtype
+            );
+        }
+        IndexBuilder::from_index(&old)
+    } else {
+        IndexBuilder::new(
+            &enc.manifest,
+            if a.f16 { Storage::F16 } else { Storage::F32 },
+        )?
+    };
+    let before = builder.len();
+    let keep: Vec<usize> = (0..paths.len())
+        .filter(|&i| !builder.contains_path(&paths[i].display().to_string()))
+        .collect();
+    if keep.len() < paths.len() {
+        tracing::warn!(
+            "{} of {} images are already in {} and are skipped",
+            paths.len() - keep.len(),
+            paths.len(),
+            a.out.display()
+        );
+    }
+    let todo: Vec<&PathBuf> = keep.iter().map(|&i| &paths[i]).collect();
+    let pb = bar(todo.len(), "indexing");
+    let files = if a.strict {
+        // Stop at the first failure: encode batch by batch and check as we go.
+        let mut all = None::<sen_runtime::encoders::FileEmbeddings>;
+        for chunk in todo.chunks(enc.profile.opt.max(1) * 8) {
+            let done = pb.position() as usize;
+            let f = enc.encode_files(chunk, |n| pb.set_position((done + n) as u64))?;
+            if let Some((i, why)) = f.failures.first() {
+                pb.abandon();
+                bail!("--strict: {} cannot be read: {why}", chunk[*i].display());
+            }
+            all = Some(match all {
+                None => f,
+                Some(mut acc) => {
+                    let off = acc.ok.len() + acc.failures.len();
+                    acc.embeds = ndarray::concatenate(
+                        ndarray::Axis(0),
+                        &[acc.embeds.view(), f.embeds.view()],
+                    )?;
+                    acc.ok.extend(f.ok.iter().map(|i| i + off));
+                    acc.inference_seconds += f.inference_seconds;
+                    acc
+                }
+            });
+        }
+        all.expect("at least one image")
+    } else {
+        enc.encode_files(&todo, |n| pb.set_position(n as u64))?
+    };
+    pb.finish_and_clear();
+    for (i, why) in &files.failures {
+        tracing::warn!("skipped {}: {why}", todo[*i].display());
+    }
+    for (row, &i) in files.embeds.rows().into_iter().zip(&files.ok) {
+        let k = keep[i];
+        builder.push(
+            paths[k].display().to_string(),
+            pids[k],
+            row.as_slice().expect("contiguous row"),
+        )?;
+    }
+    builder.write(&a.out)?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "{}: {} images indexed ({} new, {} unreadable and skipped{}), {}-dim {:?}, {:.1} s ({:.1} images/s)",
+        a.out.display(),
+        builder.len(),
+        builder.len() - before,
+        files.failures.len(),
+        if files.failures.is_empty() {
+            ""
+        } else {
+            ", listed above"
+        },
+        builder.header.dim,
+        builder.header.dtype,
+        secs,
+        todo.len() as f64 / secs
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- search
+
+#[derive(clap::Args, Debug)]
+pub struct SearchArgs {
+    /// Bundle directory (its image encoder must be the one that built the index).
+    bundle: PathBuf,
+    /// Index file from `sen index`.
+    index: PathBuf,
+    /// The description to search for (or use --queries).
+    #[arg(required_unless_present = "queries", conflicts_with = "queries")]
+    text: Option<String>,
+    /// Read one query per line from FILE (or - for stdin); answers are JSON lines.
+    #[arg(long, value_name = "FILE|-")]
+    queries: Option<String>,
+    /// How many images to return.
+    #[arg(short, default_value_t = 10)]
+    k: usize,
+    /// Print JSON (always on with --queries).
+    #[arg(long)]
+    json: bool,
+    /// Threads for the index scan (default: one per core).
+    #[arg(long)]
+    search_threads: Option<usize>,
+    #[command(flatten)]
+    provider: ProviderArgs,
+}
+
+#[derive(serde::Serialize)]
+struct ResultJson<'a> {
+    rank: usize,
+    path: &'a str,
+    score: f32,
+    pid: Option<i64>,
+}
+
+#[derive(serde::Serialize)]
+struct AnswerJson<'a> {
+    query: &'a str,
+    results: Vec<ResultJson<'a>>,
+}
+
+pub fn search(a: SearchArgs) -> Result<()> {
+    if a.k == 0 {
+        bail!("-k must be at least 1");
+    }
+    let index = Index::open(&a.index)?;
+    let enc = TextEncoder::load(&a.bundle, &a.provider.options())?;
+    log_sessions(&enc.reports);
+    index.check_bundle(&enc.manifest, &a.bundle)?;
+    if index.is_empty() {
+        bail!("{} holds no images", a.index.display());
+    }
+    if a.k > index.len() {
+        tracing::warn!(
+            "-k {} is larger than the gallery ({} images): returning all {}",
+            a.k,
+            index.len(),
+            index.len()
+        );
+    }
+    let threads = a.search_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let answer = |q: &str| -> Result<(Vec<sen_runtime::search::Hit>, f64, f64)> {
+        let t = Instant::now();
+        let e = enc.encode(&[q])?;
+        let te = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let hits = index.search(e.row(0).as_slice().expect("row"), a.k, threads)?;
+        Ok((hits, te, t.elapsed().as_secs_f64()))
+    };
+    let to_json = |q: &'_ str, hits: &[sen_runtime::search::Hit]| -> String {
+        let a = AnswerJson {
+            query: q,
+            results: hits
+                .iter()
+                .enumerate()
+                .map(|(i, h)| ResultJson {
+                    rank: i + 1,
+                    path: &index.header.paths[h.row],
+                    score: h.score,
+                    pid: index.header.pids[h.row],
+                })
+                .collect(),
+        };
+        serde_json::to_string(&a).expect("serialises")
+    };
+    if let Some(src) = &a.queries {
+        let reader: Box<dyn BufRead> = if src == "-" {
+            Box::new(std::io::stdin().lock())
+        } else {
+            Box::new(std::io::BufReader::new(
+                std::fs::File::open(src).with_context(|| format!("--queries {src}"))?,
+            ))
+        };
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        for (n, line) in reader.lines().enumerate() {
+            let line = line.with_context(|| format!("--queries {src}: line {}", n + 1))?;
+            if line.trim().is_empty() {
+                tracing::warn!("--queries {src}: line {} is empty and is skipped", n + 1);
+                continue;
+            }
+            let (hits, te, ts) = answer(&line)?;
+            tracing::debug!(
+                "query {}: encode {:.2} ms, search {:.2} ms",
+                n + 1,
+                te * 1e3,
+                ts * 1e3
+            );
+            writeln!(out, "{}", to_json(&line, &hits))?;
+            out.flush()?;
+        }
+        return Ok(());
+    }
+    let q = a.text.as_deref().expect("clap requires TEXT or --queries");
+    let (hits, te, ts) = answer(q)?;
+    if a.json {
+        println!("{}", to_json(q, &hits));
+    } else {
+        println!("{q:?}: top {} of {} images", hits.len(), index.len());
+        for (i, h) in hits.iter().enumerate() {
+            let pid = index.header.pids[h.row]
+                .map(|p| format!("pid {p:<6}"))
+                .unwrap_or_default();
+            println!(
+                "{:>4}. {:.4}  {pid} {}",
+                i + 1,
+                h.score,
+                index.header.paths[h.row]
+            );
+        }
+        eprintln!(
+            "(text encoder {:.1} ms, search {:.2} ms)",
+            te * 1e3,
+            ts * 1e3
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- eval
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    bundle: PathBuf,
+    #[arg(long, value_name = "ROOT")]
+    dataset: PathBuf,
+    #[arg(long)]
+    format: Option<DatasetFormat>,
+    #[arg(long, default_value = "test")]
+    split: Split,
+    /// Print {"r1", "r5", "r10", "map", "minp"} (percent) plus timing keys as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also write image_embeds.npy, text_embeds.npy, image_pids.npy, text_pids.npy here.
+    #[arg(long, value_name = "DIR")]
+    dump_embeddings: Option<PathBuf>,
+    #[command(flatten)]
+    provider: ProviderArgs,
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let ds = Dataset::load(&a.dataset, a.format)?;
+    let opts = a.provider.options();
+    let enc = Encoders::load(&a.bundle, &opts)?;
+    log_sessions(&enc.image.reports);
+    log_sessions(&enc.text.reports);
+    let n = ds.split(a.split).count();
+    let pb = if a.json {
+        ProgressBar::hidden()
+    } else {
+        bar(n, "gallery")
+    };
+    let out = sen_runtime::eval::evaluate(&enc, &ds, a.split, |k| pb.set_position(k as u64))?;
+    pb.finish_and_clear();
+    if let Some(dir) = &a.dump_embeddings {
+        sen_runtime::eval::dump(&out, dir)?;
+    }
+    // Batch-1 latency of the image encoder: median of 20 runs after 3 warm-ups.
+    let first = ds.eval_set(a.split)?.images[0].clone();
+    let x = enc
+        .image
+        .preprocessor
+        .load(&first)?
+        .insert_axis(ndarray::Axis(0));
+    let mut times = vec![];
+    for i in 0..23 {
+        let t = Instant::now();
+        enc.image.encode(x.view())?;
+        if i >= 3 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let latency = times[times.len() / 2];
+    let m = out.metrics;
+    let images = out.image_pids.len();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "r1": m.r1, "r5": m.r5, "r10": m.r10, "map": m.map, "minp": m.minp,
+                "split": a.split.name(),
+                "precision": enc.image.manifest.precision.to_string(),
+                "provider": opts.kind.name(),
+                "images": images,
+                "captions": out.text_pids.len(),
+                "gallery_seconds": out.image_seconds,
+                "images_per_s": images as f64 / out.image_seconds,
+                "image_batch": enc.image.profile.opt,
+                "image_latency_ms_batch1": latency,
+                "text_seconds": out.text_seconds,
+            })
+        );
+    } else {
+        println!(
+            "{} on {} {} ({} images, {} captions), {} {}:",
+            a.bundle.display(),
+            a.dataset.display(),
+            a.split.name(),
+            images,
+            out.text_pids.len(),
+            enc.image.manifest.precision,
+            opts.kind
+        );
+        println!("  {m}");
+        println!(
+            "  gallery {:.1} images/s (batch {}, decode + preprocess overlapped), image encoder batch-1 latency {:.2} ms, captions {:.1}/s",
+            images as f64 / out.image_seconds,
+            enc.image.profile.opt,
+            latency,
+            out.text_pids.len() as f64 / out.text_seconds
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- build-engines
+
+#[derive(clap::Args, Debug)]
+pub struct BuildEnginesArgs {
+    bundle: PathBuf,
+    /// Engine precision for an fp32 bundle on TensorRT 10 (`fp16` sets the FP16
+    /// builder flag); other bundles take their precision from the manifest.
+    #[arg(long, value_parser = ["fp16"])]
+    precision: Option<String>,
+    #[command(flatten)]
+    provider: ProviderArgs,
+}
+
+pub fn build_engines(a: BuildEnginesArgs) -> Result<()> {
+    if a.provider.provider != ProviderKind::TensorRt {
+        bail!(
+            "build-engines builds TensorRT engines: pass --provider tensorrt (the default here is cpu)"
+        );
+    }
+    let mut opts = a.provider.options();
+    opts.tensorrt.fp16_flag = a.precision.is_some();
+    let m = Manifest::load(&a.bundle)?;
+    if opts.tensorrt.fp16_flag && m.precision != sen_core::Precision::Fp32 {
+        bail!(
+            "--precision fp16 is only for an fp32 bundle; this bundle is {}",
+            m.precision
+        );
+    }
+    let sp = spinner(format!(
+        "building TensorRT engines for {} (first build on a GPU can take minutes)",
+        a.bundle.display()
+    ));
+    let t = Instant::now();
+    let enc = Encoders::load(&a.bundle, &opts);
+    sp.finish_and_clear();
+    let enc = enc?;
+    for (what, reports, batch) in [
+        ("image", &enc.image.reports, enc.image.profile),
+        ("text", &enc.text.reports, enc.text.profile),
+    ] {
+        for r in reports.iter() {
+            println!(
+                "{what} encoder: {} in {:.1} s ({}), profile batch {}/{}/{}",
+                r.engine_dir
+                    .as_ref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
+                r.seconds,
+                if r.engine_was_cached {
+                    "already cached"
+                } else {
+                    "built"
+                },
+                batch.min,
+                batch.opt,
+                batch.max
+            );
+        }
+    }
+    // One run at the optimum batch of each, so the first query is not the first run.
+    let (h, w) = (
+        enc.image.manifest.preprocess.height,
+        enc.image.manifest.preprocess.width,
+    );
+    let x = ndarray::Array4::<f32>::zeros((enc.image.profile.opt, 3, h, w));
+    let t1 = Instant::now();
+    enc.image.encode(x.view())?;
+    let qs = vec!["a person"; enc.text.profile.opt];
+    enc.text.encode(&qs)?;
+    println!(
+        "warm-up runs {:.1} ms; engines ready in {:.1} s total",
+        t1.elapsed().as_secs_f64() * 1e3,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

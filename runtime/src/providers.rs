@@ -1,0 +1,917 @@
+//! Execution providers: TensorRT (FP16/INT8 engines), CUDA and CPU, through ONNX Runtime.
+//!
+//! Before ONNX Runtime is asked for a GPU provider, [`preflight`] checks for
+//! everything that provider loads (the provider library of the ONNX Runtime build,
+//! the NVIDIA driver, the CUDA 13 runtime, cuBLAS, cuDNN, TensorRT 10) and reports
+//! every missing piece with how to install it, in milliseconds, instead of an
+//! opaque failure from inside ONNX Runtime. The provider is then registered with
+//! `error_on_failure`, and CPU fallback is disabled unless `--allow-fallback`.
+//!
+//! TensorRT engines are cached on disk under a directory keyed by the encoder's
+//! content hash, the TensorRT version, the GPU model and compute capability, the
+//! precision and the batch profile ([`engine_cache_dir`]): two checkpoints with
+//! the same graph never share an engine (SPEC §9).
+
+use crate::error::RuntimeError;
+use sen_core::Manifest;
+use sen_core::manifest::{EncoderIo, Precision};
+use std::path::{Path, PathBuf};
+
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    TensorRt,
+    Cuda,
+    Cpu,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 3] = [
+        ProviderKind::TensorRt,
+        ProviderKind::Cuda,
+        ProviderKind::Cpu,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::TensorRt => "tensorrt",
+            ProviderKind::Cuda => "cuda",
+            ProviderKind::Cpu => "cpu",
+        }
+    }
+
+    /// The ONNX Runtime provider library this provider needs beside `libonnxruntime.so`.
+    pub fn ort_library(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::TensorRt => Some("libonnxruntime_providers_tensorrt.so"),
+            ProviderKind::Cuda => Some("libonnxruntime_providers_cuda.so"),
+            ProviderKind::Cpu => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ProviderKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "tensorrt" | "trt" => Ok(ProviderKind::TensorRt),
+            "cuda" => Ok(ProviderKind::Cuda),
+            "cpu" => Ok(ProviderKind::Cpu),
+            _ => Err(format!("unknown provider {s:?}: use tensorrt, cuda or cpu")),
+        }
+    }
+}
+
+/// Batch sizes of a TensorRT optimisation profile (also the batch size encoding uses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchProfile {
+    pub min: usize,
+    pub opt: usize,
+    pub max: usize,
+}
+
+impl BatchProfile {
+    pub const IMAGE_DEFAULT: BatchProfile = BatchProfile {
+        min: 1,
+        opt: 16,
+        max: 64,
+    };
+    pub const TEXT_DEFAULT: BatchProfile = BatchProfile {
+        min: 1,
+        opt: 8,
+        max: 64,
+    };
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.min == 0 || self.min > self.opt || self.opt > self.max {
+            return Err(format!(
+                "batch profile {}/{}/{} must satisfy 1 <= min <= opt <= max",
+                self.min, self.opt, self.max
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for BatchProfile {
+    type Err = String;
+    /// `MIN,OPT,MAX`, e.g. `1,16,64`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let v: Vec<usize> = s
+            .split(',')
+            .map(|x| x.trim().parse::<usize>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("batch profile {s:?}: expected MIN,OPT,MAX, e.g. 1,16,64"))?;
+        let [min, opt, max] = v[..] else {
+            return Err(format!(
+                "batch profile {s:?}: expected three numbers MIN,OPT,MAX"
+            ));
+        };
+        let p = BatchProfile { min, opt, max };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// TensorRT's three profile strings (`min`, `opt`, `max`) for one encoder, in ONNX
+/// Runtime's `name:d0xd1x...` format, every input listed, batch varied.
+pub fn profile_shapes(io: &EncoderIo, p: &BatchProfile) -> Result<[String; 3], RuntimeError> {
+    use sen_core::manifest::Dim;
+    let mut out = [String::new(), String::new(), String::new()];
+    for (slot, batch) in out.iter_mut().zip([p.min, p.opt, p.max]) {
+        let mut parts = vec![];
+        for t in &io.inputs {
+            let dims: Vec<String> = t
+                .shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => Ok(n.to_string()),
+                    Dim::Symbolic(s) if s == "batch" => Ok(batch.to_string()),
+                    Dim::Symbolic(s) => Err(RuntimeError::Provider(format!(
+                        "{}: input {} has a symbolic dimension {s:?} other than batch; \
+                         TensorRT needs a profile for it, which sen does not build",
+                        io.file, t.name
+                    ))),
+                })
+                .collect::<Result<_, _>>()?;
+            parts.push(format!("{}:{}", t.name, dims.join("x")));
+        }
+        *slot = parts.join(",");
+    }
+    Ok(out)
+}
+
+/// Precision of a TensorRT engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnginePrecision {
+    /// An fp32 bundle built as is.
+    Fp32,
+    /// An fp16 bundle, or an fp32 bundle with TensorRT 10's FP16 builder flag.
+    Fp16,
+    /// A Q/DQ (int8) bundle: INT8 where the graph says, FP16 elsewhere.
+    Int8,
+}
+
+impl EnginePrecision {
+    pub fn name(self) -> &'static str {
+        match self {
+            EnginePrecision::Fp32 => "fp32",
+            EnginePrecision::Fp16 => "fp16",
+            EnginePrecision::Int8 => "int8",
+        }
+    }
+
+    /// The engine precision for a bundle: from its manifest (SPEC §10); `fp16_flag`
+    /// (`--precision fp16`) is only meaningful for an fp32 bundle on TensorRT 10.
+    pub fn for_bundle(
+        precision: Precision,
+        fp16_flag: bool,
+        trt_major: Option<u32>,
+    ) -> Result<Self, RuntimeError> {
+        match (precision, fp16_flag) {
+            (Precision::Fp32, false) => Ok(EnginePrecision::Fp32),
+            (Precision::Fp32, true) => match trt_major {
+                Some(m) if m >= 11 => Err(RuntimeError::Provider(format!(
+                    "--precision fp16: TensorRT {m} has no FP16 builder flag; export an fp16 bundle \
+                     (`sen-export --fp16`) instead"
+                ))),
+                _ => Ok(EnginePrecision::Fp16),
+            },
+            (Precision::Fp16, _) => Ok(EnginePrecision::Fp16),
+            (Precision::Int8, _) => Ok(EnginePrecision::Int8),
+        }
+    }
+}
+
+/// TensorRT settings.
+#[derive(Debug, Clone)]
+pub struct TensorRtOptions {
+    /// Root of the engine and timing caches (default `$SEN_CACHE/tensorrt`).
+    pub cache_root: PathBuf,
+    pub image_profile: BatchProfile,
+    pub text_profile: BatchProfile,
+    /// Build an fp32 bundle with the FP16 flag (TensorRT 10 only).
+    pub fp16_flag: bool,
+    /// Keep LayerNorm in fp32 inside fp16 engines (`trt_layer_norm_fp32_fallback`).
+    pub layer_norm_fp32: bool,
+    /// Builder workspace limit in MiB (None: TensorRT's default, the whole GPU).
+    pub workspace_mib: Option<usize>,
+}
+
+impl Default for TensorRtOptions {
+    fn default() -> Self {
+        TensorRtOptions {
+            cache_root: sen_core::deps::cache_dir().join("tensorrt"),
+            image_profile: BatchProfile::IMAGE_DEFAULT,
+            text_profile: BatchProfile::TEXT_DEFAULT,
+            fp16_flag: false,
+            layer_norm_fp32: true,
+            workspace_mib: None,
+        }
+    }
+}
+
+/// How to run a bundle.
+#[derive(Debug, Clone)]
+pub struct ProviderOptions {
+    pub kind: ProviderKind,
+    pub device_id: i32,
+    /// Let nodes the provider cannot take run on CUDA/CPU (logged); off by default.
+    pub allow_fallback: bool,
+    /// CPU intra-op threads (None: one per core).
+    pub threads: Option<usize>,
+    /// Sessions per encoder (concurrent callers; see `encoders`).
+    pub sessions: usize,
+    pub tensorrt: TensorRtOptions,
+    /// Write ONNX Runtime's optimised graphs here (debugging).
+    pub optimized_model_dir: Option<PathBuf>,
+}
+
+impl ProviderOptions {
+    pub fn new(kind: ProviderKind) -> Self {
+        ProviderOptions {
+            kind,
+            device_id: 0,
+            allow_fallback: false,
+            threads: None,
+            sessions: 1,
+            tensorrt: TensorRtOptions::default(),
+            optimized_model_dir: None,
+        }
+    }
+
+    pub fn cpu() -> Self {
+        Self::new(ProviderKind::Cpu)
+    }
+}
+
+/// The GPU a provider would run on (from the CUDA driver API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuInfo {
+    pub name: String,
+    pub compute_capability: (u32, u32),
+    pub memory_bytes: u64,
+    /// e.g. 13000 for CUDA 13.0.
+    pub driver_cuda_version: u32,
+}
+
+/// What a provider needs on this machine, and what is missing.
+#[derive(Debug, Clone)]
+pub struct Preflight {
+    pub kind: ProviderKind,
+    pub gpu: Option<GpuInfo>,
+    /// TensorRT version (major, minor, patch) when TensorRT loaded.
+    pub tensorrt: Option<(u32, u32, u32)>,
+    pub missing: Vec<String>,
+}
+
+impl Preflight {
+    pub fn ok(&self) -> bool {
+        self.missing.is_empty()
+    }
+
+    /// One error listing everything missing.
+    pub fn into_result(self) -> Result<Preflight, RuntimeError> {
+        if self.ok() {
+            return Ok(self);
+        }
+        Err(RuntimeError::Provider(format!(
+            "the {} provider cannot start on this machine:\n  - {}",
+            self.kind,
+            self.missing.join("\n  - ")
+        )))
+    }
+}
+
+/// Shared libraries a provider loads, each with how to get it. The versions are
+/// those the pinned ONNX Runtime 1.31.1 GPU build links (CUDA 13, cuDNN 9, TensorRT 10).
+pub fn required_libraries(kind: ProviderKind) -> &'static [(&'static str, &'static str)] {
+    const CUDA: &[(&str, &str)] = &[
+        (
+            "libcuda.so.1",
+            "the NVIDIA driver (no driver: is there an NVIDIA GPU?)",
+        ),
+        (
+            "libcudart.so.13",
+            "the CUDA 13 runtime (CUDA toolkit 13, or `pip install nvidia-cuda-runtime`), on LD_LIBRARY_PATH",
+        ),
+        (
+            "libcublas.so.13",
+            "cuBLAS for CUDA 13 (`pip install nvidia-cublas`), on LD_LIBRARY_PATH",
+        ),
+        (
+            "libcublasLt.so.13",
+            "cuBLASLt for CUDA 13 (`pip install nvidia-cublas`), on LD_LIBRARY_PATH",
+        ),
+        (
+            "libcurand.so.10",
+            "cuRAND for CUDA 13 (`pip install nvidia-curand`), on LD_LIBRARY_PATH",
+        ),
+        (
+            "libcudnn.so.9",
+            "cuDNN 9 for CUDA 13 (`pip install nvidia-cudnn-cu13`), on LD_LIBRARY_PATH",
+        ),
+    ];
+    const TRT: &[(&str, &str)] = &[
+        (
+            "libcuda.so.1",
+            "the NVIDIA driver (no driver: is there an NVIDIA GPU?)",
+        ),
+        (
+            "libcudart.so.13",
+            "the CUDA 13 runtime (CUDA toolkit 13, or `pip install nvidia-cuda-runtime`), on LD_LIBRARY_PATH",
+        ),
+        (
+            "libcublas.so.13",
+            "cuBLAS for CUDA 13 (`pip install nvidia-cublas`), on LD_LIBRARY_PATH",
+        ),
+        (
+            "libcudnn.so.9",
+            "cuDNN 9 for CUDA 13 (`pip install nvidia-cudnn-cu13`), on LD_LIBRARY_PATH",
+        ),
+        (
+            "libnvinfer.so.10",
+            "TensorRT 10.x for CUDA 13 (NVIDIA's tar/deb packages or `pip install tensorrt-cu13-libs`), on LD_LIBRARY_PATH",
+        ),
+        (
+            "libnvonnxparser.so.10",
+            "TensorRT 10.x's ONNX parser (ships with TensorRT), on LD_LIBRARY_PATH",
+        ),
+    ];
+    match kind {
+        ProviderKind::TensorRt => TRT,
+        ProviderKind::Cuda => CUDA,
+        ProviderKind::Cpu => &[],
+    }
+}
+
+/// Check everything `kind` needs, without starting it. `ort_lib` is the loaded
+/// `libonnxruntime.so` (its provider libraries sit beside it).
+pub fn preflight(kind: ProviderKind, ort_lib: &Path, device_id: i32) -> Preflight {
+    let mut p = Preflight {
+        kind,
+        gpu: None,
+        tensorrt: None,
+        missing: vec![],
+    };
+    if let Some(lib) = kind.ort_library() {
+        let dir = ort_lib.parent().unwrap_or(Path::new("."));
+        if !dir.join(lib).is_file() {
+            p.missing.push(format!(
+                "{lib}: the ONNX Runtime at {} is a build without the {kind} provider. Use a GPU \
+                 build (the onnxruntime-gpu 1.31.1 wheel's onnxruntime/capi/ folder, for CUDA 13; \
+                 `make deps-ort-gpu` fetches it) and point --ort-lib or ORT_DYLIB_PATH at its libonnxruntime.so",
+                ort_lib.display()
+            ));
+        }
+    }
+    for (lib, how) in required_libraries(kind) {
+        // SAFETY: loading a system library runs its initialisers, as ONNX Runtime would.
+        match unsafe { libloading::Library::new(*lib) } {
+            Ok(l) => {
+                if *lib == "libcuda.so.1" {
+                    match unsafe { gpu_info_from(&l, device_id) } {
+                        Ok(info) => p.gpu = Some(info),
+                        Err(e) => p.missing.push(format!("a usable GPU {device_id}: {e}")),
+                    }
+                    // The driver stays loaded for the process (as ONNX Runtime keeps it).
+                    std::mem::forget(l);
+                } else if *lib == "libnvinfer.so.10" {
+                    p.tensorrt = unsafe { tensorrt_version_from(&l) };
+                }
+            }
+            Err(e) => {
+                let why =
+                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+                p.missing
+                    .push(format!("{lib} cannot be loaded ({why}): install {how}"))
+            }
+        }
+    }
+    p
+}
+
+/// `getInferLibVersion()`: 10.3.0 is 100300 (TensorRT >= 10), 8.6.1 is 8601.
+pub fn decode_tensorrt_version(v: i32) -> (u32, u32, u32) {
+    let v = v.max(0) as u32;
+    if v >= 100_000 {
+        (v / 10_000, (v / 100) % 100, v % 100)
+    } else {
+        (v / 1000, (v / 100) % 10, v % 100)
+    }
+}
+
+unsafe fn tensorrt_version_from(l: &libloading::Library) -> Option<(u32, u32, u32)> {
+    // SAFETY: `int32_t getInferLibVersion()` is TensorRT's exported C function.
+    unsafe {
+        let f: libloading::Symbol<unsafe extern "C" fn() -> i32> =
+            l.get(b"getInferLibVersion").ok()?;
+        Some(decode_tensorrt_version(f()))
+    }
+}
+
+/// GPU name, compute capability and memory through the CUDA driver API.
+unsafe fn gpu_info_from(l: &libloading::Library, device: i32) -> Result<GpuInfo, String> {
+    type Init = unsafe extern "C" fn(u32) -> i32;
+    type Count = unsafe extern "C" fn(*mut i32) -> i32;
+    type Get = unsafe extern "C" fn(*mut i32, i32) -> i32;
+    type Name = unsafe extern "C" fn(*mut u8, i32, i32) -> i32;
+    type Attr = unsafe extern "C" fn(*mut i32, i32, i32) -> i32;
+    type Mem = unsafe extern "C" fn(*mut usize, i32) -> i32;
+    type Ver = unsafe extern "C" fn(*mut i32) -> i32;
+    const MAJOR: i32 = 75; // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+    const MINOR: i32 = 76;
+    let sym = |n: &[u8]| format!("libcuda.so.1 lacks {}", String::from_utf8_lossy(n));
+    // SAFETY: the CUDA driver API's documented C signatures; buffers sized as passed.
+    unsafe {
+        let init: libloading::Symbol<Init> = l.get(b"cuInit").map_err(|_| sym(b"cuInit"))?;
+        let count: libloading::Symbol<Count> = l
+            .get(b"cuDeviceGetCount")
+            .map_err(|_| sym(b"cuDeviceGetCount"))?;
+        let get: libloading::Symbol<Get> =
+            l.get(b"cuDeviceGet").map_err(|_| sym(b"cuDeviceGet"))?;
+        let name: libloading::Symbol<Name> = l
+            .get(b"cuDeviceGetName")
+            .map_err(|_| sym(b"cuDeviceGetName"))?;
+        let attr: libloading::Symbol<Attr> = l
+            .get(b"cuDeviceGetAttribute")
+            .map_err(|_| sym(b"cuDeviceGetAttribute"))?;
+        let mem: libloading::Symbol<Mem> = l
+            .get(b"cuDeviceTotalMem_v2")
+            .map_err(|_| sym(b"cuDeviceTotalMem_v2"))?;
+        let ver: libloading::Symbol<Ver> = l
+            .get(b"cuDriverGetVersion")
+            .map_err(|_| sym(b"cuDriverGetVersion"))?;
+        let rc = init(0);
+        if rc != 0 {
+            return Err(format!(
+                "cuInit failed with CUDA error {rc} (driver installed but no usable GPU?)"
+            ));
+        }
+        let mut n = 0;
+        count(&mut n);
+        if device < 0 || device >= n {
+            return Err(format!("--device {device}, but the driver sees {n} GPU(s)"));
+        }
+        let mut dev = 0;
+        let rc = get(&mut dev, device);
+        if rc != 0 {
+            return Err(format!("cuDeviceGet({device}) failed with CUDA error {rc}"));
+        }
+        let mut buf = [0u8; 256];
+        name(buf.as_mut_ptr(), buf.len() as i32, dev);
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        let (mut ma, mut mi) = (0, 0);
+        attr(&mut ma, MAJOR, dev);
+        attr(&mut mi, MINOR, dev);
+        let mut bytes = 0usize;
+        mem(&mut bytes, dev);
+        let mut v = 0;
+        ver(&mut v);
+        Ok(GpuInfo {
+            name: String::from_utf8_lossy(&buf[..end]).trim().to_string(),
+            compute_capability: (ma.max(0) as u32, mi.max(0) as u32),
+            memory_bytes: bytes as u64,
+            driver_cuda_version: v.max(0) as u32,
+        })
+    }
+}
+
+/// `NVIDIA GeForce RTX 4090` -> `nvidia-geforce-rtx-4090`.
+pub fn slug(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    out.trim_end_matches('-').to_string()
+}
+
+/// The engine-cache directory of one encoder: content hash x TensorRT version x GPU
+/// x compute capability x precision x profile. Anything that changes the engine
+/// changes the directory, so a stale engine is never loaded.
+pub fn engine_cache_dir(
+    root: &Path,
+    encoder_digest: &str,
+    trt: (u32, u32, u32),
+    gpu: &GpuInfo,
+    precision: EnginePrecision,
+    profile: &BatchProfile,
+    layer_norm_fp32: bool,
+) -> PathBuf {
+    let short = &encoder_digest[..encoder_digest.len().min(16)];
+    root.join("engines").join(format!(
+        "{short}-trt{}.{}.{}-{}-sm{}{}-{}{}-b{}-{}-{}",
+        trt.0,
+        trt.1,
+        trt.2,
+        slug(&gpu.name),
+        gpu.compute_capability.0,
+        gpu.compute_capability.1,
+        precision.name(),
+        if layer_norm_fp32 && precision != EnginePrecision::Fp32 {
+            "-lnfp32"
+        } else {
+            ""
+        },
+        profile.min,
+        profile.opt,
+        profile.max
+    ))
+}
+
+/// Timing caches are valid per GPU model and TensorRT version, across models.
+pub fn timing_cache_dir(root: &Path, trt: (u32, u32, u32), gpu: &GpuInfo) -> PathBuf {
+    root.join("timing").join(format!(
+        "trt{}.{}.{}-{}-sm{}{}",
+        trt.0,
+        trt.1,
+        trt.2,
+        slug(&gpu.name),
+        gpu.compute_capability.0,
+        gpu.compute_capability.1
+    ))
+}
+
+/// ONNX Runtime's TensorRT options for one encoder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorRtPlan {
+    pub engine_dir: PathBuf,
+    pub timing_dir: PathBuf,
+    pub precision: EnginePrecision,
+    pub profile: [String; 3],
+    pub layer_norm_fp32: bool,
+    pub workspace_bytes: Option<usize>,
+    pub device_id: i32,
+}
+
+impl TensorRtPlan {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        manifest: &Manifest,
+        io: &EncoderIo,
+        profile: &BatchProfile,
+        opts: &TensorRtOptions,
+        trt: (u32, u32, u32),
+        gpu: &GpuInfo,
+        device_id: i32,
+    ) -> Result<Self, RuntimeError> {
+        let precision =
+            EnginePrecision::for_bundle(manifest.precision, opts.fp16_flag, Some(trt.0))?;
+        let digest = manifest.encoder_digest(io)?;
+        Ok(TensorRtPlan {
+            engine_dir: engine_cache_dir(
+                &opts.cache_root,
+                &digest,
+                trt,
+                gpu,
+                precision,
+                profile,
+                opts.layer_norm_fp32,
+            ),
+            timing_dir: timing_cache_dir(&opts.cache_root, trt, gpu),
+            precision,
+            profile: profile_shapes(io, profile)?,
+            layer_norm_fp32: opts.layer_norm_fp32 && precision != EnginePrecision::Fp32,
+            workspace_bytes: opts.workspace_mib.map(|m| m << 20),
+            device_id,
+        })
+    }
+
+    /// The provider, configured. On TensorRT 10 the FP16/INT8 builder flags select
+    /// precision; an fp16/int8 bundle's graph already carries it.
+    pub fn provider(&self) -> ort::ep::TensorRT {
+        let mut p = ort::ep::TensorRT::default()
+            .with_device_id(self.device_id)
+            .with_engine_cache(true)
+            .with_engine_cache_path(self.engine_dir.display())
+            .with_timing_cache(true)
+            .with_timing_cache_path(self.timing_dir.display())
+            .with_fp16(self.precision != EnginePrecision::Fp32)
+            .with_int8(self.precision == EnginePrecision::Int8)
+            .with_layer_norm_fp32_fallback(self.layer_norm_fp32)
+            .with_profile_min_shapes(&self.profile[0])
+            .with_profile_opt_shapes(&self.profile[1])
+            .with_profile_max_shapes(&self.profile[2]);
+        if let Some(w) = self.workspace_bytes {
+            p = p.with_max_workspace_size(w);
+        }
+        p
+    }
+
+    /// True when an engine for this plan is already on disk.
+    pub fn engine_cached(&self) -> bool {
+        std::fs::read_dir(&self.engine_dir)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".engine"))
+            })
+            .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu() -> GpuInfo {
+        GpuInfo {
+            name: "NVIDIA Jetson AGX Orin".into(),
+            compute_capability: (8, 7),
+            memory_bytes: 32 << 30,
+            driver_cuda_version: 13000,
+        }
+    }
+
+    #[test]
+    fn provider_names_parse() {
+        for k in ProviderKind::ALL {
+            assert_eq!(k.name().parse::<ProviderKind>().unwrap(), k);
+        }
+        assert_eq!(
+            "TRT".parse::<ProviderKind>().unwrap(),
+            ProviderKind::TensorRt
+        );
+        assert!(
+            "rocm"
+                .parse::<ProviderKind>()
+                .unwrap_err()
+                .contains("tensorrt, cuda or cpu")
+        );
+    }
+
+    #[test]
+    fn batch_profiles_parse_and_validate() {
+        assert_eq!(
+            "1,16,64".parse::<BatchProfile>().unwrap(),
+            BatchProfile {
+                min: 1,
+                opt: 16,
+                max: 64
+            }
+        );
+        assert!("8,4,16".parse::<BatchProfile>().is_err());
+        assert!("0,1,1".parse::<BatchProfile>().is_err());
+        assert!("1,2".parse::<BatchProfile>().is_err());
+        assert!("a,b,c".parse::<BatchProfile>().is_err());
+        BatchProfile::IMAGE_DEFAULT.validate().unwrap();
+        BatchProfile::TEXT_DEFAULT.validate().unwrap();
+    }
+
+    #[test]
+    fn profile_shapes_vary_only_the_batch() {
+        use sen_core::manifest::{Dim, TensorSpec};
+        let d = tempfile::tempdir().unwrap();
+        let mut m = Manifest::example(d.path());
+        m.io.image.inputs = vec![TensorSpec {
+            name: "pixel_values".into(),
+            dtype: "float32".into(),
+            shape: vec![
+                Dim::Symbolic("batch".into()),
+                Dim::Fixed(3),
+                Dim::Fixed(192),
+                Dim::Fixed(64),
+            ],
+        }];
+        m.io.text.inputs = vec![
+            TensorSpec {
+                name: "input_ids".into(),
+                dtype: "int64".into(),
+                shape: vec![Dim::Symbolic("batch".into()), Dim::Fixed(77)],
+            },
+            TensorSpec {
+                name: "eot_index".into(),
+                dtype: "int64".into(),
+                shape: vec![Dim::Symbolic("batch".into())],
+            },
+        ];
+        let p = BatchProfile {
+            min: 1,
+            opt: 16,
+            max: 64,
+        };
+        let s = profile_shapes(&m.io.image, &p).unwrap();
+        assert_eq!(
+            s,
+            [
+                "pixel_values:1x3x192x64".to_string(),
+                "pixel_values:16x3x192x64".into(),
+                "pixel_values:64x3x192x64".into()
+            ]
+        );
+        let s = profile_shapes(&m.io.text, &p).unwrap();
+        assert_eq!(s[1], "input_ids:16x77,eot_index:16");
+        m.io.text.inputs[1].shape = vec![Dim::Symbolic("seq".into())];
+        assert!(profile_shapes(&m.io.text, &p).is_err());
+    }
+
+    #[test]
+    fn engine_cache_key_separates_everything_that_changes_an_engine() {
+        let root = Path::new("/c");
+        let p = BatchProfile::IMAGE_DEFAULT;
+        let base = engine_cache_dir(
+            root,
+            &"a".repeat(64),
+            (10, 3, 0),
+            &gpu(),
+            EnginePrecision::Fp16,
+            &p,
+            true,
+        );
+        assert_eq!(
+            base,
+            Path::new(
+                "/c/engines/aaaaaaaaaaaaaaaa-trt10.3.0-nvidia-jetson-agx-orin-sm87-fp16-lnfp32-b1-16-64"
+            )
+        );
+        let mut other_gpu = gpu();
+        other_gpu.compute_capability = (8, 6);
+        let variants = [
+            engine_cache_dir(
+                root,
+                &"b".repeat(64),
+                (10, 3, 0),
+                &gpu(),
+                EnginePrecision::Fp16,
+                &p,
+                true,
+            ),
+            engine_cache_dir(
+                root,
+                &"a".repeat(64),
+                (10, 4, 0),
+                &gpu(),
+                EnginePrecision::Fp16,
+                &p,
+                true,
+            ),
+            engine_cache_dir(
+                root,
+                &"a".repeat(64),
+                (10, 3, 0),
+                &other_gpu,
+                EnginePrecision::Fp16,
+                &p,
+                true,
+            ),
+            engine_cache_dir(
+                root,
+                &"a".repeat(64),
+                (10, 3, 0),
+                &gpu(),
+                EnginePrecision::Int8,
+                &p,
+                true,
+            ),
+            engine_cache_dir(
+                root,
+                &"a".repeat(64),
+                (10, 3, 0),
+                &gpu(),
+                EnginePrecision::Fp16,
+                &p,
+                false,
+            ),
+            engine_cache_dir(
+                root,
+                &"a".repeat(64),
+                (10, 3, 0),
+                &gpu(),
+                EnginePrecision::Fp16,
+                &BatchProfile {
+                    min: 1,
+                    opt: 8,
+                    max: 64,
+                },
+                true,
+            ),
+        ];
+        for v in &variants {
+            assert_ne!(v, &base);
+        }
+        assert_eq!(
+            timing_cache_dir(root, (10, 3, 0), &gpu()),
+            Path::new("/c/timing/trt10.3.0-nvidia-jetson-agx-orin-sm87")
+        );
+    }
+
+    #[test]
+    fn two_checkpoints_with_one_graph_get_two_engine_dirs() {
+        // Same graph, different weights: the .onnx hashes differ, so do the dirs;
+        // with external data only the .data differs, and the digest still does.
+        let d = tempfile::tempdir().unwrap();
+        let mut a = Manifest::example(d.path());
+        let mut b = a.clone();
+        let f = a.io.image.file.clone();
+        let data = format!("{f}.data");
+        for (m, w) in [(&mut a, "1"), (&mut b, "2")] {
+            m.files.insert(
+                data.clone(),
+                sen_core::manifest::FileEntry {
+                    sha256: w.repeat(64),
+                    bytes: 4,
+                },
+            );
+        }
+        let opts = TensorRtOptions {
+            cache_root: PathBuf::from("/c"),
+            ..Default::default()
+        };
+        let plan = |m: &Manifest| {
+            TensorRtPlan::new(
+                m,
+                &m.io.image,
+                &BatchProfile::IMAGE_DEFAULT,
+                &opts,
+                (10, 3, 0),
+                &gpu(),
+                0,
+            )
+            .unwrap()
+        };
+        assert_ne!(plan(&a).engine_dir, plan(&b).engine_dir);
+        assert_eq!(plan(&a).engine_dir, plan(&a.clone()).engine_dir);
+    }
+
+    #[test]
+    fn precision_comes_from_the_bundle() {
+        use EnginePrecision as E;
+        assert_eq!(
+            E::for_bundle(Precision::Fp32, false, Some(10)).unwrap(),
+            E::Fp32
+        );
+        assert_eq!(
+            E::for_bundle(Precision::Fp32, true, Some(10)).unwrap(),
+            E::Fp16
+        );
+        assert!(E::for_bundle(Precision::Fp32, true, Some(11)).is_err());
+        assert_eq!(
+            E::for_bundle(Precision::Fp16, false, Some(11)).unwrap(),
+            E::Fp16
+        );
+        assert_eq!(
+            E::for_bundle(Precision::Int8, false, Some(10)).unwrap(),
+            E::Int8
+        );
+    }
+
+    #[test]
+    fn tensorrt_versions_decode() {
+        assert_eq!(decode_tensorrt_version(100300), (10, 3, 0));
+        assert_eq!(decode_tensorrt_version(101302), (10, 13, 2));
+        assert_eq!(decode_tensorrt_version(8601), (8, 6, 1));
+        assert_eq!(decode_tensorrt_version(110000), (11, 0, 0));
+    }
+
+    #[test]
+    fn slugs() {
+        assert_eq!(slug("NVIDIA GeForce RTX 4090"), "nvidia-geforce-rtx-4090");
+        assert_eq!(slug("  A100-SXM4 (80GB) "), "a100-sxm4-80gb");
+    }
+
+    #[test]
+    fn gpu_providers_fail_fast_here_naming_what_is_missing() {
+        // This machine has the CPU-only ONNX Runtime and no NVIDIA driver. (On a GPU box
+        // with the GPU build these lists are empty and the test checks nothing more.)
+        let lib = crate::onnxruntime::init().unwrap_or_else(|e| panic!("{e}"));
+        for kind in [ProviderKind::Cuda, ProviderKind::TensorRt] {
+            let t = std::time::Instant::now();
+            let p = preflight(kind, &lib.path, 0);
+            assert!(
+                t.elapsed().as_secs() < 5,
+                "preflight took {:?}",
+                t.elapsed()
+            );
+            if p.ok() {
+                continue;
+            }
+            let e = p.into_result().unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("the {kind} provider cannot start")),
+                "{e}"
+            );
+            let has_lib = !lib
+                .path
+                .parent()
+                .unwrap()
+                .join(kind.ort_library().unwrap())
+                .exists();
+            if has_lib {
+                assert!(
+                    e.contains(kind.ort_library().unwrap()) && e.contains("--ort-lib"),
+                    "{e}"
+                );
+            }
+        }
+        assert!(preflight(ProviderKind::Cpu, &lib.path, 0).ok());
+    }
+}

@@ -1,0 +1,339 @@
+//! `sen index`, `sen search`, `sen eval`, `sen info` on a real (random-weight,
+//! tiny-preset) bundle exported by sen-export, and the bad inputs the issue lists.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn sen() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sen"))
+}
+
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "sen failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn err(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "sen should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// A tiny-preset checkpoint with seeded random weights, exported to a bundle.
+fn bundle(dir: &Path, seed: u64) -> PathBuf {
+    let ckpt = dir.join(format!("ckpt{seed}"));
+    sen_export::fixtures::random_checkpoint(&sen_core::ModelConfig::tiny(), &ckpt, seed).unwrap();
+    let out = dir.join(format!("bundle{seed}"));
+    sen_export::export(&ckpt, &out, &sen_export::ExportOptions::default()).unwrap();
+    out
+}
+
+fn synth(dir: &Path) -> PathBuf {
+    let root = dir.join("synth");
+    ok(sen()
+        .args([
+            "synth",
+            "--ids",
+            "26",
+            "--images-per-id",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+        ])
+        .arg(&root)
+        .output()
+        .unwrap());
+    root
+}
+
+fn read_npy(p: &Path) -> (Vec<usize>, Vec<f32>) {
+    sen_core::npy::read_npy_f32(p).unwrap()
+}
+
+#[test]
+fn index_search_and_eval_agree_with_each_other() {
+    let d = tempfile::tempdir().unwrap();
+    let b = bundle(d.path(), 1);
+    let data = synth(d.path());
+    let idx = d.path().join("test.senidx");
+    let out = ok(sen()
+        .arg("index")
+        .arg(&b)
+        .arg("--dataset")
+        .arg(&data)
+        .arg("--out")
+        .arg(&idx)
+        .output()
+        .unwrap());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("images indexed"));
+
+    // eval: JSON keys and the embedding dump.
+    let dump = d.path().join("dump");
+    let out = ok(sen()
+        .arg("eval")
+        .arg(&b)
+        .arg("--dataset")
+        .arg(&data)
+        .args(["--json", "--dump-embeddings"])
+        .arg(&dump)
+        .output()
+        .unwrap());
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in ["r1", "r5", "r10", "map", "minp"] {
+        let v = m[k].as_f64().unwrap_or_else(|| panic!("no {k} in {m}"));
+        assert!((0.0..=100.0).contains(&v), "{k} = {v}");
+    }
+    let (ishape, img) = read_npy(&dump.join("image_embeds.npy"));
+    let (tshape, txt) = read_npy(&dump.join("text_embeds.npy"));
+    assert_eq!(ishape[1], 128);
+    assert_eq!(tshape[1], 128);
+    assert!(dump.join("image_pids.npy").is_file() && dump.join("text_pids.npy").is_file());
+    let g = ishape[0];
+
+    // search for the first test caption: the ranking must be the one the dumped
+    // embeddings give (inner products computed here, ties by gallery order).
+    let ds = sen_core::data::Dataset::load(&data, None).unwrap();
+    let set = ds.eval_set(sen_core::data::Split::Test).unwrap();
+    let q = &set.captions[0];
+    let out = ok(sen()
+        .arg("search")
+        .arg(&b)
+        .arg(&idx)
+        .arg(q)
+        .args(["-k", "5", "--json"])
+        .output()
+        .unwrap());
+    let ans: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ans["query"], q.as_str());
+    let mut want: Vec<(f32, usize)> = (0..g)
+        .map(|i| {
+            let s: f32 = (0..128).map(|j| txt[j] * img[i * 128 + j]).sum();
+            (s, i)
+        })
+        .collect();
+    want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let results = ans["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    for (r, (s, i)) in results.iter().zip(&want) {
+        assert_eq!(r["path"], set.images[*i].display().to_string().as_str());
+        assert_eq!(r["pid"], set.image_pids[*i]);
+        assert!((r["score"].as_f64().unwrap() - *s as f64).abs() < 1e-5);
+    }
+    assert_eq!(results[0]["rank"], 1);
+
+    // -k larger than the gallery: every image, with a logged note.
+    let out = ok(sen()
+        .arg("search")
+        .arg(&b)
+        .arg(&idx)
+        .arg(q)
+        .args(["-k", "1000", "--json"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap());
+    let ans: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ans["results"].as_array().unwrap().len(), g);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than the gallery"));
+
+    // --queries -: one JSON line per non-empty line, in order.
+    let mut child = sen()
+        .arg("search")
+        .arg(&b)
+        .arg(&idx)
+        .args(["--queries", "-", "-k", "3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{}\n\n{}\n", set.captions[0], set.captions[1]).as_bytes())
+        .unwrap();
+    let out = ok(child.wait_with_output().unwrap());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["query"], set.captions[1].as_str());
+    assert_eq!(lines[0]["results"][0], ans["results"][0]);
+
+    // f16 storage ranks the same top hit.
+    let idx16 = d.path().join("test16.senidx");
+    ok(sen()
+        .arg("index")
+        .arg(&b)
+        .arg("--dataset")
+        .arg(&data)
+        .arg("--f16")
+        .arg("--out")
+        .arg(&idx16)
+        .output()
+        .unwrap());
+    assert!(std::fs::metadata(&idx16).unwrap().len() < std::fs::metadata(&idx).unwrap().len());
+    let out = ok(sen()
+        .arg("search")
+        .arg(&b)
+        .arg(&idx16)
+        .arg(q)
+        .args(["-k", "1", "--json"])
+        .output()
+        .unwrap());
+    let a16: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(a16["results"][0]["path"], ans["results"][0]["path"]);
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let b = bundle(d.path(), 2);
+    let other = bundle(d.path(), 5);
+    // A folder of images with one unreadable file.
+    let imgs = d.path().join("imgs");
+    std::fs::create_dir_all(imgs.join("cam1")).unwrap();
+    let src = synth(d.path()).join("imgs/synth");
+    let mut n = 0;
+    for e in std::fs::read_dir(&src).unwrap().take(5) {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, imgs.join("cam1").join(p.file_name().unwrap())).unwrap();
+        n += 1;
+    }
+    std::fs::write(imgs.join("broken.jpg"), b"not a jpeg").unwrap();
+    let idx = d.path().join("g.senidx");
+    let index = |extra: &[&str]| {
+        sen()
+            .arg("index")
+            .arg(&b)
+            .arg("--images")
+            .arg(&imgs)
+            .arg("--out")
+            .arg(&idx)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // --strict: fatal, names the file, writes nothing.
+    let e = err(index(&["--strict"]));
+    assert!(e.contains("broken.jpg"), "{e}");
+    assert!(!idx.exists());
+    // Default: listed and skipped.
+    let out = ok(index(&[]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("skipped") && stderr.contains("broken.jpg"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{n} images indexed")));
+    // An existing index is not replaced without --force; --append skips known images.
+    let e = err(index(&[]));
+    assert!(e.contains("--append") && e.contains("--force"), "{e}");
+    let out = ok(index(&["--append"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{n} images indexed (0 new")));
+
+    let search = |bundle: &Path, index: &Path, q: &str| {
+        sen()
+            .arg("search")
+            .arg(bundle)
+            .arg(index)
+            .arg(q)
+            .output()
+            .unwrap()
+    };
+    // Another bundle's encoder: refused.
+    let e = err(search(&other, &idx, "a woman in a red coat"));
+    assert!(e.contains("re-index") && e.contains("g.senidx"), "{e}");
+    // Empty query.
+    let e = err(search(&b, &idx, "   "));
+    assert!(e.contains("empty"), "{e}");
+    // Damaged and truncated index files.
+    let good = std::fs::read(&idx).unwrap();
+    let mut bad = good.clone();
+    let last = bad.len() - 3;
+    bad[last] ^= 1;
+    let damaged = d.path().join("damaged.senidx");
+    std::fs::write(&damaged, &bad).unwrap();
+    let e = err(search(&b, &damaged, "a man"));
+    assert!(
+        e.contains("checksum mismatch") && e.contains("damaged.senidx"),
+        "{e}"
+    );
+    std::fs::write(&damaged, &good[..good.len() / 2]).unwrap();
+    let e = err(search(&b, &damaged, "a man"));
+    assert!(e.contains("truncated"), "{e}");
+    // A bundle whose file no longer matches its manifest.
+    let tampered = d.path().join("tampered");
+    std::fs::create_dir_all(&tampered).unwrap();
+    for e in std::fs::read_dir(&b).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, tampered.join(p.file_name().unwrap())).unwrap();
+    }
+    let mut tok = std::fs::read(tampered.join("tokenizer.json")).unwrap();
+    tok.push(b' ');
+    std::fs::write(tampered.join("tokenizer.json"), tok).unwrap();
+    let e = err(search(&tampered, &idx, "a man"));
+    assert!(
+        e.contains("tokenizer.json") && e.contains("does not match"),
+        "{e}"
+    );
+    // -k 0.
+    let e = err(sen()
+        .arg("search")
+        .arg(&b)
+        .arg(&idx)
+        .arg("a man")
+        .args(["-k", "0"])
+        .output()
+        .unwrap());
+    assert!(e.contains("-k"), "{e}");
+}
+
+#[test]
+fn gpu_providers_fail_fast_naming_what_is_missing() {
+    // This machine has the CPU build of ONNX Runtime and no NVIDIA driver; on a
+    // GPU box with a GPU build these commands would start, and the test says so.
+    let d = tempfile::tempdir().unwrap();
+    let b = bundle(d.path(), 3);
+    let out = ok(sen().arg("info").arg(&b).arg("--json").output().unwrap());
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["verified"], true);
+    assert_eq!(info["providers"]["cpu"]["can_start"], true);
+    let data = synth(d.path());
+    for (p, lib) in [
+        ("cuda", "libonnxruntime_providers_cuda.so"),
+        ("tensorrt", "libnvinfer.so.10"),
+    ] {
+        if info["providers"][p]["can_start"] == true {
+            eprintln!("{p} can start on this machine: fail-fast check skipped");
+            continue;
+        }
+        let t = std::time::Instant::now();
+        let e = err(sen()
+            .arg("eval")
+            .arg(&b)
+            .arg("--dataset")
+            .arg(&data)
+            .args(["--provider", p])
+            .output()
+            .unwrap());
+        assert!(t.elapsed().as_secs() < 10, "{p}: took {:?}", t.elapsed());
+        assert!(e.contains(&format!("the {p} provider cannot start")), "{e}");
+        let missing = info["providers"][p]["missing"].to_string();
+        if missing.contains(lib) {
+            assert!(e.contains(lib), "{e}");
+        }
+    }
+    let e = err(sen().arg("build-engines").arg(&b).output().unwrap());
+    assert!(e.contains("--provider tensorrt"), "{e}");
+}
