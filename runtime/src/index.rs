@@ -139,7 +139,7 @@ impl Index {
         if header_end > b.len() {
             return Err(truncated("header"));
         }
-        if data_offset % ALIGN != 0 || data_offset < header_end {
+        if !data_offset.is_multiple_of(ALIGN) || data_offset < header_end {
             return Err(bad(
                 path,
                 format!("data offset {data_offset} is invalid; the file is damaged"),

@@ -158,7 +158,7 @@ fn scan(query: &[f32], gallery: Rows<'_>, lo: usize, hi: usize, top: &mut TopK) 
 /// `out[i] = <query, rows[i]>` for f32 rows.
 pub fn dots_f32(query: &[f32], rows: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if query.len() % 8 == 0
+    if query.len().is_multiple_of(8)
         && std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
     {
@@ -172,7 +172,7 @@ pub fn dots_f32(query: &[f32], rows: &[f32], out: &mut [f32]) {
 /// `out[i] = <query, rows[i]>` for f16 rows (accumulated in f32).
 pub fn dots_f16(query: &[f32], rows: &[f16], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if query.len() % 8 == 0
+    if query.len().is_multiple_of(8)
         && std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
         && std::arch::is_x86_feature_detected!("f16c")
@@ -245,7 +245,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dots_f32(query: &[f32], rows: &[f32], out: &mut [f32]) {
         let d = query.len();
-        assert!(d % 8 == 0 && rows.len() == out.len() * d);
+        assert!(d.is_multiple_of(8) && rows.len() == out.len() * d);
         let q = query.as_ptr();
         let n = out.len();
         let mut i = 0;
@@ -298,7 +298,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dots_f16(query: &[f32], rows: &[f16], out: &mut [f32]) {
         let d = query.len();
-        assert!(d % 8 == 0 && rows.len() == out.len() * d);
+        assert!(d.is_multiple_of(8) && rows.len() == out.len() * d);
         let q = query.as_ptr();
         for (i, o) in out.iter_mut().enumerate() {
             // SAFETY: row i is within `rows`; each load reads 8 halves (16 bytes) below d.

@@ -337,3 +337,36 @@ fn gpu_providers_fail_fast_naming_what_is_missing() {
     let e = err(sen().arg("build-engines").arg(&b).output().unwrap());
     assert!(e.contains("--provider tensorrt"), "{e}");
 }
+
+#[test]
+fn concurrent_callers_get_the_same_embeddings() {
+    // Encoders take &self: threads share one (sessions = 1: callers queue) or a
+    // pool of two sessions; every thread must get what a lone caller gets.
+    use sen_runtime::encoders::ImageEncoder;
+    use sen_runtime::providers::ProviderOptions;
+    let d = tempfile::tempdir().unwrap();
+    let b = bundle(d.path(), 4);
+    let data = synth(d.path());
+    let files: Vec<PathBuf> = std::fs::read_dir(data.join("imgs/synth"))
+        .unwrap()
+        .take(20)
+        .map(|e| e.unwrap().path())
+        .collect();
+    for sessions in [1, 2] {
+        let mut opts = ProviderOptions::cpu();
+        opts.sessions = sessions;
+        opts.threads = Some(1);
+        let enc = ImageEncoder::load(&b, &opts).unwrap();
+        let alone = enc.encode_files(&files, |_| {}).unwrap().embeds;
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| enc.encode_files(&files, |_| {}).unwrap().embeds))
+                .collect();
+            for h in hs {
+                let got = h.join().unwrap();
+                let diff = (&got - &alone).mapv(f32::abs).fold(0f32, |a, &b| a.max(b));
+                assert!(diff < 1e-6, "{sessions} sessions: max diff {diff}");
+            }
+        });
+    }
+}
