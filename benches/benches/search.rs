@@ -2,7 +2,8 @@
 //! with f32 and f16 rows, one thread and every core, next to this machine's memory
 //! read bandwidth measured the same way (a multi-threaded sum over a buffer the size
 //! of the f32 gallery: the floor for any exact scan). Throughput is in gallery bytes
-//! read per second. Compare with faiss: `scripts/reference/faiss_search.py`.
+//! read per second. Compare with faiss: `scripts/reference/faiss_search.py`. Also the
+//! CRC-32 check `sen` runs over an index's rows each time it opens one.
 //! `cargo bench -p sen-benches --bench search`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -68,6 +69,12 @@ fn search(c: &mut Criterion) {
             b.iter(|| top_k(&q, Rows::F16(&g16), 10, threads))
         });
     }
+    // What opening an index costs beyond mapping it: the CRC-32 of its rows.
+    let bytes: Vec<u8> = g.iter().flat_map(|v| v.to_le_bytes()).collect();
+    grp.throughput(Throughput::Bytes(bytes.len() as u64));
+    grp.bench_function("index-open-crc32-f32", |b| {
+        b.iter(|| crc32fast::hash(std::hint::black_box(&bytes)))
+    });
     grp.finish();
 }
 
