@@ -14,10 +14,10 @@ use std::time::Instant;
 /// Where and how the encoders run.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProviderArgs {
-    /// Execution provider: tensorrt, cuda or cpu. Nothing falls back to another
-    /// provider unless --allow-fallback.
-    #[arg(long, default_value = "cpu")]
-    provider: ProviderKind,
+    /// Execution provider: tensorrt, cuda or cpu (default cpu; build-engines: tensorrt).
+    /// Nothing falls back to another provider unless --allow-fallback.
+    #[arg(long)]
+    provider: Option<ProviderKind>,
     /// GPU ordinal for cuda/tensorrt.
     #[arg(long, default_value_t = 0)]
     device: i32,
@@ -48,8 +48,12 @@ pub struct ProviderArgs {
 }
 
 impl ProviderArgs {
+    fn kind(&self) -> ProviderKind {
+        self.provider.unwrap_or(ProviderKind::Cpu)
+    }
+
     fn options(&self) -> ProviderOptions {
-        let mut o = ProviderOptions::new(self.provider);
+        let mut o = ProviderOptions::new(self.kind());
         o.device_id = self.device;
         o.allow_fallback = self.allow_fallback;
         o.threads = self.threads;
@@ -703,12 +707,11 @@ pub struct BuildEnginesArgs {
 }
 
 pub fn build_engines(a: BuildEnginesArgs) -> Result<()> {
-    if a.provider.provider != ProviderKind::TensorRt {
-        bail!(
-            "build-engines builds TensorRT engines: pass --provider tensorrt (the default here is cpu)"
-        );
+    if let Some(p) = a.provider.provider.filter(|&p| p != ProviderKind::TensorRt) {
+        bail!("build-engines builds TensorRT engines; --provider {p} has none to build");
     }
     let mut opts = a.provider.options();
+    opts.kind = ProviderKind::TensorRt;
     opts.tensorrt.fp16_flag = a.precision.is_some();
     let m = Manifest::load(&a.bundle)?;
     if opts.tensorrt.fp16_flag && m.precision != sen_core::Precision::Fp32 {

@@ -334,8 +334,18 @@ fn gpu_providers_fail_fast_naming_what_is_missing() {
             assert!(e.contains(lib), "{e}");
         }
     }
+    // build-engines means TensorRT: here it fails fast like --provider tensorrt.
     let e = err(sen().arg("build-engines").arg(&b).output().unwrap());
-    assert!(e.contains("--provider tensorrt"), "{e}");
+    if info["providers"]["tensorrt"]["can_start"] != true {
+        assert!(e.contains("the tensorrt provider cannot start"), "{e}");
+    }
+    let e = err(sen()
+        .arg("build-engines")
+        .arg(&b)
+        .args(["--provider", "cuda"])
+        .output()
+        .unwrap());
+    assert!(e.contains("--provider cuda has none to build"), "{e}");
 }
 
 #[test]
