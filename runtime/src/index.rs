@@ -384,17 +384,36 @@ impl IndexBuilder {
         Ok(())
     }
 
-    /// Write to `path` atomically (temporary sibling, then rename).
+    /// Write to `path` atomically (temporary sibling, then rename). Rows are encoded
+    /// in chunks twice (once for the CRC the preamble needs, once to write), so
+    /// writing needs no second copy of the gallery in memory.
     pub fn write(&self, path: &Path) -> Result<(), RuntimeError> {
         let header = serde_json::to_vec(&self.header).expect("header serialises");
-        let data: Vec<u8> = match self.header.dtype {
-            Storage::F32 => self.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            Storage::F16 => self
-                .data
-                .iter()
-                .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-                .collect(),
-        };
+        let dtype = self.header.dtype;
+        let data_len = self.data.len() * dtype.bytes();
+        let for_each_chunk =
+            |f: &mut dyn FnMut(&[u8]) -> std::io::Result<()>| -> std::io::Result<()> {
+                let mut buf = Vec::with_capacity(64 << 10);
+                for rows in self.data.chunks(16 << 10) {
+                    buf.clear();
+                    match dtype {
+                        Storage::F32 => rows
+                            .iter()
+                            .for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
+                        Storage::F16 => rows
+                            .iter()
+                            .for_each(|v| buf.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+                    }
+                    f(&buf)?;
+                }
+                Ok(())
+            };
+        let mut crc = crc32fast::Hasher::new();
+        for_each_chunk(&mut |b| {
+            crc.update(b);
+            Ok(())
+        })
+        .expect("hashing cannot fail");
         let data_offset = (PREAMBLE + header.len()).div_ceil(ALIGN) * ALIGN;
         let mut pre = [0u8; PREAMBLE];
         pre[..8].copy_from_slice(MAGIC);
@@ -402,14 +421,14 @@ impl IndexBuilder {
         pre[12..16].copy_from_slice(&crc32fast::hash(&header).to_le_bytes());
         pre[16..24].copy_from_slice(&(header.len() as u64).to_le_bytes());
         pre[24..32].copy_from_slice(&(data_offset as u64).to_le_bytes());
-        pre[32..40].copy_from_slice(&(data.len() as u64).to_le_bytes());
-        pre[40..44].copy_from_slice(&crc32fast::hash(&data).to_le_bytes());
+        pre[32..40].copy_from_slice(&(data_len as u64).to_le_bytes());
+        pre[40..44].copy_from_slice(&crc.finalize().to_le_bytes());
         let pad = vec![0u8; data_offset - PREAMBLE - header.len()];
         sen_core::fsutil::write_atomic_with(path, |w| {
             w.write_all(&pre)?;
             w.write_all(&header)?;
             w.write_all(&pad)?;
-            w.write_all(&data)
+            for_each_chunk(&mut |b| w.write_all(b))
         })?;
         Ok(())
     }
@@ -520,6 +539,29 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("x.jpg"));
         assert!(b.push("y.jpg".into(), None, &[1.0]).is_err());
+    }
+
+    #[test]
+    fn rows_spanning_several_write_chunks_round_trip() {
+        // 3000 x 8 = 24000 values: two of write()'s 16384-value chunks, both dtypes.
+        for dtype in [Storage::F32, Storage::F16] {
+            let d = tempfile::tempdir().unwrap();
+            let mut b = IndexBuilder::new(&manifest(8), dtype).unwrap();
+            for i in 0..3000 {
+                let row: Vec<f32> = (0..8).map(|j| ((i * 8 + j) % 97) as f32 / 97.0).collect();
+                b.push(format!("{i}.jpg"), Some(i as i64), &row).unwrap();
+            }
+            let p = d.path().join("big.senidx");
+            b.write(&p).unwrap();
+            let idx = Index::open(&p).unwrap();
+            assert_eq!(idx.len(), 3000);
+            for i in [0, 2047, 2048, 2999] {
+                let want: Vec<f32> = (0..8).map(|j| ((i * 8 + j) % 97) as f32 / 97.0).collect();
+                for (g, w) in idx.row(i).iter().zip(&want) {
+                    assert!((g - w).abs() < 1e-3, "{dtype:?} row {i}: {g} vs {w}");
+                }
+            }
+        }
     }
 
     #[test]
