@@ -286,7 +286,7 @@ pub struct IndexArgs {
     /// Store embeddings as float16 (half the memory traffic when searching).
     #[arg(long)]
     f16: bool,
-    /// Stop at the first unreadable image instead of listing and skipping it.
+    /// Fail on any unreadable image (nothing is written) instead of listing and skipping it.
     #[arg(long)]
     strict: bool,
     #[command(flatten)]
@@ -392,34 +392,11 @@ pub fn index(a: IndexArgs) -> Result<()> {
     }
     let todo: Vec<&PathBuf> = keep.iter().map(|&i| &paths[i]).collect();
     let pb = bar(todo.len(), "indexing");
-    let files = if a.strict {
-        // Stop at the first failure: encode batch by batch and check as we go.
-        let mut all = None::<sen_runtime::encoders::FileEmbeddings>;
-        for chunk in todo.chunks(enc.profile.opt.max(1) * 8) {
-            let done = pb.position() as usize;
-            let f = enc.encode_files(chunk, |n| pb.set_position((done + n) as u64))?;
-            if let Some((i, why)) = f.failures.first() {
-                pb.abandon();
-                bail!("--strict: {} cannot be read: {why}", chunk[*i].display());
-            }
-            all = Some(match all {
-                None => f,
-                Some(mut acc) => {
-                    let off = acc.ok.len() + acc.failures.len();
-                    acc.embeds = ndarray::concatenate(
-                        ndarray::Axis(0),
-                        &[acc.embeds.view(), f.embeds.view()],
-                    )?;
-                    acc.ok.extend(f.ok.iter().map(|i| i + off));
-                    acc.inference_seconds += f.inference_seconds;
-                    acc
-                }
-            });
-        }
-        all.expect("at least one image")
-    } else {
-        enc.encode_files(&todo, |n| pb.set_position(n as u64))?
-    };
+    let files = enc.encode_files(&todo, |n| pb.set_position(n as u64))?;
+    if let (true, Some((i, why))) = (a.strict, files.failures.first()) {
+        pb.abandon();
+        bail!("--strict: {} cannot be read: {why}", todo[*i].display());
+    }
     pb.finish_and_clear();
     for (i, why) in &files.failures {
         tracing::warn!("skipped {}: {why}", todo[*i].display());
@@ -635,7 +612,11 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         sen_runtime::eval::dump(&out, dir)?;
     }
     // Batch-1 latency of the image encoder: median of 20 runs after 3 warm-ups.
-    let first = ds.eval_set(a.split)?.images[0].clone();
+    let first = ds.image_path(
+        ds.split(a.split)
+            .next()
+            .expect("evaluate checked the split"),
+    );
     let x = enc
         .image
         .preprocessor

@@ -6,33 +6,17 @@
 use sen_core::data::{Dataset, Split};
 use sen_core::{ClipTokenizer, ModelConfig, Preprocessor};
 use sen_runtime::encoders::Encoders;
-use sen_train::model::Sen;
-use tch::{Device, nn};
+use tch::Device;
+
+mod common;
 
 #[test]
 fn onnx_eval_agrees_with_libtorch_eval_within_0_2_points() {
     let d = tempfile::tempdir().unwrap();
     let cfg = ModelConfig::tiny();
     // A perturbed random model (seeded) saved as a trainer checkpoint.
-    tch::manual_seed(5);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = Sen::new(&vs.root(), &cfg, Some(7), true);
-    tch::no_grad(|| {
-        for (_, mut t) in vs.variables() {
-            let noise = t.randn_like() * 0.05;
-            let _ = t.g_add_(&noise);
-        }
-    });
     let ckpt = d.path().join("ckpt");
-    sen_train::checkpoint::save(
-        &ckpt,
-        &vs,
-        &cfg,
-        &serde_json::json!({}),
-        &serde_json::json!({}),
-        |_| Ok(()),
-    )
-    .unwrap();
+    let (_vs, model) = common::checkpoint(&cfg, &ckpt, 5);
     // 65 identities -> a test split of 10 identities, 40 images, 80 captions.
     let data = d.path().join("synth");
     sen_core::synth::generate(
