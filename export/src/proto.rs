@@ -9,6 +9,7 @@ use prost::Message;
 /// `TensorProto.DataType` values used here.
 pub mod data_type {
     pub const FLOAT: i32 = 1;
+    pub const INT8: i32 = 3;
     pub const INT64: i32 = 7;
     pub const FLOAT16: i32 = 10;
 }

@@ -45,6 +45,11 @@ pub struct ProviderArgs {
     /// TensorRT builder workspace limit in MiB.
     #[arg(long)]
     workspace_mib: Option<usize>,
+    /// TensorRT, int8 bundles: `qdq` builds the Q/DQ models (explicit INT8, TensorRT
+    /// 10 and 11); `implicit` builds the fp32 models under implicit/ with their
+    /// calibration caches (TensorRT <= 10).
+    #[arg(long, default_value = "qdq", value_parser = ["qdq", "implicit"])]
+    int8_mode: String,
 }
 
 impl ProviderArgs {
@@ -68,6 +73,7 @@ impl ProviderArgs {
             fp16_flag: false,
             layer_norm_fp32: !self.fp16_layer_norm,
             workspace_mib: self.workspace_mib,
+            int8_implicit: self.int8_mode == "implicit",
         };
         o
     }

@@ -160,6 +160,7 @@ fn build_session(
                     ))
                 })?;
             }
+            plan.install_calibration_table(model)?;
             report.engine_was_cached = plan.engine_cached();
             if !report.engine_was_cached {
                 tracing::warn!(
@@ -223,6 +224,54 @@ fn build_session(
     Ok((session, report))
 }
 
+/// A session for an in-memory model on ONNX Runtime's CPU or CUDA provider (tools
+/// that run a rewritten graph, such as calibration's range collection). `context`
+/// names the model in errors. TensorRT is refused: it would build an engine for a
+/// graph that is only run once.
+pub fn session_from_memory(
+    bytes: &[u8],
+    context: &str,
+    opts: &ProviderOptions,
+) -> Result<Session, RuntimeError> {
+    let ctx = Path::new(context);
+    let lib = crate::onnxruntime::init()?;
+    let mut b = Session::builder(&lib.env)
+        .map_err(|e| ort_err(ctx, e))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| ort_err(ctx, ort::Error::<()>::from(e)))?;
+    if let Some(t) = opts.threads {
+        b = b
+            .with_intra_threads(t)
+            .map_err(|e| ort_err(ctx, ort::Error::<()>::from(e)))?;
+    }
+    let ep = match opts.kind {
+        ProviderKind::Cpu => ort::ep::CPU::default()
+            .with_arena_allocator(true)
+            .build()
+            .error_on_failure(),
+        ProviderKind::Cuda => {
+            if !opts.allow_fallback {
+                b = b
+                    .with_disable_cpu_fallback()
+                    .map_err(|e| ort_err(ctx, ort::Error::<()>::from(e)))?;
+            }
+            ort::ep::CUDA::default()
+                .with_device_id(opts.device_id)
+                .build()
+                .error_on_failure()
+        }
+        ProviderKind::TensorRt => {
+            return Err(RuntimeError::Provider(format!(
+                "{context}: runs on --provider cpu or cuda, not tensorrt"
+            )));
+        }
+    };
+    b = b
+        .with_execution_providers([ep])
+        .map_err(|e| ort_err(ctx, ort::Error::<()>::from(e)))?;
+    b.commit_from_memory(bytes).map_err(|e| ort_err(ctx, e))
+}
+
 /// Check the provider can start here and load ONNX Runtime.
 pub fn start_provider(opts: &ProviderOptions) -> Result<Preflight, RuntimeError> {
     let lib = crate::onnxruntime::init()?;
@@ -242,7 +291,7 @@ fn pool(
         return Err(RuntimeError::Input("--sessions must be at least 1".into()));
     }
     profile.validate().map_err(RuntimeError::Input)?;
-    let model = dir.join(&io.file);
+    let model = dir.join(crate::providers::model_file(manifest, io, opts)?);
     let mut sessions = vec![];
     let mut reports = vec![];
     for _ in 0..opts.sessions {

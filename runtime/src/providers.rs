@@ -156,6 +156,9 @@ pub enum EnginePrecision {
     Fp16,
     /// A Q/DQ (int8) bundle: INT8 where the graph says, FP16 elsewhere.
     Int8,
+    /// An int8 bundle's fp32 models under `implicit/` with their calibration caches:
+    /// TensorRT's implicit INT8 (deprecated in 10, removed in 11).
+    Int8Implicit,
 }
 
 impl EnginePrecision {
@@ -164,16 +167,24 @@ impl EnginePrecision {
             EnginePrecision::Fp32 => "fp32",
             EnginePrecision::Fp16 => "fp16",
             EnginePrecision::Int8 => "int8",
+            EnginePrecision::Int8Implicit => "int8implicit",
         }
     }
 
     /// The engine precision for a bundle: from its manifest (SPEC §10); `fp16_flag`
-    /// (`--precision fp16`) is only meaningful for an fp32 bundle on TensorRT 10.
+    /// (`--precision fp16`) is only meaningful for an fp32 bundle on TensorRT 10, and
+    /// `int8_implicit` (`--int8-mode implicit`) only for an int8 bundle on TensorRT <= 10.
     pub fn for_bundle(
         precision: Precision,
         fp16_flag: bool,
+        int8_implicit: bool,
         trt_major: Option<u32>,
     ) -> Result<Self, RuntimeError> {
+        if int8_implicit && precision != Precision::Int8 {
+            return Err(RuntimeError::Provider(format!(
+                "--int8-mode implicit needs an int8 bundle (sen-calibrate); this bundle is {precision}"
+            )));
+        }
         match (precision, fp16_flag) {
             (Precision::Fp32, false) => Ok(EnginePrecision::Fp32),
             (Precision::Fp32, true) => match trt_major {
@@ -184,6 +195,13 @@ impl EnginePrecision {
                 _ => Ok(EnginePrecision::Fp16),
             },
             (Precision::Fp16, _) => Ok(EnginePrecision::Fp16),
+            (Precision::Int8, _) if int8_implicit => match trt_major {
+                Some(m) if m >= 11 => Err(RuntimeError::Provider(format!(
+                    "--int8-mode implicit: TensorRT {m} removed implicit INT8 calibration; use the \
+                     bundle's Q/DQ models (the default, --int8-mode qdq)"
+                ))),
+                _ => Ok(EnginePrecision::Int8Implicit),
+            },
             (Precision::Int8, _) => Ok(EnginePrecision::Int8),
         }
     }
@@ -202,6 +220,9 @@ pub struct TensorRtOptions {
     pub layer_norm_fp32: bool,
     /// Builder workspace limit in MiB (None: TensorRT's default, the whole GPU).
     pub workspace_mib: Option<usize>,
+    /// int8 bundles: build the fp32 models under `implicit/` with their calibration
+    /// caches instead of the Q/DQ models (TensorRT <= 10 only).
+    pub int8_implicit: bool,
 }
 
 impl Default for TensorRtOptions {
@@ -213,6 +234,7 @@ impl Default for TensorRtOptions {
             fp16_flag: false,
             layer_norm_fp32: true,
             workspace_mib: None,
+            int8_implicit: false,
         }
     }
 }
@@ -552,6 +574,57 @@ pub struct TensorRtPlan {
     pub layer_norm_fp32: bool,
     pub workspace_bytes: Option<usize>,
     pub device_id: i32,
+    /// The model TensorRT builds, relative to the bundle (`implicit/…` for implicit INT8).
+    pub model_file: String,
+    /// Implicit INT8: the calibration cache's file name, beside the model in the
+    /// bundle; it is copied into `engine_dir`, where ONNX Runtime looks for it.
+    pub calibration_table: Option<String>,
+}
+
+/// Folder of an int8 bundle holding the fp32 models and their TensorRT calibration
+/// caches (SPEC §10), and the cache's name for a model file.
+pub const IMPLICIT_DIR: &str = "implicit";
+
+pub fn calibration_cache_name(model_file: &str) -> String {
+    format!(
+        "{}.calib",
+        model_file.strip_suffix(".onnx").unwrap_or(model_file)
+    )
+}
+
+/// The model file (relative to the bundle) a session loads for `io`: the Q/DQ model,
+/// or with `--int8-mode implicit` on TensorRT the fp32 model under `implicit/`.
+pub fn model_file(
+    manifest: &Manifest,
+    io: &EncoderIo,
+    opts: &ProviderOptions,
+) -> Result<String, RuntimeError> {
+    if !opts.tensorrt.int8_implicit {
+        return Ok(io.file.clone());
+    }
+    if opts.kind != ProviderKind::TensorRt {
+        return Err(RuntimeError::Provider(format!(
+            "--int8-mode implicit is a TensorRT build mode; --provider {} runs the bundle's Q/DQ models",
+            opts.kind
+        )));
+    }
+    if manifest.precision != Precision::Int8 {
+        return Err(RuntimeError::Provider(format!(
+            "--int8-mode implicit needs an int8 bundle (sen-calibrate); this bundle is {}",
+            manifest.precision
+        )));
+    }
+    let file = format!("{IMPLICIT_DIR}/{}", io.file);
+    let cache = format!("{IMPLICIT_DIR}/{}", calibration_cache_name(&io.file));
+    for f in [&file, &cache] {
+        if !manifest.files.contains_key(f) {
+            return Err(RuntimeError::Provider(format!(
+                "--int8-mode implicit: the bundle has no {f}; recalibrate it with sen-calibrate, \
+                 which writes the implicit models and caches"
+            )));
+        }
+    }
+    Ok(file)
 }
 
 impl TensorRtPlan {
@@ -565,9 +638,41 @@ impl TensorRtPlan {
         gpu: &GpuInfo,
         device_id: i32,
     ) -> Result<Self, RuntimeError> {
-        let precision =
-            EnginePrecision::for_bundle(manifest.precision, opts.fp16_flag, Some(trt.0))?;
-        let digest = manifest.encoder_digest(io)?;
+        let precision = EnginePrecision::for_bundle(
+            manifest.precision,
+            opts.fp16_flag,
+            opts.int8_implicit,
+            Some(trt.0),
+        )?;
+        let (model_file, calibration_table, digest) = if precision == EnginePrecision::Int8Implicit
+        {
+            let file = format!("{IMPLICIT_DIR}/{}", io.file);
+            let cache = calibration_cache_name(&io.file);
+            let model_io = EncoderIo {
+                file: file.clone(),
+                ..io.clone()
+            };
+            let cache_entry = manifest
+                .files
+                .get(&format!("{IMPLICIT_DIR}/{cache}"))
+                .ok_or_else(|| {
+                    RuntimeError::Provider(format!(
+                        "--int8-mode implicit: the bundle has no {IMPLICIT_DIR}/{cache}"
+                    ))
+                })?;
+            // The engine depends on the fp32 weights and on the ranges.
+            let digest = sen_core::hash::sha256_hex(
+                format!(
+                    "{}\n{}\n",
+                    manifest.encoder_digest(&model_io)?,
+                    cache_entry.sha256
+                )
+                .as_bytes(),
+            );
+            (file, Some(cache), digest)
+        } else {
+            (io.file.clone(), None, manifest.encoder_digest(io)?)
+        };
         Ok(TensorRtPlan {
             engine_dir: engine_cache_dir(
                 &opts.cache_root,
@@ -584,7 +689,27 @@ impl TensorRtPlan {
             layer_norm_fp32: opts.layer_norm_fp32 && precision != EnginePrecision::Fp32,
             workspace_bytes: opts.workspace_mib.map(|m| m << 20),
             device_id,
+            model_file,
+            calibration_table,
         })
+    }
+
+    /// Implicit INT8: copy the calibration cache from beside `model` into the engine
+    /// directory (ONNX Runtime reads `trt_int8_calibration_table_name` relative to
+    /// the engine cache path).
+    pub fn install_calibration_table(&self, model: &Path) -> Result<(), RuntimeError> {
+        if let Some(name) = &self.calibration_table {
+            let from = model.with_file_name(name);
+            let to = self.engine_dir.join(name);
+            std::fs::copy(&from, &to).map_err(|e| {
+                RuntimeError::Provider(format!(
+                    "cannot copy the calibration cache {} to {}: {e}",
+                    from.display(),
+                    to.display()
+                ))
+            })?;
+        }
+        Ok(())
     }
 
     /// The provider, configured. On TensorRT 10 the FP16/INT8 builder flags select
@@ -597,13 +722,21 @@ impl TensorRtPlan {
             .with_timing_cache(true)
             .with_timing_cache_path(self.timing_dir.display())
             .with_fp16(self.precision != EnginePrecision::Fp32)
-            .with_int8(self.precision == EnginePrecision::Int8)
+            .with_int8(matches!(
+                self.precision,
+                EnginePrecision::Int8 | EnginePrecision::Int8Implicit
+            ))
             .with_layer_norm_fp32_fallback(self.layer_norm_fp32)
             .with_profile_min_shapes(&self.profile[0])
             .with_profile_opt_shapes(&self.profile[1])
             .with_profile_max_shapes(&self.profile[2]);
         if let Some(w) = self.workspace_bytes {
             p = p.with_max_workspace_size(w);
+        }
+        if let Some(t) = &self.calibration_table {
+            p = p
+                .with_int8_calibration_table_name(t)
+                .with_int8_use_native_calibration_table(true);
         }
         p
     }
@@ -843,25 +976,111 @@ mod tests {
     }
 
     #[test]
+    fn implicit_int8_builds_the_fp32_model_with_its_calibration_cache() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = Manifest::example(d.path());
+        m.precision = Precision::Int8;
+        let f = m.io.image.file.clone();
+        let cache = format!("{IMPLICIT_DIR}/{}", calibration_cache_name(&f));
+        assert_eq!(cache, "implicit/image_encoder.calib");
+        let entry = |w: &str| sen_core::manifest::FileEntry {
+            sha256: w.repeat(64),
+            bytes: 4,
+        };
+        m.files.insert(format!("{IMPLICIT_DIR}/{f}"), entry("a"));
+        m.files.insert(cache.clone(), entry("b"));
+        let mut opts = ProviderOptions::new(ProviderKind::TensorRt);
+        opts.tensorrt.cache_root = PathBuf::from("/c");
+        let plan = |m: &Manifest, o: &ProviderOptions| {
+            TensorRtPlan::new(
+                m,
+                &m.io.image,
+                &BatchProfile::IMAGE_DEFAULT,
+                &o.tensorrt,
+                (10, 3, 0),
+                &gpu(),
+                0,
+            )
+        };
+        let qdq = plan(&m, &opts).unwrap();
+        assert_eq!(qdq.precision, EnginePrecision::Int8);
+        assert_eq!(qdq.model_file, f);
+        assert_eq!(qdq.calibration_table, None);
+        assert_eq!(model_file(&m, &m.io.image, &opts).unwrap(), f);
+
+        opts.tensorrt.int8_implicit = true;
+        let imp = plan(&m, &opts).unwrap();
+        assert_eq!(imp.precision, EnginePrecision::Int8Implicit);
+        assert_eq!(imp.model_file, "implicit/image_encoder.onnx");
+        assert_eq!(model_file(&m, &m.io.image, &opts).unwrap(), imp.model_file);
+        assert_eq!(
+            imp.calibration_table.as_deref(),
+            Some("image_encoder.calib")
+        );
+        assert_ne!(imp.engine_dir, qdq.engine_dir);
+        assert!(imp.engine_dir.to_string_lossy().contains("-int8implicit-"));
+        // New ranges, same weights: another engine.
+        let mut m2 = m.clone();
+        m2.files.insert(cache.clone(), entry("c"));
+        assert_ne!(plan(&m2, &opts).unwrap().engine_dir, imp.engine_dir);
+
+        // The cache lands in the engine directory, where ONNX Runtime reads it.
+        let bundle = tempfile::tempdir().unwrap();
+        let model = bundle.path().join("implicit").join("image_encoder.onnx");
+        std::fs::create_dir_all(model.parent().unwrap()).unwrap();
+        std::fs::write(
+            model.with_file_name("image_encoder.calib"),
+            "TRT-100300-x\n",
+        )
+        .unwrap();
+        let mut imp = imp;
+        imp.engine_dir = bundle.path().join("engine");
+        std::fs::create_dir_all(&imp.engine_dir).unwrap();
+        imp.install_calibration_table(&model).unwrap();
+        assert!(imp.engine_dir.join("image_encoder.calib").is_file());
+
+        // Refused: implicit on another provider, without the implicit files, on a non-int8 bundle.
+        let mut cpu = ProviderOptions::cpu();
+        cpu.tensorrt.int8_implicit = true;
+        assert!(model_file(&m, &m.io.image, &cpu).is_err());
+        let mut bare = m.clone();
+        bare.files.remove(&cache);
+        let e = model_file(&bare, &bare.io.image, &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has no implicit/image_encoder.calib"), "{e}");
+        m.precision = Precision::Fp32;
+        assert!(model_file(&m, &m.io.image, &opts).is_err());
+    }
+
+    #[test]
     fn precision_comes_from_the_bundle() {
         use EnginePrecision as E;
         assert_eq!(
-            E::for_bundle(Precision::Fp32, false, Some(10)).unwrap(),
+            E::for_bundle(Precision::Fp32, false, false, Some(10)).unwrap(),
             E::Fp32
         );
         assert_eq!(
-            E::for_bundle(Precision::Fp32, true, Some(10)).unwrap(),
+            E::for_bundle(Precision::Fp32, true, false, Some(10)).unwrap(),
             E::Fp16
         );
-        assert!(E::for_bundle(Precision::Fp32, true, Some(11)).is_err());
+        assert!(E::for_bundle(Precision::Fp32, true, false, Some(11)).is_err());
         assert_eq!(
-            E::for_bundle(Precision::Fp16, false, Some(11)).unwrap(),
+            E::for_bundle(Precision::Fp16, false, false, Some(11)).unwrap(),
             E::Fp16
         );
         assert_eq!(
-            E::for_bundle(Precision::Int8, false, Some(10)).unwrap(),
+            E::for_bundle(Precision::Int8, false, false, Some(10)).unwrap(),
             E::Int8
         );
+        assert_eq!(
+            E::for_bundle(Precision::Int8, false, true, Some(10)).unwrap(),
+            E::Int8Implicit
+        );
+        let e = E::for_bundle(Precision::Int8, false, true, Some(11)).unwrap_err();
+        assert!(e.to_string().contains("removed implicit"), "{e}");
+        let e = E::for_bundle(Precision::Fp32, false, true, Some(10)).unwrap_err();
+        assert!(e.to_string().contains("needs an int8 bundle"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,450 @@
+//! sen-calibrate on a real (random-weight, tiny-preset) bundle exported by sen-export
+//! and a small synthetic dataset: which ops get Q/DQ, the TensorRT caches against the
+//! Q/DQ models, the int8 bundle ranking the test split like the fp32 one, and the bad
+//! inputs the issue lists.
+
+use prost::Message;
+use sen_calibrate::model::{self, Selection};
+use sen_calibrate::stats::Method;
+use sen_calibrate::{CalibrateOptions, calibrate, trtcache};
+use sen_core::Manifest;
+use sen_export::proto::{ModelProto, NodeProto, data_type};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bundle(dir: &Path, seed: u64, fp16: bool) -> PathBuf {
+    let ckpt = dir.join(format!("ckpt{seed}"));
+    sen_export::fixtures::random_checkpoint(&sen_core::ModelConfig::tiny(), &ckpt, seed).unwrap();
+    let out = dir.join(format!("bundle{seed}{}", if fp16 { "-fp16" } else { "" }));
+    let opts = sen_export::ExportOptions {
+        fp16,
+        ..Default::default()
+    };
+    sen_export::export(&ckpt, &out, &opts).unwrap();
+    out
+}
+
+/// 26 identities x 2 images: 20/2/4 train/val/test identities.
+fn synth(dir: &Path) -> PathBuf {
+    let root = dir.join("synth");
+    sen_core::synth::generate(
+        &root,
+        &sen_core::synth::SynthConfig {
+            ids: 26,
+            images_per_id: 2,
+            seed: 3,
+        },
+    )
+    .unwrap();
+    root
+}
+
+fn options(data: &Path) -> CalibrateOptions {
+    let mut o = CalibrateOptions::new(data);
+    o.samples = 24;
+    o.batch = 8;
+    o.time_batch = None;
+    o
+}
+
+fn load(path: &Path) -> ModelProto {
+    ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
+}
+
+struct Graph<'a> {
+    producer: HashMap<&'a str, &'a NodeProto>,
+    inits: HashMap<&'a str, &'a sen_export::proto::TensorProto>,
+}
+
+impl<'a> Graph<'a> {
+    fn new(m: &'a ModelProto) -> Self {
+        let g = m.graph.as_ref().unwrap();
+        Graph {
+            producer: g
+                .node
+                .iter()
+                .flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n)))
+                .collect(),
+            inits: g.initializer.iter().map(|t| (t.name.as_str(), t)).collect(),
+        }
+    }
+
+    fn op_of(&self, tensor: &str) -> &str {
+        self.producer
+            .get(tensor)
+            .map(|n| n.op_type.as_str())
+            .unwrap_or("")
+    }
+}
+
+fn attr(n: &NodeProto, name: &str) -> Option<i64> {
+    n.attribute.iter().find(|a| a.name == name).map(|a| a.i)
+}
+
+/// Check the Q/DQ placement of `q` (quantised from `f`); returns (weights, activations).
+fn check_placement(f: &ModelProto, q: &ModelProto) -> (usize, usize) {
+    let (fg, qg) = (Graph::new(f), Graph::new(q));
+    let fnodes: HashMap<&str, &NodeProto> = f
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| (n.name.as_str(), n))
+        .collect();
+    let (mut weights, mut acts) = (0, 0);
+    for n in &q.graph.as_ref().unwrap().node {
+        match n.op_type.as_str() {
+            "MatMul" | "Conv" | "Gemm" => {
+                let orig = fnodes[n.name.as_str()];
+                let has_weight = orig.input[..2]
+                    .iter()
+                    .any(|i| fg.inits.contains_key(i.as_str()));
+                if !has_weight {
+                    // Attention's two-activation MatMuls stay float by default.
+                    assert_eq!(n.input, orig.input, "{} should be untouched", n.name);
+                    continue;
+                }
+                for (slot, x) in n.input.iter().enumerate().take(2) {
+                    let dq = qg.producer[x.as_str()];
+                    assert_eq!(dq.op_type, "DequantizeLinear", "{} input {slot}", n.name);
+                    let src = &orig.input[slot];
+                    if let Some(w) = fg.inits.get(src.as_str()) {
+                        // int8 weight of the same shape, one scale per output channel.
+                        let qi = qg.inits[dq.input[0].as_str()];
+                        assert_eq!(qi.data_type, data_type::INT8);
+                        assert_eq!(qi.dims, w.dims);
+                        let axis = attr(dq, "axis").unwrap() as usize;
+                        let want_axis = if n.op_type == "Conv" {
+                            0
+                        } else {
+                            w.dims.len() - 1
+                        };
+                        assert_eq!(axis, want_axis, "{}", n.name);
+                        let scale = qg.inits[dq.input[1].as_str()];
+                        assert_eq!(scale.dims, vec![w.dims[axis]], "{}", n.name);
+                        let zp = qg.inits[dq.input[2].as_str()];
+                        assert_eq!(zp.data_type, data_type::INT8);
+                        assert!(
+                            zp.raw_data.iter().all(|&b| b == 0),
+                            "symmetric: zero point 0"
+                        );
+                        // The float weight is gone.
+                        assert!(!qg.inits.contains_key(src.as_str()), "{src} still float");
+                        weights += 1;
+                    } else {
+                        // Activation: per-tensor Q of the original tensor, then DQ.
+                        let qn = qg.producer[dq.input[0].as_str()];
+                        assert_eq!(qn.op_type, "QuantizeLinear");
+                        assert_eq!(&qn.input[0], src, "{}", n.name);
+                        assert_eq!(qn.input[1], dq.input[1], "Q and DQ share the scale");
+                        assert!(qg.inits[qn.input[1].as_str()].dims.is_empty(), "per tensor");
+                        acts += 1;
+                    }
+                }
+            }
+            "LayerNormalization" | "Softmax" | "Sigmoid" | "Add" | "Mul" | "ReduceL2"
+            | "Gather" | "GatherElements" => {
+                for x in &n.input {
+                    assert_ne!(
+                        qg.op_of(x),
+                        "DequantizeLinear",
+                        "{} ({}) must stay float",
+                        n.name,
+                        n.op_type
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    (weights, acts)
+}
+
+#[test]
+fn calibrated_bundle_places_qdq_ranks_like_fp32_and_carries_tensorrt_caches() {
+    let d = tempfile::tempdir().unwrap();
+    let b = bundle(d.path(), 5, false);
+    let data = synth(d.path());
+    let out = d.path().join("int8");
+    let r = calibrate(&b, &out, &options(&data)).unwrap();
+
+    // The manifest: int8, with the calibration recorded and every file verified.
+    let m = Manifest::load(&out).unwrap();
+    let src = Manifest::load(&b).unwrap();
+    assert_eq!(m.precision, sen_core::Precision::Int8);
+    let c = m.calibration.as_ref().unwrap();
+    assert_eq!((c.method.as_str(), c.samples), ("entropy", 24));
+    assert_eq!(c.data_sha256, r.data_sha256);
+    assert_eq!(m.io, src.io);
+    assert_eq!(m.preprocess, src.preprocess);
+    for f in [
+        "image_encoder.onnx",
+        "text_encoder.onnx",
+        "tokenizer.json",
+        "implicit/image_encoder.onnx",
+        "implicit/text_encoder.onnx",
+        "implicit/image_encoder.calib",
+        "implicit/text_encoder.calib",
+        "calibration_report.json",
+    ] {
+        assert!(m.files.contains_key(f), "{f} missing from the manifest");
+    }
+    // The implicit models are the fp32 ones, byte for byte.
+    assert_eq!(
+        m.files["implicit/image_encoder.onnx"].sha256,
+        src.files["image_encoder.onnx"].sha256
+    );
+
+    // Q/DQ placement, both encoders: 4 blocks x (q, k, v, out, fc, proj) + conv/proj.
+    let cfg = sen_core::ModelConfig::tiny();
+    for (file, extra) in [("image_encoder.onnx", 2), ("text_encoder.onnx", 1)] {
+        let f = load(&b.join(file));
+        let q = load(&out.join(file));
+        let (w, a) = check_placement(&f, &q);
+        let per_block = 6;
+        let layers = cfg.vision.layers; // == text layers in the tiny preset
+        assert_eq!(w, per_block * layers + extra, "{file} weights");
+        assert_eq!(
+            a, w,
+            "{file}: every quantised node has one activation input"
+        );
+
+        // The TensorRT cache holds exactly the activation scales of the Q/DQ model.
+        let cache = trtcache::read(
+            &std::fs::read_to_string(out.join("implicit").join(sen_calibrate::cache_name(file)))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cache.calibrator, "EntropyCalibration2");
+        assert_eq!(cache.version, 101303);
+        let g = Graph::new(&q);
+        let mut in_model: BTreeMap<String, f32> = BTreeMap::new();
+        for n in &q.graph.as_ref().unwrap().node {
+            if n.op_type == "QuantizeLinear" {
+                let s = g.inits[n.input[1].as_str()];
+                let v = f32::from_le_bytes(s.raw_data[..4].try_into().unwrap());
+                in_model.insert(n.input[0].clone(), v);
+            }
+        }
+        let cached: BTreeMap<String, f32> = cache.scales.into_iter().collect();
+        assert_eq!(cached, in_model, "{file}");
+    }
+
+    // The int8 bundle ranks the held-out split like the fp32 one.
+    let e = r.evaluation.as_ref().unwrap();
+    assert_eq!(e.split, "test");
+    assert!(e.image_cosine.mean >= 0.99, "{:?}", e.image_cosine);
+    assert!(e.text_cosine.mean >= 0.99, "{:?}", e.text_cosine);
+    assert!(
+        (e.fp32.r1 - e.int8.r1).abs() <= 12.5 + 1e-9,
+        "at most one of the 8 test queries changes its top 1: {} vs {}",
+        e.fp32.r1,
+        e.int8.r1
+    );
+    assert!((e.fp32.map - e.int8.map).abs() < 5.0);
+    // sen eval runs the int8 bundle and reports its precision.
+    let enc = sen_runtime::encoders::Encoders::load_cpu(&out).unwrap();
+    let ds = sen_core::data::Dataset::load(&data, None).unwrap();
+    let ev = sen_runtime::eval::evaluate(&enc, &ds, sen_core::data::Split::Test, |_| {}).unwrap();
+    assert_eq!(ev.metrics, e.int8);
+
+    // Report: every activation with a positive scale and its range.
+    let rep: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("calibration_report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rep["method"], "entropy");
+    let acts = rep["image"]["activations"].as_array().unwrap();
+    assert_eq!(acts[0]["name"], "pixel_values");
+    for a in acts {
+        let (amax, mx) = (a["amax"].as_f64().unwrap(), a["max"].as_f64().unwrap());
+        let mn = a["min"].as_f64().unwrap();
+        assert!(amax > 0.0 && amax <= mx.abs().max(mn.abs()) + 1e-6, "{a}");
+        assert!((a["scale"].as_f64().unwrap() - amax / 127.0).abs() < 1e-6 * amax.max(1.0));
+    }
+
+    // The bundle is refused as a calibration source.
+    let e = calibrate(&out, &d.path().join("again"), &options(&data)).unwrap_err();
+    assert!(e.to_string().contains("already int8"), "{e}");
+}
+
+#[test]
+fn exclusions_and_activation_matmuls_change_the_plan() {
+    let d = tempfile::tempdir().unwrap();
+    let b = bundle(d.path(), 6, false);
+    let f = model::load_model(&b.join("image_encoder.onnx")).unwrap();
+    let g = f.graph.as_ref().unwrap();
+    let names = |p: &model::Plan| -> Vec<String> {
+        p.nodes.keys().map(|&i| g.node[i].name.clone()).collect()
+    };
+    let all = model::plan(g, &Selection::default()).unwrap();
+    assert!(names(&all).iter().any(|n| n.starts_with("visual.conv1")));
+    assert_eq!(all.skipped.len(), 8, "{:?}", all.skipped); // 2 attention MatMuls x 4 blocks
+
+    let fc0 = g
+        .node
+        .iter()
+        .find(|n| {
+            n.name
+                .starts_with("visual.transformer.resblocks.0.mlp.c_fc/MatMul")
+        })
+        .unwrap()
+        .name
+        .clone();
+    let p = model::plan(
+        g,
+        &Selection {
+            exclude_ops: vec!["Conv".into()],
+            exclude_nodes: vec!["visual.proj/*".into(), fc0.clone()],
+            activation_matmuls: false,
+        },
+    )
+    .unwrap();
+    let n = names(&p);
+    assert!(!n.iter().any(|x| x.starts_with("visual.conv1")));
+    assert!(!n.iter().any(|x| x.starts_with("visual.proj/")));
+    assert!(!n.contains(&fc0));
+    assert_eq!(n.len(), names(&all).len() - 3);
+    assert!(p.skipped.iter().any(|(_, why)| why == "--exclude-op Conv"));
+
+    let with_attention = model::plan(
+        g,
+        &Selection {
+            activation_matmuls: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(with_attention.nodes.len(), all.nodes.len() + 8);
+    assert!(with_attention.skipped.is_empty());
+
+    let e = model::plan(
+        g,
+        &Selection {
+            exclude_ops: vec!["Softmax".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("--exclude-op Softmax"), "{e}");
+}
+
+#[test]
+fn bad_inputs_are_refused_or_logged() {
+    let d = tempfile::tempdir().unwrap();
+    let data = synth(d.path());
+    let b = bundle(d.path(), 7, false);
+
+    // fp16 bundle: calibrate the fp32 export instead.
+    let b16 = bundle(d.path(), 8, true);
+    let e = calibrate(&b16, &d.path().join("x"), &options(&data)).unwrap_err();
+    assert!(e.to_string().contains("fp16 bundle"), "{e}");
+
+    // More samples than the split has: all of them, noted in the report.
+    let mut o = options(&data);
+    o.samples = 1000;
+    o.eval_split = None;
+    o.method = Method::MinMax;
+    let r = calibrate(&b, &d.path().join("all"), &o).unwrap();
+    assert_eq!(r.images, 40);
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("fewer than --samples 1000")),
+        "{:?}",
+        r.notes
+    );
+    // Existing output without --force.
+    let e = calibrate(&b, &d.path().join("all"), &o).unwrap_err();
+    assert!(e.to_string().contains("--force"), "{e}");
+
+    // A manifest whose preprocessing does not match the model.
+    let bad = d.path().join("badpre");
+    copy_dir(&b, &bad);
+    let mut m = Manifest::load(&bad).unwrap();
+    m.preprocess.height = 160;
+    m.save(&bad).unwrap();
+    let e = calibrate(&bad, &d.path().join("y"), &options(&data)).unwrap_err();
+    assert!(e.to_string().contains("preprocess"), "{e}");
+
+    // An unreadable calibration image: an error naming it, and nothing written.
+    let ds = sen_core::data::Dataset::load(&data, None).unwrap();
+    let victim = ds.image_path(ds.split(sen_core::data::Split::Train).next().unwrap());
+    std::fs::write(&victim, b"not a jpeg").unwrap();
+    let mut o = options(&data);
+    o.samples = 1000;
+    let out = d.path().join("z");
+    let e = calibrate(&b, &out, &o).unwrap_err().to_string();
+    assert!(
+        e.contains(&*victim.file_name().unwrap().to_string_lossy()),
+        "{e}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn command_line_runs_and_refuses_bad_flags() {
+    let d = tempfile::tempdir().unwrap();
+    let data = synth(d.path());
+    let b = bundle(d.path(), 9, false);
+    let out = d.path().join("int8");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sen-calibrate"))
+            .arg("--bundle")
+            .arg(&b)
+            .arg("--dataset")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        "--method",
+        "percentile",
+        "--percentile",
+        "99.9",
+        "--samples",
+        "16",
+        "--eval-split",
+        "none",
+        "--time-batch",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["method"], "percentile");
+    assert_eq!(r["percentile"], 99.9);
+    assert!(r["speed"]["int8_ms"].as_f64().unwrap() > 0.0);
+    assert!(r.get("evaluation").is_none());
+    for (args, want) in [
+        (vec!["--method", "kl"], "unknown method"),
+        (vec!["--percentile", "0", "--force"], "--percentile 0"),
+        (vec!["--bins", "1000", "--force"], "--bins 1000"),
+        (
+            vec!["--provider", "tensorrt", "--force"],
+            "calibration runs the fp32 encoders on cpu or cuda",
+        ),
+        (
+            vec!["--exclude-op", "LayerNormalization", "--force"],
+            "--exclude-op LayerNormalization",
+        ),
+    ] {
+        let o = run(&args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
