@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the whole sen pipeline on this machine, on the embedded default (the
 # CPU provider): synthetic benchmark -> train the tiny preset -> export fp32 and
-# fp16 bundles -> index the test gallery -> evaluate -> answer text queries.
+# fp16 bundles -> calibrate an int8 bundle (three methods compared) -> index the
+# test gallery -> evaluate -> answer text queries.
 #
 # SEN_DEMO_DIR (default target/demo) holds everything it writes;
 # SEN_DEMO_TRAIN_MINUTES (default 9) caps training; SEN_DEMO_PROVIDER picks the
@@ -17,7 +18,7 @@ provider=${SEN_DEMO_PROVIDER:-cpu}
 sen=target/release/sen
 
 stage "building (release)"
-cargo build --release -q -p sen-runtime -p sen-train -p sen-export
+cargo build --release -q -p sen-runtime -p sen-train -p sen-export -p sen-calibrate
 target/release/sen-train info
 
 stage "synthetic pedestrian benchmark (sen synth -> $demo/synth)"
@@ -39,7 +40,30 @@ target/release/sen-export --checkpoint "$demo/run" --out "$demo/bundle-fp32" --f
 target/release/sen-export --checkpoint "$demo/run" --out "$demo/bundle-fp16" --fp16 --force
 $sen info "$demo/bundle-fp32"
 
-for p in fp32 fp16; do
+stage "INT8 calibration (sen-calibrate): each method on 512 train images + 512 captions"
+echo "   each run: collect ranges, write Q/DQ models + TensorRT caches, evaluate int8 vs fp32 on the"
+echo "   test split, time the image encoder at batch 8 (fp32 and int8 in alternating rounds)"
+for m in entropy percentile minmax; do
+  out="$demo/bundle-int8-$m"
+  [ $m = entropy ] && out="$demo/bundle-int8"
+  target/release/sen-calibrate --bundle "$demo/bundle-fp32" --dataset "$demo/synth" --method $m \
+    --samples 512 --out "$out" --force
+done
+python3 - "$demo" <<'EOF'
+import json, sys
+d = sys.argv[1]
+print(f"\n{'method':<11} {'R@1 fp32':>8} {'R@1 int8':>8} {'drop':>6} {'mAP int8':>8}  {'cos image mean/min':>18}  {'cos text mean/min':>17}  {'image batch 8, fp32 -> int8':>28}")
+for m, b in [("entropy", "bundle-int8"), ("percentile", "bundle-int8-percentile"), ("minmax", "bundle-int8-minmax")]:
+    r = json.load(open(f"{d}/{b}/calibration_report.json"))
+    e, s = r["evaluation"], r["speed"]
+    ci, ct = e["image_cosine"], e["text_cosine"]
+    print(f"{m:<11} {e['fp32']['r1']:>8.2f} {e['int8']['r1']:>8.2f} {e['r1_drop']:>6.2f} {e['int8']['map']:>8.2f}"
+          f"  {ci['mean']:>9.5f}/{ci['min']:.5f}  {ct['mean']:>8.5f}/{ct['min']:.5f}"
+          f"  {s['fp32_ms']:>9.2f} -> {s['int8_ms']:.2f} ms ({s['speedup']:.2f}x)")
+print("(test split, ONNX Runtime CPU; the demo's int8 bundle is the entropy one)")
+EOF
+
+for p in fp32 fp16 int8; do
   stage "indexing the test gallery with the $p bundle (sen index, provider $provider)"
   $sen index "$demo/bundle-$p" --dataset "$demo/synth" --split test --out "$demo/gallery-$p.senidx" \
     --force --provider "$provider" $([ $p = fp16 ] && echo --f16)
@@ -54,7 +78,7 @@ import json, sys
 d = sys.argv[1]
 t = json.load(open(f"{d}/train-eval.json"))
 rows = [("libtorch (sen-train)", "fp32", t, None)]
-for p in ["fp32", "fp16"]:
+for p in ["fp32", "fp16", "int8"]:
     e = json.load(open(f"{d}/eval-{p}.json"))
     rows.append((f"ONNX Runtime {e['provider']}", p, e, e))
 print(f"{'engine':<22} {'precision':<9} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'mAP':>6} {'mINP':>6}  {'image encode, batch 1':>21}  {'gallery images/s':>16}")
