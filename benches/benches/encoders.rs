@@ -1,129 +1,148 @@
-//! ONNX Runtime CPU latency and throughput of exported encoders: one image and one
-//! caption per call, and batches of 8 and 16 images (16: the runtime's default batch),
-//! for the tiny and vit-b16 presets, fp32 and int8. The weights are random (speed does
-//! not depend on their values); the bundles are built by the real exporter into
-//! `target/bench-bundles/<preset>` (kept, so `scripts/reference/ort_throughput.py`
-//! can time Python onnxruntime on the very same files) and calibrated by the real
-//! sen-calibrate (entropy, on a small synthetic set) into `<preset>-int8`.
-//! `cargo bench -p sen-benches --bench encoders [-- int8]`.
+//! Latency and throughput of the exported encoders on every execution provider that is
+//! compiled in and can start here: image and text encoders at batch 1, 8 and 32, for
+//! the tiny and vit-b16 presets. CPU runs fp32 and int8 bundles; CUDA and TensorRT run
+//! fp16 and int8 where they can start (otherwise the group is skipped and the reason
+//! printed). Names read `encoder-{image,text}/{provider}-{precision}-{preset}/batch-{n}`,
+//! throughput in images or texts per second.
+//!
+//! The weights are random (speed does not depend on their values). The bundles are
+//! made by the real exporter and calibrator into `target/bench-bundles/` on first use
+//! and kept (`scripts/reference/ort_throughput.py` times Python onnxruntime on the
+//! very same files): `<preset>` (fp32), `<preset>-fp16`, `<preset>-int8` (entropy,
+//! 32 images of a small synthetic set). ONNX Runtime copies outputs back to the host
+//! inside `run`, so GPU timings include the device finishing its work.
+//!
+//! `cargo bench -p sen-benches --bench encoders [-- FILTER]`, e.g. `-- cpu-int8` or
+//! `-- encoder-image/cpu-fp32-vit-b16/batch-8`; bundles of filtered-out groups are
+//! not built.
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::{Array1, Array2, Array4};
 use sen_core::ModelConfig;
-use sen_export::{ExportOptions, export};
 use sen_runtime::encoders::Encoders;
+use sen_runtime::providers::{ProviderKind, ProviderOptions};
 use std::time::Duration;
 
-/// The int8 bundle of `fp32`, calibrated on a small synthetic set (kept between runs).
-fn int8_bundle(root: &std::path::Path, fp32: &std::path::Path, preset: &str) -> std::path::PathBuf {
-    let out = root.join(format!("{preset}-int8"));
-    let fresh = sen_core::Manifest::load(&out).is_ok_and(|m| {
-        let src = sen_core::Manifest::load(fp32).unwrap();
-        m.source_checkpoint_sha256 == src.source_checkpoint_sha256
-    });
-    if !fresh {
-        let synth = root.join("synth");
-        if sen_core::data::Dataset::load(&synth, None).is_err() {
-            let cfg = sen_core::synth::SynthConfig {
-                ids: 26,
-                images_per_id: 2,
-                seed: 3,
-            };
-            sen_core::synth::generate(&synth, &cfg).unwrap();
-        }
-        let mut o = sen_calibrate::CalibrateOptions::new(&synth);
-        o.samples = 32;
-        o.eval_split = None;
-        o.time_batch = None;
-        o.force = true;
-        sen_calibrate::calibrate(fp32, &out, &o).unwrap();
-    }
-    out
+use sen_benches::{calibrated, exported, wanted};
+
+const BATCHES: [usize; 3] = [1, 8, 32];
+
+fn ids(groups: &[String]) -> Vec<String> {
+    groups
+        .iter()
+        .flat_map(|g| BATCHES.map(|b| format!("{g}/batch-{b}")))
+        .collect()
 }
 
 fn encoders(c: &mut Criterion) {
-    for preset in ["tiny", "vit-b16"] {
-        let cfg = ModelConfig::preset(preset).unwrap();
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-bundles");
-        let bundle = root.join(preset);
-        if sen_core::Manifest::load(&bundle).is_err() {
-            let tmp = tempfile::tempdir().unwrap();
-            sen_export::fixtures::random_checkpoint(&cfg, &tmp.path().join("ckpt"), 1).unwrap();
-            let opts = ExportOptions {
-                force: true,
-                ..Default::default()
-            };
-            export(&tmp.path().join("ckpt"), &bundle, &opts).unwrap();
+    for kind in ProviderKind::ALL {
+        let precisions: &[&str] = match kind {
+            ProviderKind::Cpu => &["fp32", "int8"],
+            _ => &["fp16", "int8"],
+        };
+        let names = |precision: &str, preset: &str| {
+            ["image", "text"].map(|e| format!("encoder-{e}/{kind}-{precision}-{preset}"))
+        };
+        let any: Vec<String> = precisions
+            .iter()
+            .flat_map(|p| ["tiny", "vit-b16"].map(|s| names(p, s)))
+            .flatten()
+            .collect();
+        if !wanted(&ids(&any)) {
+            continue;
         }
-        let (h, w) = (cfg.vision.image_height, cfg.vision.image_width);
-        let img1 = Array4::<f32>::from_elem((1, 3, h, w), 0.1);
-        let img8 = Array4::<f32>::from_elem((8, 3, h, w), 0.1);
-        let img16 = Array4::<f32>::from_elem((16, 3, h, w), 0.1);
-        let tok = sen_core::ClipTokenizer::from_vocab_gz(
-            &sen_core::deps::clip_vocab_path().unwrap(),
-            cfg.text.context_length,
-        )
-        .unwrap();
-        let e = tok
-            .encode("a man in a grey hoodie with a red backpack")
-            .unwrap();
-        let ids = Array2::from_shape_vec((1, cfg.text.context_length), e.ids).unwrap();
-        let eot = Array1::from(vec![e.eot_index as i64]);
-        for precision in ["fp32", "int8"] {
-            let group = format!("ort-cpu-{precision}-{preset}");
-            if !criterion_filter_allows(&group) {
-                continue;
+        if let Err(e) = sen_runtime::encoders::start_provider(&ProviderOptions::new(kind)) {
+            let first = e.to_string();
+            let first = first.lines().take(2).collect::<Vec<_>>().join(" ");
+            println!("skipping the {kind} encoder benches: {first}");
+            continue;
+        }
+        for preset in ["tiny", "vit-b16"] {
+            let cfg = ModelConfig::preset(preset).unwrap();
+            for &precision in precisions {
+                let [gi, gt] = names(precision, preset);
+                if !wanted(&ids(&[gi.clone(), gt.clone()])) {
+                    continue;
+                }
+                let dir = match precision {
+                    "int8" => calibrated(preset),
+                    p => exported(preset, p == "fp16"),
+                };
+                let mut opts = ProviderOptions::new(kind);
+                let profile = sen_runtime::providers::BatchProfile {
+                    min: 1,
+                    opt: 8,
+                    max: 32,
+                };
+                opts.tensorrt.image_profile = profile;
+                opts.tensorrt.text_profile = profile;
+                let enc = match Encoders::load(&dir, &opts) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        println!("skipping {gi} and {gt}: {e}");
+                        continue;
+                    }
+                };
+                bench_encoders(c, &enc, &cfg, &gi, &gt, preset);
             }
-            let dir = if precision == "int8" {
-                int8_bundle(&root, &bundle, preset)
-            } else {
-                bundle.clone()
-            };
-            let enc = Encoders::load_cpu(&dir).unwrap();
-            let mut g = c.benchmark_group(group);
-            g.sample_size(20).measurement_time(Duration::from_secs(8));
-            g.throughput(criterion::Throughput::Elements(1));
-            g.bench_function("image-batch-1", |b| {
-                b.iter(|| enc.image.encode(img1.view()).unwrap())
-            });
-            g.throughput(criterion::Throughput::Elements(8));
-            g.bench_function("image-batch-8", |b| {
-                b.iter(|| enc.image.encode(img8.view()).unwrap())
-            });
-            g.throughput(criterion::Throughput::Elements(16));
-            g.bench_function("image-batch-16", |b| {
-                b.iter(|| enc.image.encode(img16.view()).unwrap())
-            });
-            g.throughput(criterion::Throughput::Elements(1));
-            g.bench_function("caption-batch-1", |b| {
-                b.iter(|| enc.text.encode_ids(ids.view(), eot.view()).unwrap())
-            });
-            g.finish();
         }
     }
 }
 
-/// Skip building (and calibrating) bundles for groups a command-line filter excludes:
-/// criterion filters benchmarks, not the set-up code around them. A filter with regex
-/// syntax is not evaluated here (the group is kept; criterion still filters).
-fn criterion_filter_allows(group: &str) -> bool {
-    const FUNCTIONS: [&str; 4] = [
-        "image-batch-1",
-        "image-batch-8",
-        "image-batch-16",
-        "caption-batch-1",
+fn bench_encoders(
+    c: &mut Criterion,
+    enc: &Encoders,
+    cfg: &ModelConfig,
+    gi: &str,
+    gt: &str,
+    preset: &str,
+) {
+    let (h, w) = (cfg.vision.image_height, cfg.vision.image_width);
+    // vit-b16 runs take up to seconds on two cores: criterion's minimum of 10 samples.
+    let (samples, secs) = if preset == "vit-b16" {
+        (10, 4)
+    } else {
+        (20, 3)
+    };
+    let mut g = c.benchmark_group(gi);
+    g.sample_size(samples)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(secs));
+    let mut rng = sen_core::rng::Rng::new(5);
+    for b in BATCHES {
+        let x = Array4::<f32>::from_shape_fn((b, 3, h, w), |_| rng.normal() as f32);
+        g.throughput(Throughput::Elements(b as u64));
+        g.bench_function(format!("batch-{b}"), |bch| {
+            bch.iter(|| enc.image.encode(x.view()).unwrap())
+        });
+    }
+    g.finish();
+    let tok = &enc.text.tokenizer;
+    let captions = [
+        "a man in a grey hoodie with a red backpack",
+        "the woman wears a long crimson coat over a white sweater and brown boots",
     ];
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    filters.is_empty()
-        || filters.iter().any(|f| {
-            f.contains(|c: char| "()|[]*+?^$\\{}".contains(c))
-                || FUNCTIONS
-                    .iter()
-                    .any(|func| format!("{group}/{func}").contains(f.as_str()))
-        })
+    let mut g = c.benchmark_group(gt);
+    g.sample_size(samples)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(secs));
+    for b in BATCHES {
+        let texts: Vec<&str> = captions.iter().cycle().take(b).copied().collect();
+        let e = tok.encode_batch(&texts).unwrap();
+        let ctx = cfg.text.context_length;
+        let mut ids = Array2::<i64>::zeros((b, ctx));
+        let mut eot = Array1::<i64>::zeros(b);
+        for (i, t) in e.iter().enumerate() {
+            ids.row_mut(i)
+                .assign(&ndarray::ArrayView1::from(&t.ids[..]));
+            eot[i] = t.eot_index as i64;
+        }
+        g.throughput(Throughput::Elements(b as u64));
+        g.bench_function(format!("batch-{b}"), |bch| {
+            bch.iter(|| enc.text.encode_ids(ids.view(), eot.view()).unwrap())
+        });
+    }
+    g.finish();
 }
 
 criterion_group!(benches, encoders);

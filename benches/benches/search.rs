@@ -1,32 +1,23 @@
-//! Exact top-10 search over a 100k x 512 gallery, one query (issue #6's speed target),
-//! with f32 and f16 rows, one thread and every core, next to this machine's memory
-//! read bandwidth measured the same way (a multi-threaded sum over a buffer the size
-//! of the f32 gallery: the floor for any exact scan). Throughput is in gallery bytes
-//! read per second. Compare with faiss: `scripts/reference/faiss_search.py`. Also the
-//! CRC-32 check `sen` runs over an index's rows each time it opens one.
-//! `cargo bench -p sen-benches --bench search`.
+//! Exact top-10 search, one query at a time, over 10k, 100k and 1M x 512 galleries in
+//! f32 and f16 (queries per second), on every core and, for 100k, on one thread; this
+//! machine's memory read bandwidth over the 100k f32 gallery measured the same way (a
+//! multi-threaded sum: the floor for any exact scan); the CRC-32 check `sen` runs
+//! over an index's rows when it opens one; and the end-to-end query (text to top-10
+//! ids: tokenise, text encoder on the CPU, search 100k rows) with the vit-b16 bundle.
+//!
+//! Names: `search/{10k,100k,1m}-x512-{f32,f16}-{N}t`, `search/memory-read-100k-x512-f32-{N}t`,
+//! `index-open/crc32-100k-x512-f32`, `query-e2e/cpu-{fp32,int8}-vit-b16/100k-top10`.
+//! Compare with faiss: `scripts/reference/faiss_search.py`.
+//! `cargo bench -p sen-benches --bench search [-- FILTER]`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
-use sen_runtime::search::{Rows, top_k};
+use sen_benches::{gallery, wanted};
+use sen_runtime::search::{Rows, threads_for, top_k};
 use std::time::Duration;
 
-const N: usize = 100_000;
 const D: usize = 512;
-
-/// Unit rows from a fixed-seed generator (the faiss script uses the same sizes).
-fn gallery() -> (Vec<f32>, Vec<f32>) {
-    let mut rng = sen_core::rng::Rng::new(7);
-    let mut g: Vec<f32> = (0..N * D).map(|_| rng.f32() * 2.0 - 1.0).collect();
-    for r in g.chunks_mut(D) {
-        let n = r.iter().map(|v| v * v).sum::<f32>().sqrt();
-        r.iter_mut().for_each(|v| *v /= n);
-    }
-    let mut q: Vec<f32> = (0..D).map(|_| rng.f32() * 2.0 - 1.0).collect();
-    let n = q.iter().map(|v| v * v).sum::<f32>().sqrt();
-    q.iter_mut().for_each(|v| *v /= n);
-    (g, q)
-}
+const SIZES: [(usize, &str); 3] = [(10_000, "10k"), (100_000, "100k"), (1_000_000, "1m")];
 
 /// Sum every value of `buf` on `threads` threads: reads the buffer once, like a scan.
 fn read_all(buf: &[f32], threads: usize) -> f32 {
@@ -51,32 +42,102 @@ fn read_all(buf: &[f32], threads: usize) -> f32 {
 }
 
 fn search(c: &mut Criterion) {
-    let (g, q) = gallery();
-    let g16: Vec<f16> = g.iter().map(|&v| f16::from_f32(v)).collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut grp = c.benchmark_group(format!("search-{N}x{D}-top10"));
-    grp.sample_size(30).measurement_time(Duration::from_secs(6));
-    for threads in [1, cores] {
-        grp.throughput(Throughput::Bytes((N * D * 4) as u64));
-        grp.bench_function(format!("memory-read-f32-{threads}t"), |b| {
-            b.iter(|| read_all(std::hint::black_box(&g), threads))
+    let mut grp = c.benchmark_group("search");
+    grp.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    grp.throughput(Throughput::Elements(1));
+    for (n, name) in SIZES {
+        let mut threads = vec![threads_for(n, cores)];
+        if n == 100_000 {
+            threads.insert(0, 1);
+        }
+        let ids: Vec<String> = threads
+            .iter()
+            .flat_map(|t| ["f32", "f16"].map(|p| format!("search/{name}-x{D}-{p}-{t}t")))
+            .collect();
+        if !wanted(&ids) {
+            continue;
+        }
+        let (g, q) = gallery(n, D, 7);
+        let g16: Vec<f16> = g.iter().map(|&v| f16::from_f32(v)).collect();
+        for &t in &threads {
+            grp.bench_function(format!("{name}-x{D}-f32-{t}t"), |b| {
+                b.iter(|| top_k(&q, Rows::F32(&g), 10, t))
+            });
+            grp.bench_function(format!("{name}-x{D}-f16-{t}t"), |b| {
+                b.iter(|| top_k(&q, Rows::F16(&g16), 10, t))
+            });
+        }
+        if n == 100_000 {
+            // The floor: reading the same bytes (throughput in bytes here).
+            grp.throughput(Throughput::Bytes((n * D * 4) as u64));
+            for t in [1, cores] {
+                grp.bench_function(format!("memory-read-{name}-x{D}-f32-{t}t"), |b| {
+                    b.iter(|| read_all(std::hint::black_box(&g), t))
+                });
+            }
+            grp.throughput(Throughput::Elements(1));
+        }
+    }
+    grp.finish();
+
+    if wanted(&["index-open/crc32-100k-x512-f32".to_string()]) {
+        let (g, _) = gallery(100_000, D, 7);
+        let bytes: Vec<u8> = g.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut grp = c.benchmark_group("index-open");
+        grp.sample_size(20)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
+        grp.throughput(Throughput::Bytes(bytes.len() as u64));
+        grp.bench_function("crc32-100k-x512-f32", |b| {
+            b.iter(|| crc32fast::hash(std::hint::black_box(&bytes)))
         });
-        grp.bench_function(format!("f32-{threads}t"), |b| {
-            b.iter(|| top_k(&q, Rows::F32(&g), 10, threads))
-        });
-        grp.throughput(Throughput::Bytes((N * D * 2) as u64));
-        grp.bench_function(format!("f16-{threads}t"), |b| {
-            b.iter(|| top_k(&q, Rows::F16(&g16), 10, threads))
+        grp.finish();
+    }
+}
+
+/// Text in, top-10 gallery rows out, as `sen search` does per query.
+fn query_e2e(c: &mut Criterion) {
+    let mut grp = c.benchmark_group("query-e2e");
+    grp.sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    grp.throughput(Throughput::Elements(1));
+    let mut rows: Option<Vec<f32>> = None;
+    for precision in ["fp32", "int8"] {
+        let id = format!("query-e2e/cpu-{precision}-vit-b16/100k-top10");
+        if !wanted(std::slice::from_ref(&id)) {
+            continue;
+        }
+        let dir = if precision == "int8" {
+            sen_benches::calibrated("vit-b16")
+        } else {
+            sen_benches::exported("vit-b16", false)
+        };
+        let enc = sen_runtime::encoders::TextEncoder::load(
+            &dir,
+            &sen_runtime::providers::ProviderOptions::cpu(),
+        )
+        .unwrap();
+        let d = enc.manifest.model.embed_dim;
+        let g = rows.get_or_insert_with(|| gallery(100_000, d, 9).0);
+        let threads = threads_for(
+            100_000,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        );
+        grp.bench_function(format!("cpu-{precision}-vit-b16/100k-top10"), |b| {
+            b.iter(|| {
+                let q = enc
+                    .encode(&["a man in a grey hoodie with a red backpack"])
+                    .unwrap();
+                top_k(q.row(0).as_slice().unwrap(), Rows::F32(g), 10, threads)
+            })
         });
     }
-    // What opening an index costs beyond mapping it: the CRC-32 of its rows.
-    let bytes: Vec<u8> = g.iter().flat_map(|v| v.to_le_bytes()).collect();
-    grp.throughput(Throughput::Bytes(bytes.len() as u64));
-    grp.bench_function("index-open-crc32-f32", |b| {
-        b.iter(|| crc32fast::hash(std::hint::black_box(&bytes)))
-    });
     grp.finish();
 }
 
-criterion_group!(benches, search);
+criterion_group!(benches, search, query_e2e);
 criterion_main!(benches);

@@ -6,6 +6,7 @@
 //! - [`tokenizer`]: the CLIP BPE tokenizer with open_clip's text cleaning;
 //! - [`metrics`]: R@K, mAP, mINP for text-to-image retrieval;
 //! - [`deps`]: where `make deps` put native libraries and data;
+//! - [`timing`]: latency sampling and percentiles (`sen bench`, `sen-train bench`);
 //! - [`npy`], [`fsutil`], [`hash`]: small shared I/O helpers.
 
 pub mod config;
@@ -21,6 +22,7 @@ pub mod preprocess;
 pub mod rng;
 pub mod synth;
 pub mod text;
+pub mod timing;
 pub mod tokenizer;
 
 pub use config::ModelConfig;

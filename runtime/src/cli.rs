@@ -755,3 +755,104 @@ pub fn build_engines(a: BuildEnginesArgs) -> Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------- bench
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Bundle directory.
+    bundle: PathBuf,
+    /// Batch sizes to time, comma-separated (the TensorRT profile spans them).
+    #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
+    batch: Vec<usize>,
+    /// Seconds of measurement per encoder and batch (after a warm-up of a fifth of it, at most 2 s).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Which encoders: image, text or both.
+    #[arg(long, default_value = "both", value_parser = ["image", "text", "both"])]
+    encoders: String,
+    /// TensorRT 10, fp32 bundle: build with the FP16 flag (other bundles take their
+    /// precision from the manifest).
+    #[arg(long, value_parser = ["fp16"])]
+    precision: Option<String>,
+    /// Print JSON (keys p50_ms, p90_ms, p99_ms, images_per_s / texts_per_s per entry).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    provider: ProviderArgs,
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    let mut opts = a.provider.options();
+    if a.precision.is_some() {
+        if opts.kind != ProviderKind::TensorRt {
+            bail!(
+                "--precision fp16 is TensorRT's FP16 builder flag; for --provider {} export an fp16 bundle (sen-export --fp16)",
+                opts.kind
+            );
+        }
+        let m = Manifest::load(&a.bundle)?;
+        if m.precision != sen_core::Precision::Fp32 {
+            bail!(
+                "--precision fp16 is only for an fp32 bundle; this bundle is {}",
+                m.precision
+            );
+        }
+        opts.tensorrt.fp16_flag = true;
+    }
+    let which = match a.encoders.as_str() {
+        "image" => sen_runtime::bench::Which::Image,
+        "text" => sen_runtime::bench::Which::Text,
+        _ => sen_runtime::bench::Which::Both,
+    };
+    let sp = spinner("loading the bundle".into());
+    let r = sen_runtime::bench::run(&a.bundle, &opts, &a.batch, a.seconds, which, |e, b| {
+        sp.set_message(format!("{e} encoder, batch {b}"))
+    });
+    sp.finish_and_clear();
+    let r = r?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let m = &r.machine;
+    println!(
+        "{} ({}) on {}: {}, {} logical cores{}",
+        r.bundle,
+        r.precision,
+        m.provider,
+        m.cpu,
+        m.logical_cores,
+        m.gpu
+            .as_ref()
+            .map(|g| format!(", GPU {g}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "ONNX Runtime {} ({}){}; {} s per row",
+        m.onnxruntime,
+        m.onnxruntime_library,
+        m.tensorrt
+            .as_ref()
+            .map(|t| format!(", TensorRT {t}"))
+            .unwrap_or_default(),
+        r.seconds_per_entry
+    );
+    println!(
+        "{:<8} {:>6} {:>7} {:>10} {:>10} {:>10} {:>12}",
+        "encoder", "batch", "runs", "p50 ms", "p90 ms", "p99 ms", "items/s"
+    );
+    for e in &r.results {
+        println!(
+            "{:<8} {:>6} {:>7} {:>10.3} {:>10.3} {:>10.3} {:>12.1}",
+            e.encoder,
+            e.batch,
+            e.latency.runs,
+            e.latency.p50_ms,
+            e.latency.p90_ms,
+            e.latency.p99_ms,
+            e.images_per_s.or(e.texts_per_s).unwrap_or_default()
+        );
+    }
+    Ok(())
+}

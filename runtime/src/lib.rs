@@ -5,10 +5,12 @@
 //! - [`encoders`]: a verified bundle's [`ImageEncoder`](encoders::ImageEncoder) and
 //!   [`TextEncoder`](encoders::TextEncoder), batched and safe for concurrent callers;
 //! - [`index`]: the gallery index file; [`search`]: exact top-k (SIMD, multi-threaded);
-//! - [`eval`]: SPEC §7 metrics of a bundle on a dataset split.
+//! - [`eval`]: SPEC §7 metrics of a bundle on a dataset split;
+//! - [`bench`]: latency percentiles and throughput of a bundle on this machine.
 //!
 //! Tokenizer, preprocessing, datasets and metrics are `sen-core`'s (the only copy).
 
+pub mod bench;
 pub mod encoders;
 pub mod error;
 pub mod eval;

@@ -40,6 +40,8 @@ enum Command {
     Eval(cli::EvalArgs),
     /// Build (and cache) the TensorRT engines of a bundle ahead of serving.
     BuildEngines(cli::BuildEnginesArgs),
+    /// Latency percentiles and throughput of a bundle's encoders on this machine.
+    Bench(cli::BenchArgs),
     /// Tokenise captions exactly as the text encoder receives them (CLIP BPE, 77 ids).
     Tokenize {
         /// The texts to tokenise (each one argument; quote sentences).
@@ -146,6 +148,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Search(a) => cli::search(a)?,
         Command::Eval(a) => cli::eval(a)?,
         Command::BuildEngines(a) => cli::build_engines(a)?,
+        Command::Bench(a) => cli::bench(a)?,
         Command::Tokenize {
             texts,
             json,

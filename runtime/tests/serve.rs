@@ -380,3 +380,64 @@ fn concurrent_callers_get_the_same_embeddings() {
         });
     }
 }
+
+#[test]
+fn bench_reports_percentiles_per_encoder_and_batch_with_the_machine() {
+    let d = tempfile::tempdir().unwrap();
+    let b = bundle(d.path(), 6);
+    let out = ok(sen()
+        .arg("bench")
+        .arg(&b)
+        .args(["--batch", "1,3", "--seconds", "0.05", "--json"])
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["precision"], "fp32");
+    assert_eq!(v["machine"]["provider"], "cpu");
+    assert_eq!(v["machine"]["onnxruntime"], "1.31.1");
+    assert!(v["machine"]["logical_cores"].as_u64().unwrap() >= 1);
+    let rows = v["results"].as_array().unwrap();
+    let got: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["encoder"].as_str().unwrap().to_string(),
+                r["batch"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [("image", 1), ("image", 3), ("text", 1), ("text", 3)].map(|(e, b)| (e.to_string(), b))
+    );
+    for r in rows {
+        let (p50, p90, p99) = (
+            r["p50_ms"].as_f64().unwrap(),
+            r["p90_ms"].as_f64().unwrap(),
+            r["p99_ms"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p90 && p90 <= p99, "{r}");
+        assert!(r["runs"].as_u64().unwrap() >= 5);
+        let rate = if r["encoder"] == "image" {
+            r["images_per_s"].as_f64().unwrap()
+        } else {
+            assert!(r.get("images_per_s").is_none());
+            r["texts_per_s"].as_f64().unwrap()
+        };
+        // Throughput is batch / mean latency.
+        let want = r["batch"].as_f64().unwrap() * 1e3 / r["mean_ms"].as_f64().unwrap();
+        assert!((rate - want).abs() < 1e-6 * want, "{r}");
+    }
+    // Bad flags are errors naming the flag.
+    for (args, want) in [
+        (vec!["--batch", "0"], "--batch"),
+        (vec!["--seconds", "0"], "--seconds"),
+        (
+            vec!["--precision", "fp16"],
+            "--precision fp16 is TensorRT's",
+        ),
+    ] {
+        let e = err(sen().arg("bench").arg(&b).args(&args).output().unwrap());
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+}

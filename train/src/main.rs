@@ -62,6 +62,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Latency percentiles and throughput of the two encoders in libtorch eager mode
+    /// (the PyTorch baseline `sen bench` is compared with), no_grad, fp32.
+    Bench {
+        /// A checkpoint or run directory; without it, random weights of --preset
+        /// (speed does not depend on the weights).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        #[arg(long, default_value = "tiny", value_parser = ["tiny", "vit-b16"])]
+        preset: String,
+        /// Batch sizes, comma-separated.
+        #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
+        batch: Vec<usize>,
+        /// Seconds of measurement per encoder and batch.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// cpu, cuda or cuda:N (outputs are copied to the host inside the timed call,
+        /// as ONNX Runtime does).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Print JSON (p50_ms, p90_ms, p99_ms, images_per_s / texts_per_s per entry).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -388,6 +411,156 @@ fn run(cli: Cli) -> Result<()> {
                     split.name()
                 );
             }
+        }
+        Command::Bench {
+            checkpoint,
+            preset,
+            batch,
+            seconds,
+            device,
+            json,
+        } => bench(checkpoint, &preset, &batch, seconds, &device, json)?,
+    }
+    Ok(())
+}
+
+/// `sen-train bench`: the encoders in libtorch eager mode, timed like `sen bench`.
+fn bench(
+    checkpoint: Option<PathBuf>,
+    preset: &str,
+    batches: &[usize],
+    seconds: f64,
+    device: &str,
+    json: bool,
+) -> Result<()> {
+    use sen_core::timing::{Latency, sample};
+    use std::time::Duration;
+    use tch::{Device, Kind, Tensor};
+    anyhow::ensure!(
+        !batches.is_empty() && !batches.contains(&0),
+        "--batch: give batch sizes of at least 1, such as 1,8,32"
+    );
+    anyhow::ensure!(
+        seconds > 0.0 && seconds.is_finite(),
+        "--seconds {seconds}: must be a positive number"
+    );
+    let device = sen_train::parse_device(device)?;
+    let (_vs, model, source) = match &checkpoint {
+        Some(c) => {
+            let (vs, m) = trainer::load_for_eval(c, device)?;
+            (vs, m, c.display().to_string())
+        }
+        None => {
+            tch::manual_seed(1);
+            let cfg = ModelConfig::preset(preset)?;
+            let vs = tch::nn::VarStore::new(device);
+            let m = sen_train::model::Sen::new(&vs.root(), &cfg, None, false);
+            (vs, m, format!("random {preset} weights"))
+        }
+    };
+    let cfg = model.cfg.clone();
+    let tok =
+        ClipTokenizer::from_vocab_gz(&sen_core::deps::clip_vocab_path()?, cfg.text.context_length)?;
+    let measure = Duration::from_secs_f64(seconds);
+    let warmup = Duration::from_secs_f64((seconds * 0.2).min(2.0));
+    let sync = |t: Tensor| {
+        // Copying to the host waits for the device, as ONNX Runtime's run does.
+        let _ = t.to_device(Device::Cpu);
+    };
+    let mut rows = vec![];
+    let _guard = tch::no_grad_guard();
+    for &b in batches {
+        let x = Tensor::randn(
+            [
+                b as i64,
+                3,
+                cfg.vision.image_height as i64,
+                cfg.vision.image_width as i64,
+            ],
+            (Kind::Float, device),
+        );
+        let s = sample::<anyhow::Error>(
+            || {
+                sync(model.encode_image(&x));
+                Ok(())
+            },
+            warmup,
+            measure,
+            5,
+        )?;
+        let l = Latency::from_seconds(&s);
+        rows.push(
+            serde_json::json!({"encoder": "image", "batch": b, "runs": l.runs,
+            "p50_ms": l.p50_ms, "p90_ms": l.p90_ms, "p99_ms": l.p99_ms, "mean_ms": l.mean_ms,
+            "min_ms": l.min_ms, "images_per_s": l.per_second(b)}),
+        );
+    }
+    let captions = [
+        "a man in a grey hoodie with a red backpack",
+        "the woman wears a long crimson coat over a white sweater and brown boots",
+    ];
+    for &b in batches {
+        let texts: Vec<&str> = captions.iter().cycle().take(b).copied().collect();
+        let enc = tok.encode_batch(&texts)?;
+        let ids: Vec<i64> = enc.iter().flat_map(|e| e.ids.iter().copied()).collect();
+        let ids = Tensor::from_slice(&ids)
+            .reshape([b as i64, cfg.text.context_length as i64])
+            .to_device(device);
+        let eot: Vec<i64> = enc.iter().map(|e| e.eot_index as i64).collect();
+        let eot = Tensor::from_slice(&eot).to_device(device);
+        let s = sample::<anyhow::Error>(
+            || {
+                sync(model.encode_text(&ids, &eot));
+                Ok(())
+            },
+            warmup,
+            measure,
+            5,
+        )?;
+        let l = Latency::from_seconds(&s);
+        rows.push(
+            serde_json::json!({"encoder": "text", "batch": b, "runs": l.runs,
+            "p50_ms": l.p50_ms, "p90_ms": l.p90_ms, "p99_ms": l.p99_ms, "mean_ms": l.mean_ms,
+            "min_ms": l.min_ms, "texts_per_s": l.per_second(b)}),
+        );
+    }
+    let report = serde_json::json!({
+        "engine": "libtorch eager (tch)",
+        "libtorch": sen_train::torch_info()?.libtorch,
+        "model": source,
+        "device": format!("{device:?}"),
+        "threads": tch::get_num_threads(),
+        "cpu": sen_core::timing::cpu_model(),
+        "logical_cores": sen_core::timing::logical_cores(),
+        "seconds_per_entry": seconds,
+        "results": rows,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{source} on libtorch {} {device:?} ({} threads)",
+            report["libtorch"].as_str().unwrap_or("?"),
+            report["threads"]
+        );
+        println!(
+            "{:<8} {:>6} {:>7} {:>10} {:>10} {:>10} {:>12}",
+            "encoder", "batch", "runs", "p50 ms", "p90 ms", "p99 ms", "items/s"
+        );
+        for r in report["results"].as_array().expect("rows") {
+            println!(
+                "{:<8} {:>6} {:>7} {:>10.3} {:>10.3} {:>10.3} {:>12.1}",
+                r["encoder"].as_str().unwrap_or(""),
+                r["batch"].as_u64().unwrap_or(0),
+                r["runs"].as_u64().unwrap_or(0),
+                r["p50_ms"].as_f64().unwrap_or(0.0),
+                r["p90_ms"].as_f64().unwrap_or(0.0),
+                r["p99_ms"].as_f64().unwrap_or(0.0),
+                r["images_per_s"]
+                    .as_f64()
+                    .or(r["texts_per_s"].as_f64())
+                    .unwrap_or(0.0)
+            );
         }
     }
     Ok(())

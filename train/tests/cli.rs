@@ -119,3 +119,44 @@ fn bad_inputs_are_clear_errors() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && e.contains("cuda:7"), "{e}");
 }
+
+#[test]
+fn bench_times_both_encoders_in_eager_mode() {
+    let out = bin()
+        .args([
+            "bench",
+            "--preset",
+            "tiny",
+            "--batch",
+            "1,2",
+            "--seconds",
+            "0.05",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["engine"], "libtorch eager (tch)");
+    assert_eq!(v["model"], "random tiny weights");
+    let rows = v["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for r in rows {
+        let p50 = r["p50_ms"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50 <= r["p99_ms"].as_f64().unwrap(), "{r}");
+        assert!(
+            r["images_per_s"]
+                .as_f64()
+                .or(r["texts_per_s"].as_f64())
+                .unwrap()
+                > 0.0
+        );
+    }
+    let out = bin().args(["bench", "--batch", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--batch"));
+}
