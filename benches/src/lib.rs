@@ -82,11 +82,42 @@ pub fn gallery(n: usize, d: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
 /// `group/function`). A filter with regex syntax is not evaluated here (kept: criterion
 /// still filters).
 pub fn wanted(ids: &[String]) -> bool {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    matches_filters(&filters, ids)
+    matches_filters(&filters(std::env::args().skip(1)), ids)
+}
+
+/// criterion's options that take a value (`--save-baseline main`): their values are
+/// not filters.
+const VALUE_OPTIONS: [&str; 16] = [
+    "--color",
+    "--save-baseline",
+    "--baseline",
+    "--baseline-lenient",
+    "--load-baseline",
+    "--sample-size",
+    "--warm-up-time",
+    "--measurement-time",
+    "--nresamples",
+    "--noise-threshold",
+    "--confidence-level",
+    "--significance-level",
+    "--plotting-backend",
+    "--output-format",
+    "--profile-time",
+    "--format",
+];
+
+/// The positional filter arguments among a bench binary's arguments.
+pub fn filters(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out = vec![];
+    let mut args = args.into_iter();
+    while let Some(a) = args.next() {
+        if VALUE_OPTIONS.contains(&a.as_str()) || a == "-c" {
+            args.next();
+        } else if !a.starts_with('-') {
+            out.push(a);
+        }
+    }
+    out
 }
 
 pub fn matches_filters(filters: &[String], ids: &[String]) -> bool {
@@ -102,7 +133,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn filters() {
+    fn option_values_are_not_filters() {
+        let a = |v: &[&str]| filters(v.iter().map(|s| s.to_string()));
+        assert!(a(&["--bench", "--save-baseline", "main"]).is_empty());
+        assert_eq!(
+            a(&["--bench", "tiny", "--baseline-lenient", "main"]),
+            ["tiny"]
+        );
+        assert_eq!(a(&["--test", "--sample-size=10", "cpu-int8"]), ["cpu-int8"]);
+    }
+
+    #[test]
+    fn filter_matching() {
         let ids = vec!["encoder-image/cpu-int8-tiny/batch-8".to_string()];
         assert!(matches_filters(&[], &ids));
         assert!(matches_filters(&["cpu-int8".into()], &ids));

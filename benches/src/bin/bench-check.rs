@@ -41,13 +41,28 @@ fn bench_id(dir: &Path, root: &Path) -> String {
         .unwrap_or_else(|| dir.strip_prefix(root).unwrap_or(dir).display().to_string())
 }
 
-fn walk(dir: &Path, root: &Path, baseline: &str, rows: &mut Vec<Row>, errors: &mut Vec<String>) {
+fn modified(p: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// Benches whose latest result is not newer than the baseline were not rerun since it
+/// was saved (a filtered run): they are counted, not compared.
+fn walk(
+    dir: &Path,
+    root: &Path,
+    baseline: &str,
+    rows: &mut Vec<Row>,
+    stale: &mut usize,
+    errors: &mut Vec<String>,
+) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     let new = dir.join("new").join("estimates.json");
     let base = dir.join(baseline).join("estimates.json");
-    if new.is_file() && base.is_file() {
+    if new.is_file() && base.is_file() && modified(&new) <= modified(&base) {
+        *stale += 1;
+    } else if new.is_file() && base.is_file() {
         match (median_ns(&base), median_ns(&new)) {
             (Ok(b), Ok(n)) => rows.push(Row {
                 id: bench_id(dir, root),
@@ -72,7 +87,7 @@ fn walk(dir: &Path, root: &Path, baseline: &str, rows: &mut Vec<Row>, errors: &m
         if name == "new" || name == "base" || name == "report" || name == baseline {
             continue;
         }
-        walk(&d, root, baseline, rows, errors);
+        walk(&d, root, baseline, rows, stale, errors);
     }
 }
 
@@ -115,15 +130,16 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let (mut rows, mut errors) = (vec![], vec![]);
-    walk(&dir, &dir, &baseline, &mut rows, &mut errors);
+    let (mut rows, mut errors, mut stale) = (vec![], vec![], 0);
+    walk(&dir, &dir, &baseline, &mut rows, &mut stale, &mut errors);
     for e in &errors {
         eprintln!("bench-check: skipped {e}");
     }
     if rows.is_empty() {
         eprintln!(
-            "bench-check: no bench in {} has both a latest result and a baseline named {baseline:?}; \
-             save one with `make bench-baseline` (cargo bench -p sen-benches -- --save-baseline {baseline})",
+            "bench-check: no bench in {} has a result newer than its baseline named {baseline:?} \
+             ({stale} not rerun since the baseline was saved); save a baseline with `make bench-baseline` \
+             (cargo bench -p sen-benches -- --save-baseline {baseline}), then rerun the benches",
             dir.display()
         );
         std::process::exit(2);
@@ -143,7 +159,7 @@ fn main() {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "baseline": baseline, "threshold_pct": threshold, "benches": v,
-                "regressions": slower.len(),
+                "regressions": slower.len(), "not_rerun": stale,
             }))
             .expect("serialises")
         );
@@ -168,9 +184,14 @@ fn main() {
             );
         }
         println!(
-            "{} benches against baseline {baseline:?}: {} slower by more than {threshold}%",
+            "{} benches against baseline {baseline:?}: {} slower by more than {threshold}%{}",
             rows.len(),
-            slower.len()
+            slower.len(),
+            if stale > 0 {
+                format!(" ({stale} more not rerun since the baseline)")
+            } else {
+                String::new()
+            }
         );
     }
     std::process::exit(if slower.is_empty() { 0 } else { 1 });
