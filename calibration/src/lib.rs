@@ -292,6 +292,14 @@ fn check_image_input(
     Ok(())
 }
 
+/// Runs the range-collection pass of one encoder on its augmented session.
+type CollectFn<'a> = dyn Fn(
+        &mut ort::session::Session,
+        &Plan,
+        &mut dyn FnMut(usize),
+    ) -> Result<collect::Collected, CalibrateError>
+    + 'a;
+
 struct Quantized {
     model: ModelProto,
     report: EncoderReport,
@@ -443,86 +451,75 @@ pub fn calibrate(
         manifest.tokenizer.context_length,
     )?;
 
-    // Image encoder.
-    let io = &manifest.io.image;
-    let image_model = model::load_model(&bundle.join(&io.file))?;
-    check_image_input(&image_model, io, &manifest.preprocess)?;
-    let image_plan = model::plan(image_model.graph.as_ref().expect("graph"), &opts.selection)?;
-    let t = Instant::now();
-    let mut session = sen_runtime::encoders::session_from_memory(
-        &model::augmented(&image_model, &image_plan),
-        &format!("{} (range collection)", io.file),
-        &opts.provider,
+    // One encoder: load, plan, collect ranges on an augmented copy, quantise.
+    let encoder = |io: &EncoderIo,
+                   what: &str,
+                   count: usize,
+                   collect: &CollectFn<'_>|
+     -> Result<Quantized, CalibrateError> {
+        let model = model::load_model(&bundle.join(&io.file))?;
+        if what == "image" {
+            check_image_input(&model, io, &manifest.preprocess)?;
+        }
+        let plan = model::plan(model.graph.as_ref().expect("graph"), &opts.selection)?;
+        let t = Instant::now();
+        let mut session = sen_runtime::encoders::session_from_memory(
+            &model::augmented(&model, &plan),
+            &format!("{} (range collection)", io.file),
+            &opts.provider,
+        )?;
+        let pb = progress_bar(count, &format!("{what} encoder"));
+        let collected = collect(&mut session, &plan, &mut |n| pb.inc(n as u64))?;
+        pb.finish_and_clear();
+        drop(session);
+        finish_encoder(
+            &model,
+            io,
+            &plan,
+            &collected,
+            opts,
+            &metadata,
+            t.elapsed().as_secs_f64(),
+        )
+    };
+    let image = encoder(
+        &manifest.io.image,
+        "image",
+        data.images.len(),
+        &|session, plan, progress| {
+            collect::collect_image(
+                session,
+                &manifest.io.image,
+                plan,
+                &pre,
+                &data.images,
+                opts.batch,
+                opts.bins,
+                progress,
+            )
+        },
     )?;
-    let pb = progress_bar(data.images.len(), "image encoder");
-    let collected = collect::collect_image(
-        &mut session,
-        io,
-        &image_plan,
-        &pre,
-        &data.images,
-        opts.batch,
-        opts.bins,
-        |n| pb.inc(n as u64),
+    let text = encoder(
+        &manifest.io.text,
+        "text",
+        data.captions.len(),
+        &|session, plan, progress| {
+            collect::collect_text(
+                session,
+                &manifest.io.text,
+                plan,
+                &tok,
+                &data.captions,
+                opts.batch,
+                opts.bins,
+                progress,
+            )
+        },
     )?;
-    pb.finish_and_clear();
-    drop(session);
-    let image = finish_encoder(
-        &image_model,
-        io,
-        &image_plan,
-        &collected,
-        opts,
-        &metadata,
-        t.elapsed().as_secs_f64(),
-    )?;
-    drop(image_model);
-
-    // Text encoder.
-    let io = &manifest.io.text;
-    let text_model = model::load_model(&bundle.join(&io.file))?;
-    let text_plan = model::plan(text_model.graph.as_ref().expect("graph"), &opts.selection)?;
-    let t = Instant::now();
-    let mut session = sen_runtime::encoders::session_from_memory(
-        &model::augmented(&text_model, &text_plan),
-        &format!("{} (range collection)", io.file),
-        &opts.provider,
-    )?;
-    let pb = progress_bar(data.captions.len(), "text encoder");
-    let collected = collect::collect_text(
-        &mut session,
-        io,
-        &text_plan,
-        &tok,
-        &data.captions,
-        opts.batch,
-        opts.bins,
-        |n| pb.inc(n as u64),
-    )?;
-    pb.finish_and_clear();
-    drop(session);
-    let text = finish_encoder(
-        &text_model,
-        io,
-        &text_plan,
-        &collected,
-        opts,
-        &metadata,
-        t.elapsed().as_secs_f64(),
-    )?;
-    drop(text_model);
 
     // Write the bundle into a temporary sibling.
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| CalibrateError::io(&parent, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".sen-calibrate-")
-        .tempdir_in(&parent)
-        .map_err(|e| CalibrateError::io(&parent, e))?;
-    let dir = tmp.path();
+    let staged = sen_core::fsutil::StagedDir::new(out, "sen-calibrate")?;
+    let dir = staged.path();
     let implicit = dir.join(IMPLICIT_DIR);
     std::fs::create_dir_all(&implicit).map_err(|e| CalibrateError::io(&implicit, e))?;
     let mut files: Vec<String> = vec![];
@@ -629,21 +626,7 @@ pub fn calibrate(
     m.save(dir)?;
     Manifest::load(dir)?;
 
-    let tmp_path = tmp.keep();
-    if out.exists() {
-        let old = parent.join(format!(
-            ".sen-calibrate-old-{}",
-            out.file_name()
-                .map(|s| s.to_string_lossy())
-                .unwrap_or_default()
-        ));
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(out, &old).map_err(|e| CalibrateError::io(out, e))?;
-        std::fs::rename(&tmp_path, out).map_err(|e| CalibrateError::io(out, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp_path, out).map_err(|e| CalibrateError::io(out, e))?;
-    }
+    staged.commit()?;
     Ok(report)
 }
 

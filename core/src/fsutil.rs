@@ -39,6 +39,62 @@ pub fn write_atomic_with(
     Ok(())
 }
 
+/// A directory written in a temporary sibling of its destination and moved into place
+/// only when complete ([`StagedDir::commit`]): a failure (dropping it) leaves nothing,
+/// and an existing destination stays until the new one is whole.
+pub struct StagedDir {
+    tmp: tempfile::TempDir,
+    out: std::path::PathBuf,
+    tool: String,
+}
+
+impl StagedDir {
+    /// Stage `out`; `tool` names the temporary folders (`.<tool>-…`).
+    pub fn new(out: &Path, tool: &str) -> Result<Self, CoreError> {
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(parent).map_err(|e| CoreError::io(parent, e))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{tool}-"))
+            .tempdir_in(parent)
+            .map_err(|e| CoreError::io(parent, e))?;
+        Ok(StagedDir {
+            tmp,
+            out: out.to_path_buf(),
+            tool: tool.to_string(),
+        })
+    }
+
+    /// Where to write.
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Move the staged directory to its destination, replacing what was there.
+    pub fn commit(self) -> Result<(), CoreError> {
+        let out = &self.out;
+        let tmp = self.tmp.keep();
+        if out.exists() {
+            let old = out.with_file_name(format!(
+                ".{}-old-{}",
+                self.tool,
+                out.file_name()
+                    .map(|s| s.to_string_lossy())
+                    .unwrap_or_default()
+            ));
+            let _ = std::fs::remove_dir_all(&old);
+            std::fs::rename(out, &old).map_err(|e| CoreError::io(out, e))?;
+            std::fs::rename(&tmp, out).map_err(|e| CoreError::io(out, e))?;
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            std::fs::rename(&tmp, out).map_err(|e| CoreError::io(out, e))?;
+        }
+        Ok(())
+    }
+}
+
 /// The weights file of a checkpoint directory (SPEC §10).
 pub const CHECKPOINT_MODEL_FILE: &str = "model.safetensors";
 
@@ -58,6 +114,32 @@ pub fn resolve_checkpoint(path: &Path) -> Result<std::path::PathBuf, CoreError> 
 
 #[cfg(test)]
 mod tests {
+    use super::StagedDir;
+
+    #[test]
+    fn staged_dir_appears_only_when_committed_and_replaces_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("bundle");
+        // Dropped (a failure): nothing at the destination, no temporary left.
+        let s = StagedDir::new(&out, "t").unwrap();
+        std::fs::write(s.path().join("a"), b"1").unwrap();
+        drop(s);
+        assert!(!out.exists());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        // Committed.
+        let s = StagedDir::new(&out, "t").unwrap();
+        std::fs::write(s.path().join("a"), b"1").unwrap();
+        s.commit().unwrap();
+        assert_eq!(std::fs::read(out.join("a")).unwrap(), b"1");
+        // Replacing: the old contents go, the new arrive, nothing else is left over.
+        let s = StagedDir::new(&out, "t").unwrap();
+        std::fs::write(s.path().join("b"), b"2").unwrap();
+        s.commit().unwrap();
+        assert!(!out.join("a").exists());
+        assert_eq!(std::fs::read(out.join("b")).unwrap(), b"2");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
     #[test]
     fn replaces_whole_file() {
         let d = tempfile::tempdir().unwrap();

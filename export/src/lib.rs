@@ -245,16 +245,8 @@ pub fn export(
     };
     let islands = opts.fp32_islands;
 
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| ExportError::io(&parent, e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".sen-export-")
-        .tempdir_in(&parent)
-        .map_err(|e| ExportError::io(&parent, e))?;
-    let dir = tmp.path();
+    let staged = sen_core::fsutil::StagedDir::new(out, "sen-export")?;
+    let dir = staged.path();
 
     let mut image_graph = encoders::image_encoder(&cfg, &weights, compute, islands)?;
     let mut text_graph = encoders::text_encoder(&cfg, &weights, compute, islands)?;
@@ -325,21 +317,7 @@ pub fn export(
     // Check what was written before it replaces anything.
     Manifest::load(dir)?;
 
-    let tmp_path = tmp.keep();
-    if out.exists() {
-        let old = parent.join(format!(
-            ".sen-export-old-{}",
-            out.file_name()
-                .map(|s| s.to_string_lossy())
-                .unwrap_or_default()
-        ));
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(out, &old).map_err(|e| ExportError::io(out, e))?;
-        std::fs::rename(&tmp_path, out).map_err(|e| ExportError::io(out, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp_path, out).map_err(|e| ExportError::io(out, e))?;
-    }
+    staged.commit()?;
     let mut sizes = BTreeMap::new();
     for (name, entry) in &manifest.files {
         sizes.insert(name.clone(), entry.bytes);

@@ -467,6 +467,20 @@ fn bench(
         // Copying to the host waits for the device, as ONNX Runtime's run does.
         let _ = t.to_device(Device::Cpu);
     };
+    // One result row, keyed like `sen bench --json`.
+    let row = |encoder: &str, b: usize, seconds: &[f64]| {
+        let l = Latency::from_seconds(seconds);
+        let mut v = serde_json::to_value(&l).expect("serialises");
+        v["encoder"] = encoder.into();
+        v["batch"] = b.into();
+        let key = if encoder == "image" {
+            "images_per_s"
+        } else {
+            "texts_per_s"
+        };
+        v[key] = l.per_second(b).into();
+        v
+    };
     let mut rows = vec![];
     let _guard = tch::no_grad_guard();
     for &b in batches {
@@ -488,12 +502,7 @@ fn bench(
             measure,
             5,
         )?;
-        let l = Latency::from_seconds(&s);
-        rows.push(
-            serde_json::json!({"encoder": "image", "batch": b, "runs": l.runs,
-            "p50_ms": l.p50_ms, "p90_ms": l.p90_ms, "p99_ms": l.p99_ms, "mean_ms": l.mean_ms,
-            "min_ms": l.min_ms, "images_per_s": l.per_second(b)}),
-        );
+        rows.push(row("image", b, &s));
     }
     let captions = [
         "a man in a grey hoodie with a red backpack",
@@ -517,12 +526,7 @@ fn bench(
             measure,
             5,
         )?;
-        let l = Latency::from_seconds(&s);
-        rows.push(
-            serde_json::json!({"encoder": "text", "batch": b, "runs": l.runs,
-            "p50_ms": l.p50_ms, "p90_ms": l.p90_ms, "p99_ms": l.p99_ms, "mean_ms": l.mean_ms,
-            "min_ms": l.min_ms, "texts_per_s": l.per_second(b)}),
-        );
+        rows.push(row("text", b, &s));
     }
     let report = serde_json::json!({
         "engine": "libtorch eager (tch)",
