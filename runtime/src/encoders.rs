@@ -87,6 +87,24 @@ fn ort_err(ctx: &Path, e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::onnx(ctx.display(), e)
 }
 
+/// A session builder with every graph optimisation and the configured CPU threads.
+fn base_builder(
+    ctx: &Path,
+    opts: &ProviderOptions,
+) -> Result<ort::session::builder::SessionBuilder, RuntimeError> {
+    let lib = crate::onnxruntime::init()?;
+    let mut b = Session::builder(&lib.env)
+        .map_err(|e| ort_err(ctx, e))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| ort_err(ctx, ort::Error::<()>::from(e)))?;
+    if let Some(t) = opts.threads {
+        b = b
+            .with_intra_threads(t)
+            .map_err(|e| ort_err(ctx, ort::Error::<()>::from(e)))?;
+    }
+    Ok(b)
+}
+
 /// One ONNX Runtime session for `model` on the configured provider.
 fn build_session(
     model: &Path,
@@ -97,16 +115,7 @@ fn build_session(
     pre: &Preflight,
     name: &str,
 ) -> Result<(Session, SessionReport), RuntimeError> {
-    let lib = crate::onnxruntime::init()?;
-    let mut b = Session::builder(&lib.env)
-        .map_err(|e| ort_err(model, e))?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(|e| ort_err(model, ort::Error::<()>::from(e)))?;
-    if let Some(t) = opts.threads {
-        b = b
-            .with_intra_threads(t)
-            .map_err(|e| ort_err(model, ort::Error::<()>::from(e)))?;
-    }
+    let mut b = base_builder(model, opts)?;
     if let Some(dir) = &opts.optimized_model_dir {
         b = b
             .with_optimized_model_path(dir.join(format!("{name}.optimized.onnx")))
@@ -234,16 +243,7 @@ pub fn session_from_memory(
     opts: &ProviderOptions,
 ) -> Result<Session, RuntimeError> {
     let ctx = Path::new(context);
-    let lib = crate::onnxruntime::init()?;
-    let mut b = Session::builder(&lib.env)
-        .map_err(|e| ort_err(ctx, e))?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(|e| ort_err(ctx, ort::Error::<()>::from(e)))?;
-    if let Some(t) = opts.threads {
-        b = b
-            .with_intra_threads(t)
-            .map_err(|e| ort_err(ctx, ort::Error::<()>::from(e)))?;
-    }
+    let mut b = base_builder(ctx, opts)?;
     let ep = match opts.kind {
         ProviderKind::Cpu => ort::ep::CPU::default()
             .with_arena_allocator(true)

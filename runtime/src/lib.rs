@@ -45,3 +45,14 @@ pub fn preprocess_spec(bundle: Option<&Path>, preset: &str) -> Result<Preprocess
         None => Ok(PreprocessSpec::for_model(&ModelConfig::preset(preset)?)),
     }
 }
+
+/// Log to stderr at `RUST_LOG`'s level (default `warn`): the command-line tools' setup.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
