@@ -17,7 +17,7 @@
 //! not built.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ndarray::{Array1, Array2, Array4};
+use ndarray::Array4;
 use sen_core::ModelConfig;
 use sen_runtime::encoders::Encoders;
 use sen_runtime::providers::{ProviderKind, ProviderOptions};
@@ -128,15 +128,7 @@ fn bench_encoders(
         .measurement_time(Duration::from_secs(secs));
     for b in BATCHES {
         let texts: Vec<&str> = captions.iter().cycle().take(b).copied().collect();
-        let e = tok.encode_batch(&texts).unwrap();
-        let ctx = cfg.text.context_length;
-        let mut ids = Array2::<i64>::zeros((b, ctx));
-        let mut eot = Array1::<i64>::zeros(b);
-        for (i, t) in e.iter().enumerate() {
-            ids.row_mut(i)
-                .assign(&ndarray::ArrayView1::from(&t.ids[..]));
-            eot[i] = t.eot_index as i64;
-        }
+        let (ids, eot) = tok.encode_arrays(&texts).unwrap();
         g.throughput(Throughput::Elements(b as u64));
         g.bench_function(format!("batch-{b}"), |bch| {
             bch.iter(|| enc.text.encode_ids(ids.view(), eot.view()).unwrap())

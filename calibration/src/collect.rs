@@ -140,14 +140,14 @@ fn fold(
 /// Run `session` (the augmented model) over batches and fold each activation's values.
 /// `feed` makes batch `k`'s inputs; `input_values` picks the activations that are
 /// graph inputs out of the fed arrays.
-fn run_batches<'a>(
+fn run_batches(
     session: &mut Session,
     model: &str,
     plan: &Plan,
     bins: usize,
     batches: usize,
     mut feed: impl FnMut(usize) -> Result<Feed, CalibrateError>,
-    mut progress: impl FnMut(usize) + 'a,
+    mut progress: impl FnMut(usize),
 ) -> Result<Collected, CalibrateError> {
     let names = plan.activations();
     let mut stats: Vec<TensorStats> = names.iter().map(|_| TensorStats::new(bins)).collect();
@@ -253,7 +253,6 @@ pub fn collect_text(
 ) -> Result<Collected, CalibrateError> {
     let chunks: Vec<&[String]> = captions.chunks(batch.max(1)).collect();
     let names = vec![io.inputs[0].name.clone(), io.inputs[1].name.clone()];
-    let ctx = tok.context_length();
     run_batches(
         session,
         &io.file,
@@ -261,17 +260,10 @@ pub fn collect_text(
         bins,
         chunks.len(),
         |k| {
-            let enc = tok.encode_batch(chunks[k])?;
-            let mut ids = Array2::<i64>::zeros((enc.len(), ctx));
-            let mut eot = Array1::<i64>::zeros(enc.len());
-            for (i, e) in enc.iter().enumerate() {
-                ids.row_mut(i)
-                    .assign(&ndarray::ArrayView1::from(&e.ids[..]));
-                eot[i] = e.eot_index as i64;
-            }
+            let (ids, eot) = tok.encode_arrays(chunks[k])?;
             Ok(Feed {
                 names: names.clone(),
-                rows: enc.len(),
+                rows: eot.len(),
                 kind: FeedKind::Text(ids, eot),
             })
         },

@@ -39,10 +39,9 @@ use std::time::Instant;
 
 /// The report written into the int8 bundle.
 pub const REPORT_FILE: &str = "calibration_report.json";
-/// Folder of the implicit-calibration models and caches inside an int8 bundle.
-pub const IMPLICIT_DIR: &str = "implicit";
-/// Extension of the TensorRT calibration caches.
-pub const CACHE_EXT: &str = "calib";
+/// The folder of the implicit-calibration models and caches inside an int8 bundle and
+/// a cache's name: the runtime's, which reads them.
+pub use sen_runtime::providers::{IMPLICIT_DIR, calibration_cache_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CalibrateError {
@@ -276,13 +275,9 @@ fn check_image_input(
                 .collect()
         })
         .unwrap_or_default();
-    let want = [
-        None,
-        Some(3),
-        Some(pre.height as i64),
-        Some(pre.width as i64),
-    ];
-    if dims.len() != 4 || dims[1..] != want[1..] {
+    // [batch (any), 3, H, W]
+    let want = [Some(3), Some(pre.height as i64), Some(pre.width as i64)];
+    if dims.len() != 4 || dims[1..] != want {
         return Err(CalibrateError::Input(format!(
             "{}: input {} has shape {dims:?}, but the manifest's preprocess makes [batch, 3, {}, {}]: \
              the manifest does not describe this model; re-export the bundle",
@@ -318,7 +313,6 @@ fn finish_encoder(
 ) -> Result<Quantized, CalibrateError> {
     let g = model.graph.as_ref().expect("checked at load");
     let consumers = plan.consumers(g);
-    let mut scales = BTreeMap::new();
     let mut ordered = vec![];
     let mut tensors = vec![];
     for name in plan.activations() {
@@ -346,9 +340,9 @@ fn finish_encoder(
                 0.0
             },
         });
-        scales.insert(name.clone(), scale);
         ordered.push((name, scale));
     }
+    let scales: BTreeMap<String, f32> = ordered.iter().cloned().collect();
     let q = model::quantize_model(model, plan, &scales, metadata)?;
     let weights = plan
         .nodes
@@ -539,7 +533,7 @@ pub fn calibrate(
                 files.push(to);
             }
         }
-        let cache = format!("{IMPLICIT_DIR}/{}", cache_name(&io.file));
+        let cache = format!("{IMPLICIT_DIR}/{}", calibration_cache_name(&io.file));
         let text = trtcache::write(opts.trt_version, &q.scales)?;
         sen_core::fsutil::write_atomic(&dir.join(&cache), text.as_bytes())?;
         files.push(cache);
@@ -630,12 +624,6 @@ pub fn calibrate(
     Ok(report)
 }
 
-/// `implicit/<model stem>.calib`.
-pub fn cache_name(model_file: &str) -> String {
-    let stem = model_file.strip_suffix(".onnx").unwrap_or(model_file);
-    format!("{stem}.{CACHE_EXT}")
-}
-
 fn cosine(a: &ndarray::Array2<f32>, b: &ndarray::Array2<f32>) -> Cosine {
     // Rows are unit vectors: the cosine is the dot product.
     let c: Vec<f64> = a
@@ -658,15 +646,14 @@ pub fn compare(
     split: Split,
     provider: &ProviderOptions,
 ) -> Result<Comparison, CalibrateError> {
-    let pb = progress_bar(0, "fp32 vs int8");
-    let set_len = ds.split(split).count();
-    pb.set_length(2 * set_len as u64);
+    // Gallery images encoded: the fp32 pass, then the int8 pass.
+    let images = ds.split(split).count();
+    let pb = progress_bar(2 * images, "fp32 vs int8");
     let a = Encoders::load(fp32, provider)?;
-    let ea = sen_runtime::eval::evaluate(&a, ds, split, |_| {})?;
+    let ea = sen_runtime::eval::evaluate(&a, ds, split, |n| pb.set_position(n as u64))?;
     drop(a);
-    pb.inc(set_len as u64);
     let b = Encoders::load(int8, provider)?;
-    let eb = sen_runtime::eval::evaluate(&b, ds, split, |_| {})?;
+    let eb = sen_runtime::eval::evaluate(&b, ds, split, |n| pb.set_position((images + n) as u64))?;
     pb.finish_and_clear();
     Ok(Comparison {
         split: split.name().into(),

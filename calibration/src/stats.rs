@@ -137,12 +137,14 @@ impl TensorStats {
     /// Fold in one batch of the tensor. Non-finite values are an error (the fp32
     /// model overflowed on this data: its ranges would be meaningless).
     pub fn add(&mut self, values: &[f32]) -> Result<(), String> {
-        let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+        // One pass for the range and the finiteness check (min/max skip NaN).
+        let (mut lo, mut hi, mut finite) = (f32::INFINITY, f32::NEG_INFINITY, true);
         for &v in values {
             lo = lo.min(v);
             hi = hi.max(v);
+            finite &= v.is_finite();
         }
-        if values.iter().any(|v| !v.is_finite()) {
+        if !finite {
             return Err("holds NaN or infinite values".into());
         }
         if values.is_empty() {

@@ -213,8 +213,11 @@ fn calibrated_bundle_places_qdq_ranks_like_fp32_and_carries_tensorrt_caches() {
 
         // The TensorRT cache holds exactly the activation scales of the Q/DQ model.
         let cache = trtcache::read(
-            &std::fs::read_to_string(out.join("implicit").join(sen_calibrate::cache_name(file)))
-                .unwrap(),
+            &std::fs::read_to_string(
+                out.join("implicit")
+                    .join(sen_calibrate::calibration_cache_name(file)),
+            )
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(cache.calibrator, "EntropyCalibration2");

@@ -9,7 +9,7 @@
 use crate::encoders::{Encoders, start_provider};
 use crate::error::RuntimeError;
 use crate::providers::{Preflight, ProviderKind, ProviderOptions};
-use ndarray::{Array1, Array2, Array4};
+use ndarray::Array4;
 use sen_core::timing::{Latency, cpu_model, logical_cores, sample};
 use serde::Serialize;
 use std::time::Duration;
@@ -162,18 +162,10 @@ pub fn run(
         }
     }
     if which != Which::Image {
-        let ctx = enc.text.manifest.tokenizer.context_length;
         for &b in batches {
             progress("text", b);
             let texts: Vec<&str> = CAPTIONS.iter().cycle().take(b).copied().collect();
-            let tok = enc.text.tokenizer.encode_batch(&texts)?;
-            let mut ids = Array2::<i64>::zeros((b, ctx));
-            let mut eot = Array1::<i64>::zeros(b);
-            for (i, e) in tok.iter().enumerate() {
-                ids.row_mut(i)
-                    .assign(&ndarray::ArrayView1::from(&e.ids[..]));
-                eot[i] = e.eot_index as i64;
-            }
+            let (ids, eot) = enc.text.tokenizer.encode_arrays(&texts)?;
             let s = sample(
                 || enc.text.encode_ids(ids.view(), eot.view()).map(|_| ()),
                 warmup,

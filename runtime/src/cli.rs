@@ -693,6 +693,20 @@ pub struct BuildEnginesArgs {
     provider: ProviderArgs,
 }
 
+/// `--precision fp16` (TensorRT's FP16 flag) applies to fp32 bundles only; other
+/// bundles carry their precision. Reads the manifest only: loading the encoders
+/// verifies every file right after.
+fn require_fp32_bundle(bundle: &Path) -> Result<()> {
+    let m = Manifest::read_unverified(bundle)?;
+    if m.precision != sen_core::Precision::Fp32 {
+        bail!(
+            "--precision fp16 is only for an fp32 bundle; this bundle is {}",
+            m.precision
+        );
+    }
+    Ok(())
+}
+
 pub fn build_engines(a: BuildEnginesArgs) -> Result<()> {
     if let Some(p) = a.provider.provider.filter(|&p| p != ProviderKind::TensorRt) {
         bail!("build-engines builds TensorRT engines; --provider {p} has none to build");
@@ -700,12 +714,8 @@ pub fn build_engines(a: BuildEnginesArgs) -> Result<()> {
     let mut opts = a.provider.options();
     opts.kind = ProviderKind::TensorRt;
     opts.tensorrt.fp16_flag = a.precision.is_some();
-    let m = Manifest::load(&a.bundle)?;
-    if opts.tensorrt.fp16_flag && m.precision != sen_core::Precision::Fp32 {
-        bail!(
-            "--precision fp16 is only for an fp32 bundle; this bundle is {}",
-            m.precision
-        );
+    if opts.tensorrt.fp16_flag {
+        require_fp32_bundle(&a.bundle)?;
     }
     let sp = spinner(format!(
         "building TensorRT engines for {} (first build on a GPU can take minutes)",
@@ -791,13 +801,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 opts.kind
             );
         }
-        let m = Manifest::load(&a.bundle)?;
-        if m.precision != sen_core::Precision::Fp32 {
-            bail!(
-                "--precision fp16 is only for an fp32 bundle; this bundle is {}",
-                m.precision
-            );
-        }
+        require_fp32_bundle(&a.bundle)?;
         opts.tensorrt.fp16_flag = true;
     }
     let which = match a.encoders.as_str() {

@@ -592,17 +592,10 @@ impl TextEncoder {
             )));
         }
         let d = self.manifest.model.embed_dim;
-        let ctx = self.manifest.tokenizer.context_length;
         let mut out = Array2::zeros((texts.len(), d));
         let batch = self.profile.opt.max(1);
         for (c, chunk) in texts.chunks(batch).enumerate() {
-            let enc = self.tokenizer.encode_batch(chunk)?;
-            let mut ids = Array2::<i64>::zeros((chunk.len(), ctx));
-            let mut eot = ndarray::Array1::<i64>::zeros(chunk.len());
-            for (i, e) in enc.iter().enumerate() {
-                ids.row_mut(i).assign(&ArrayView1::from(&e.ids[..]));
-                eot[i] = e.eot_index as i64;
-            }
+            let (ids, eot) = self.tokenizer.encode_arrays(chunk)?;
             let rows = self.encode_ids(ids.view(), eot.view())?;
             out.slice_mut(ndarray::s![c * batch..c * batch + chunk.len(), ..])
                 .assign(&rows);

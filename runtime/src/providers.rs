@@ -614,6 +614,12 @@ pub fn model_file(
             manifest.precision
         )));
     }
+    Ok(implicit_files(manifest, io)?.0)
+}
+
+/// The implicit-INT8 model and calibration cache of `io`, relative to the bundle,
+/// both checked to be listed in the manifest.
+fn implicit_files(manifest: &Manifest, io: &EncoderIo) -> Result<(String, String), RuntimeError> {
     let file = format!("{IMPLICIT_DIR}/{}", io.file);
     let cache = format!("{IMPLICIT_DIR}/{}", calibration_cache_name(&io.file));
     for f in [&file, &cache] {
@@ -624,7 +630,7 @@ pub fn model_file(
             )));
         }
     }
-    Ok(file)
+    Ok((file, cache))
 }
 
 impl TensorRtPlan {
@@ -646,30 +652,21 @@ impl TensorRtPlan {
         )?;
         let (model_file, calibration_table, digest) = if precision == EnginePrecision::Int8Implicit
         {
-            let file = format!("{IMPLICIT_DIR}/{}", io.file);
-            let cache = calibration_cache_name(&io.file);
+            let (file, cache) = implicit_files(manifest, io)?;
             let model_io = EncoderIo {
                 file: file.clone(),
                 ..io.clone()
             };
-            let cache_entry = manifest
-                .files
-                .get(&format!("{IMPLICIT_DIR}/{cache}"))
-                .ok_or_else(|| {
-                    RuntimeError::Provider(format!(
-                        "--int8-mode implicit: the bundle has no {IMPLICIT_DIR}/{cache}"
-                    ))
-                })?;
             // The engine depends on the fp32 weights and on the ranges.
             let digest = sen_core::hash::sha256_hex(
                 format!(
                     "{}\n{}\n",
                     manifest.encoder_digest(&model_io)?,
-                    cache_entry.sha256
+                    manifest.files[&cache].sha256
                 )
                 .as_bytes(),
             );
-            (file, Some(cache), digest)
+            (file, Some(calibration_cache_name(&io.file)), digest)
         } else {
             (io.file.clone(), None, manifest.encoder_digest(io)?)
         };

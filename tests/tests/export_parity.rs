@@ -38,14 +38,7 @@ fn tokens(ctx: usize) -> (Array2<i64>, Array1<i64>) {
     let tok =
         sen_core::ClipTokenizer::from_vocab_gz(&sen_core::deps::clip_vocab_path().unwrap(), ctx)
             .unwrap();
-    let mut ids = Array2::zeros((CAPTIONS.len(), ctx));
-    let mut eot = Array1::zeros(CAPTIONS.len());
-    for (i, c) in CAPTIONS.iter().enumerate() {
-        let e = tok.encode(c).unwrap();
-        ids.row_mut(i).assign(&Array1::from(e.ids));
-        eot[i] = e.eot_index as i64;
-    }
-    (ids, eot)
+    tok.encode_arrays(&CAPTIONS).unwrap()
 }
 
 fn to_array(t: &Tensor) -> Array2<f32> {

@@ -510,13 +510,11 @@ fn bench(
     ];
     for &b in batches {
         let texts: Vec<&str> = captions.iter().cycle().take(b).copied().collect();
-        let enc = tok.encode_batch(&texts)?;
-        let ids: Vec<i64> = enc.iter().flat_map(|e| e.ids.iter().copied()).collect();
-        let ids = Tensor::from_slice(&ids)
+        let (ids, eot) = tok.encode_arrays(&texts)?;
+        let ids = Tensor::from_slice(ids.as_slice().expect("standard layout"))
             .reshape([b as i64, cfg.text.context_length as i64])
             .to_device(device);
-        let eot: Vec<i64> = enc.iter().map(|e| e.eot_index as i64).collect();
-        let eot = Tensor::from_slice(&eot).to_device(device);
+        let eot = Tensor::from_slice(eot.as_slice().expect("contiguous")).to_device(device);
         let s = sample::<anyhow::Error>(
             || {
                 sync(model.encode_text(&ids, &eot));

@@ -265,16 +265,12 @@ pub fn embed_eval_set(
         }
         let mut txts = Vec::new();
         for chunk in set.captions.chunks(batch) {
-            let enc = tok.encode_batch(chunk)?;
-            let ctx = tok.context_length() as i64;
-            let ids: Vec<i64> = enc.iter().flat_map(|e| e.ids.iter().copied()).collect();
-            let eot: Vec<i64> = enc.iter().map(|e| e.eot_index as i64).collect();
-            let ids = Tensor::from_slice(&ids)
-                .view([enc.len() as i64, ctx])
+            let (ids, eot) = tok.encode_arrays(chunk)?;
+            let ids = Tensor::from_slice(ids.as_slice().expect("standard layout"))
+                .view([eot.len() as i64, tok.context_length() as i64])
                 .to_device(device);
-            txts.push(norm(
-                model.encode_text(&ids, &Tensor::from_slice(&eot).to_device(device)),
-            ));
+            let eot = Tensor::from_slice(eot.as_slice().expect("contiguous")).to_device(device);
+            txts.push(norm(model.encode_text(&ids, &eot)));
         }
         Ok((Tensor::cat(&imgs, 0), Tensor::cat(&txts, 0)))
     })

@@ -176,6 +176,20 @@ impl ClipTokenizer {
         texts.par_iter().map(|t| self.encode(t.as_ref())).collect()
     }
 
+    /// Tokenise many texts into what the text encoder takes: `input_ids` `[B, context]`
+    /// and `eot_index` `[B]`.
+    pub fn encode_arrays<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+    ) -> Result<(ndarray::Array2<i64>, ndarray::Array1<i64>), CoreError> {
+        let enc = self.encode_batch(texts)?;
+        let ids: Vec<i64> = enc.iter().flat_map(|e| e.ids.iter().copied()).collect();
+        let ids = ndarray::Array2::from_shape_vec((enc.len(), self.context_length()), ids)
+            .expect("every encoding has context_length ids");
+        let eot = enc.iter().map(|e| e.eot_index as i64).collect();
+        Ok((ids, eot))
+    }
+
     /// Decode ids back to text (`</w>` becomes a space; SOT, EOT and padding dropped).
     pub fn decode(&self, ids: &[i64]) -> Result<String, CoreError> {
         let ids: Vec<u32> = ids
@@ -253,6 +267,23 @@ fn tokenizer_json_from_merges(text: &str) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encode_arrays_stacks_what_encode_gives() {
+        let tok =
+            ClipTokenizer::from_vocab_gz(&crate::deps::clip_vocab_path().unwrap(), 77).unwrap();
+        let texts = [
+            "a man in a grey hoodie",
+            "the woman with a red bag and black boots",
+        ];
+        let (ids, eot) = tok.encode_arrays(&texts).unwrap();
+        assert_eq!(ids.dim(), (2, 77));
+        for (i, t) in texts.iter().enumerate() {
+            let e = tok.encode(t).unwrap();
+            assert_eq!(ids.row(i).to_vec(), e.ids);
+            assert_eq!(eot[i], e.eot_index as i64);
+        }
+    }
 
     #[test]
     fn bytes_to_unicode_matches_gpt2_table() {
