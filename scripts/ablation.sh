@@ -3,20 +3,21 @@
 # SDM+ID; +triplet; +TIR; +pruning (full SEN), each `--max-minutes 10` with the same
 # planned epochs and seed, then the test split. Takes ~40 minutes on two cores; run
 # nothing else meanwhile (the budget is wall time).
-# Usage: scripts/ablation.sh DATA OUT [SEED] [EPOCHS]
+# Usage: scripts/ablation.sh DATA OUT [SEED] [EPOCHS]   (ROWS="sdm_id full" runs only those rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=$1; OUT=$2; SEED=${3:-42}; EPOCHS=${4:-18}
+DATA=$1; OUT=$2; SEED=${3:-42}; EPOCHS=${4:-20}
 B=target/release/sen-train
 cargo build --release -q -p sen-train
 mkdir -p "$OUT"
-for spec in "full|" "sdm_id|--w-triplet 0 --w-tir 0 --prune-prob 0" "triplet|--w-tir 0 --prune-prob 0" "tir|--prune-prob 0"; do
+for spec in "sdm_id|--w-triplet 0 --w-tir 0 --prune-prob 0" "triplet|--w-tir 0 --prune-prob 0" "tir|--prune-prob 0" "full|"; do
   name=${spec%%|*}; flags=${spec#*|}
+  [[ -z "${ROWS:-}" || " $ROWS " == *" $name "* ]] || continue
   rm -rf "${OUT:?}/$name"
   s=$(date +%s)
   # shellcheck disable=SC2086
   $B train --dataset "$DATA" --out "$OUT/$name" --preset tiny --batch 32 --epochs "$EPOCHS" --seed "$SEED" \
-     --max-minutes 10 --cache-images --eval-every 6 $flags > "$OUT/$name.log" 2>&1
+     --max-minutes 10 --cache-images --eval-every 5 $flags > "$OUT/$name.log" 2>&1
   e=$(date +%s)
   $B eval --checkpoint "$OUT/$name" --dataset "$DATA" --split test --json > "$OUT/$name.test.json"
   echo "$name $((e - s)) s $(cat "$OUT/$name.test.json")" | tee -a "$OUT/summary.txt"

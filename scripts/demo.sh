@@ -26,7 +26,7 @@ rm -rf "$demo/synth"
 $sen synth --out "$demo/synth"
 $sen dataset stats "$demo/synth"
 
-stage "training SEN (tiny preset, from scratch; SDM + ID + triplet + TIR, pruning augmentation)"
+stage "training SEN (tiny preset, from scratch, recipe tiny-scratch; SDM + ID + triplet + TIR)"
 echo "   14 planned epochs at batch 32 (about 7 minutes on two cores), stopped after $minutes minutes at most (SEN_DEMO_TRAIN_MINUTES)"
 rm -rf "$demo/run"
 target/release/sen-train train --dataset "$demo/synth" --out "$demo/run" --preset tiny --epochs 14 \

@@ -4,6 +4,7 @@
 # the two-core CPU machine, where the 10-minute result is measured. Expects devcarry/
 # with sen-train (--features cuda), sen and the CLIP vocabulary.
 # Usage: scripts/device/recipe_grid.sh "name|sen-train train flags" ...
+# (seed 42 unless the flags give --seed; `--model-config FILE` tries other model sizes)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export LD_LIBRARY_PATH=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__) + "/lib")'):${LD_LIBRARY_PATH:-}
@@ -15,9 +16,10 @@ nvidia-smi -L
 t0=$(date +%s)
 for spec in "$@"; do
   name=${spec%%|*}; flags=${spec#*|}
+  [[ " $flags " == *" --seed "* ]] || flags="--seed 42 $flags"
   # shellcheck disable=SC2086
   ( timeout "$LIMIT" "$B" train --dataset /tmp/synth --out /tmp/g/$name --preset tiny \
-      --seed 42 --cache-images --workers 1 --eval-every 3 --device cuda $flags > /tmp/g.$name.log 2>&1
+      --cache-images --workers 1 --eval-every 3 --device cuda $flags > /tmp/g.$name.log 2>&1
     "$B" eval --checkpoint /tmp/g/$name --dataset /tmp/synth --split test --device cuda --json \
       > "$OUT/$name.test.json" 2>> /tmp/g.$name.log
     cp /tmp/g/$name/log.jsonl "$OUT/$name.log.jsonl"; tail -3 /tmp/g.$name.log > "$OUT/$name.tail"

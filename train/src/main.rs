@@ -103,6 +103,10 @@ struct TrainArgs {
     /// Model preset.
     #[arg(long, default_value = "tiny", value_parser = ["vit-b16", "tiny"])]
     preset: String,
+    /// Model sizes from this ModelConfig JSON (SPEC §10, as in a checkpoint's
+    /// config.json) instead of the preset's, for architecture experiments.
+    #[arg(long, value_name = "FILE")]
+    model_config: Option<PathBuf>,
     /// Start the encoders from this checkpoint (e.g. from import-clip); TIR and ID
     /// heads start from their initialisation.
     #[arg(long)]
@@ -257,7 +261,10 @@ fn run(cli: Cli) -> Result<()> {
             let (opts, out, resume) = match &a.resume {
                 Some(dir) => (trainer::read_options(dir)?, dir.clone(), true),
                 None => {
-                    let model = ModelConfig::preset(&a.preset)?;
+                    let model = match &a.model_config {
+                        Some(f) => ModelConfig::from_json_file(f)?,
+                        None => ModelConfig::preset(&a.preset)?,
+                    };
                     let mut recipe =
                         Recipe::named(a.recipe.as_deref().unwrap_or(if a.init.is_some() {
                             "reference"
@@ -332,6 +339,11 @@ fn run(cli: Cli) -> Result<()> {
                         "--similar-ids {}: must be between 1 and the {} identities per batch",
                         a.similar_ids,
                         a.batch / a.batch_k
+                    );
+                    anyhow::ensure!(
+                        (0.0..=1.0).contains(&a.prune_prob),
+                        "--prune-prob {}: must be in [0, 1]",
+                        a.prune_prob
                     );
                     let opts = TrainOptions {
                         data: a.data.clone().unwrap(),

@@ -76,6 +76,10 @@ fn ctrl_c_writes_a_resumable_checkpoint() {
         20,
         "pid map recorded"
     );
+    // Without data flags: SPEC's augmentation and pruning, the tiny-scratch recipe.
+    let o = &train["options"];
+    assert_eq!(o["recipe"]["name"], "tiny-scratch");
+    assert_eq!((&o["augment"], &o["prune_prob"]), (&true.into(), &0.2.into()));
 }
 
 #[test]
@@ -118,6 +122,34 @@ fn bad_inputs_are_clear_errors() {
         .unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && e.contains("cuda:7"), "{e}");
+    sen_core::synth::generate(
+        &d.path().join("data"),
+        &sen_core::synth::SynthConfig {
+            ids: 13,
+            images_per_id: 1,
+            seed: 1,
+        },
+    )
+    .unwrap();
+    let train = |extra: &[&str]| {
+        let out = bin()
+            .args(["train", "--batch", "8", "--data"])
+            .arg(d.path().join("data"))
+            .arg("--out")
+            .arg(d.path().join("never"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(!d.path().join("never").exists());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = train(&["--prune-prob", "1.5"]);
+    assert!(e.contains("--prune-prob 1.5"), "{e}");
+    let cfg = d.path().join("model.json");
+    std::fs::write(&cfg, r#"{"embed_dim": 128}"#).unwrap();
+    let e = train(&["--model-config", cfg.to_str().unwrap()]);
+    assert!(e.contains("model.json") && e.contains("vision"), "{e}");
 }
 
 #[test]

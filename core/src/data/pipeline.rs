@@ -255,7 +255,7 @@ impl Inner {
             let mut rng = Rng::derive(self.cfg.seed, &[epoch, index as u64, pos as u64]);
             let img = self.image(s.image)?;
             if self.cfg.augment {
-                let aug = pad_crop(&flip_maybe(&img, &mut rng), 10, &mut rng);
+                let aug = pad_crop(&flip_maybe(&img, &mut rng), crop_pad(w), &mut rng);
                 self.pre.normalize_into(&aug, slot.view_mut());
                 random_erase(slot.view_mut(), &mut rng);
             } else {
@@ -369,6 +369,12 @@ pub fn flip_maybe(img: &Rgb8, rng: &mut Rng) -> Rgb8 {
     out
 }
 
+/// SPEC §3 pads by 10 pixels at vit-b16's width of 128; other input sizes (the tiny
+/// preset's 16) pad by the same fraction of the width, at least one pixel.
+pub fn crop_pad(width: usize) -> usize {
+    ((10 * width) as f64 / 128.0).round().max(1.0) as usize
+}
+
 /// Pad by `pad` black pixels on every side, then crop a random window of the original size.
 pub fn pad_crop(img: &Rgb8, pad: usize, rng: &mut Rng) -> Rgb8 {
     let (w, h) = (img.width, img.height);
@@ -435,6 +441,15 @@ mod tests {
             height: h,
             data,
         }
+    }
+
+    #[test]
+    fn crop_pad_is_spec_at_128_and_scales_with_the_width() {
+        // SPEC §3: 10 pixels at 384x128; 64 wide -> 5; 16 wide -> 1.25 -> 1; never 0.
+        assert_eq!(crop_pad(128), 10);
+        assert_eq!(crop_pad(64), 5);
+        assert_eq!(crop_pad(16), 1);
+        assert_eq!(crop_pad(4), 1);
     }
 
     #[test]
