@@ -46,7 +46,7 @@ fn batches_are_deterministic_balanced_and_augmented() {
     );
     for (i, b) in batches.iter().enumerate() {
         assert_eq!(b.index, i, "in order");
-        assert_eq!(b.images.shape(), &[8, 3, 192, 64]);
+        assert_eq!(b.images.shape(), &[8, 3, 48, 16]);
         assert_eq!(b.input_ids.shape(), &[8, 77]);
         for (row, &eot) in b.input_ids.rows().into_iter().zip(&b.eot_index) {
             assert_eq!(row[0], 49406);
