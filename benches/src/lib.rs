@@ -11,15 +11,16 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-bundles")
 }
 
-/// The fp32 (or fp16) random-weight bundle of `preset`, exported once.
+/// The fp32 (or fp16) random-weight bundle of `preset`, exported once and again
+/// whenever the preset's sizes change (a stale bundle would time another model).
 pub fn exported(preset: &str, fp16: bool) -> PathBuf {
     let out = root().join(if fp16 {
         format!("{preset}-fp16")
     } else {
         preset.to_string()
     });
-    if sen_core::Manifest::load(&out).is_err() {
-        let cfg = ModelConfig::preset(preset).expect("preset");
+    let cfg = ModelConfig::preset(preset).expect("preset");
+    if !sen_core::Manifest::load(&out).is_ok_and(|m| m.model == cfg) {
         let tmp = tempfile::tempdir().expect("temp dir");
         sen_export::fixtures::random_checkpoint(&cfg, &tmp.path().join("ckpt"), 1)
             .expect("random checkpoint");
