@@ -8,18 +8,20 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sen-train"))
 }
 
+/// A small synthetic benchmark in `dir` (seed 1).
+fn synth(dir: &std::path::Path, ids: usize, images_per_id: usize) {
+    let cfg = sen_core::synth::SynthConfig {
+        ids,
+        images_per_id,
+        seed: 1,
+    };
+    sen_core::synth::generate(dir, &cfg).unwrap();
+}
+
 #[test]
 fn ctrl_c_writes_a_resumable_checkpoint() {
     let d = tempfile::tempdir().unwrap();
-    sen_core::synth::generate(
-        &d.path().join("data"),
-        &sen_core::synth::SynthConfig {
-            ids: 26,
-            images_per_id: 2,
-            seed: 1,
-        },
-    )
-    .unwrap();
+    synth(&d.path().join("data"), 26, 2);
     let run = d.path().join("run");
     let child = bin()
         .args([
@@ -79,7 +81,10 @@ fn ctrl_c_writes_a_resumable_checkpoint() {
     // Without data flags: SPEC's augmentation and pruning, the tiny-scratch recipe.
     let o = &train["options"];
     assert_eq!(o["recipe"]["name"], "tiny-scratch");
-    assert_eq!((&o["augment"], &o["prune_prob"]), (&true.into(), &0.2.into()));
+    assert_eq!(
+        (&o["augment"], &o["prune_prob"]),
+        (&true.into(), &0.2.into())
+    );
 }
 
 #[test]
@@ -122,15 +127,7 @@ fn bad_inputs_are_clear_errors() {
         .unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && e.contains("cuda:7"), "{e}");
-    sen_core::synth::generate(
-        &d.path().join("data"),
-        &sen_core::synth::SynthConfig {
-            ids: 13,
-            images_per_id: 1,
-            seed: 1,
-        },
-    )
-    .unwrap();
+    synth(&d.path().join("data"), 13, 1);
     let train = |extra: &[&str]| {
         let out = bin()
             .args(["train", "--batch", "8", "--data"])
