@@ -17,8 +17,9 @@ t0=$(date +%s)
 for spec in "$@"; do
   name=${spec%%|*}; flags=${spec#*|}
   [[ " $flags " == *" --seed "* ]] || flags="--seed 42 $flags"
+  [[ " $flags " == *" --model-config "* ]] || flags="--preset tiny $flags"
   # shellcheck disable=SC2086
-  ( timeout "$LIMIT" "$B" train --dataset /tmp/synth --out /tmp/g/$name --preset tiny \
+  ( timeout "$LIMIT" "$B" train --dataset /tmp/synth --out /tmp/g/$name \
       --cache-images --workers 1 --eval-every 3 --device cuda $flags > /tmp/g.$name.log 2>&1
     "$B" eval --checkpoint /tmp/g/$name --dataset /tmp/synth --split test --device cuda --json \
       > "$OUT/$name.test.json" 2>> /tmp/g.$name.log

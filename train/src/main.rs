@@ -104,8 +104,8 @@ struct TrainArgs {
     #[arg(long, default_value = "tiny", value_parser = ["vit-b16", "tiny"])]
     preset: String,
     /// Model sizes from this ModelConfig JSON (SPEC §10, as in a checkpoint's
-    /// config.json) instead of the preset's, for architecture experiments.
-    #[arg(long, value_name = "FILE")]
+    /// config.json) instead of a preset, for architecture experiments.
+    #[arg(long, value_name = "FILE", conflicts_with = "preset")]
     model_config: Option<PathBuf>,
     /// Start the encoders from this checkpoint (e.g. from import-clip); TIR and ID
     /// heads start from their initialisation.

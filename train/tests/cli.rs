@@ -147,6 +147,8 @@ fn bad_inputs_are_clear_errors() {
     std::fs::write(&cfg, r#"{"embed_dim": 128}"#).unwrap();
     let e = train(&["--model-config", cfg.to_str().unwrap()]);
     assert!(e.contains("model.json") && e.contains("vision"), "{e}");
+    let e = train(&["--preset", "tiny", "--model-config", cfg.to_str().unwrap()]);
+    assert!(e.contains("--preset") && e.contains("--model-config"), "{e}");
 }
 
 #[test]
