@@ -148,7 +148,10 @@ fn bad_inputs_are_clear_errors() {
     let e = train(&["--model-config", cfg.to_str().unwrap()]);
     assert!(e.contains("model.json") && e.contains("vision"), "{e}");
     let e = train(&["--preset", "tiny", "--model-config", cfg.to_str().unwrap()]);
-    assert!(e.contains("--preset") && e.contains("--model-config"), "{e}");
+    assert!(
+        e.contains("--preset") && e.contains("--model-config"),
+        "{e}"
+    );
 }
 
 #[test]
