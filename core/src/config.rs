@@ -118,6 +118,9 @@ impl ModelConfig {
     /// vit-b16's 384x128 in 16x16), 4 layers of width 128 on both sides, a 2-block TIR
     /// decoder. Trained from scratch, fewer pixels per token learn much faster than
     /// 192x64 in 16x16 patches at the same cost (ARCHITECTURE.md, "tiny preset").
+    /// A 56-token text context: the synthetic benchmark's longest caption is 54
+    /// tokens with SOT and EOT, and every text token costs the same as an image patch
+    /// (vit-b16 keeps CLIP's 77; longer captions are cut, and training says how many).
     pub fn tiny() -> Self {
         ModelConfig {
             vision: VisionConfig {
@@ -132,7 +135,7 @@ impl ModelConfig {
                 width: 128,
                 layers: 4,
                 heads: 4,
-                context_length: 77,
+                context_length: 56,
                 vocab_size: VOCAB_SIZE,
             },
             embed_dim: 128,
@@ -289,7 +292,7 @@ mod tests {
         let c = ModelConfig::tiny();
         c.validate().unwrap();
         assert_eq!(c.text.vocab_size, 49408);
-        assert_eq!(c.text.context_length, 77);
+        assert_eq!(c.text.context_length, 56);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use ndarray::{Array2, Array4};
 use sen_core::config::ModelConfig;
 use sen_core::data::pipeline::Batch;
 use sen_train::model::Sen;
+use sen_train::model::layers::with_bf16_products;
 use sen_train::model::text::pool_eot;
 use sen_train::optim::{Adam, Recipe};
 use sen_train::trainer::{LossWeights, batch_losses};
@@ -64,6 +65,17 @@ fn step(c: &mut Criterion) {
         bch.iter(|| {
             opt.zero_grad();
             let (loss, _) = batch_losses(&model, &b, &full, Device::Cpu).unwrap();
+            loss.backward();
+            opt.step(1.0);
+        })
+    });
+    // --amp on a CPU: linear layers and projections in bf16.
+    g.bench_function("full-step-bf16-products", |bch| {
+        bch.iter(|| {
+            opt.zero_grad();
+            let (loss, _) = with_bf16_products(true, || {
+                batch_losses(&model, &b, &full, Device::Cpu).unwrap()
+            });
             loss.backward();
             opt.step(1.0);
         })

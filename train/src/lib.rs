@@ -15,6 +15,30 @@ pub mod trainer;
 
 use anyhow::{Context, Result};
 
+/// Treat subnormal floats as zero on this thread and on every thread it starts from
+/// now on (x86-64 MXCSR flush-to-zero and denormals-are-zero; threads inherit the
+/// setting when created, so call this before libtorch starts its thread pool).
+/// Training makes subnormals in bulk: Adam's second moment of a token-table row the
+/// data never uses decays by beta2 every step, below 1.2e-38 after a few thousand
+/// steps, and every pass over those rows then runs at the subnormal penalty. On the
+/// tiny preset's late epochs a step took 212 ms (fp32) and 147 ms (`--amp` bf16)
+/// instead of 176 and 120 with this set; values this small change no update
+/// measurably (Adam's eps is 1e-8). No effect on other architectures.
+pub fn flush_denormals() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut csr: u32 = 0;
+        // SAFETY: stmxcsr/ldmxcsr read and write only the SSE control register and
+        // the 4 bytes of `csr`; bits 15 (FTZ) and 6 (DAZ) change rounding of
+        // subnormals only.
+        unsafe {
+            std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack, preserves_flags));
+            csr |= 0x8040;
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, preserves_flags));
+        }
+    }
+}
+
 /// What libtorch offers on this machine.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TorchInfo {
@@ -71,6 +95,24 @@ pub fn parse_device(s: &str) -> Result<tch::Device> {
 mod tests {
     use super::*;
 
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn flush_denormals_zeroes_subnormals_here_and_in_new_threads() {
+        // Its own thread, so the rest of the test binary keeps IEEE subnormals.
+        std::thread::spawn(|| {
+            let tiny = std::hint::black_box(f32::MIN_POSITIVE);
+            assert!(std::hint::black_box(tiny / 4.0) > 0.0, "subnormal before");
+            flush_denormals();
+            assert_eq!(std::hint::black_box(tiny / 4.0), 0.0);
+            std::thread::spawn(move || {
+                assert_eq!(std::hint::black_box(tiny / 4.0), 0.0, "inherited");
+            })
+            .join()
+            .unwrap();
+        })
+        .join()
+        .unwrap();
+    }
     #[test]
     fn libtorch_links_and_computes() {
         // [[1, 2], [3, 4]] @ [[5], [6]] = [[17], [39]]

@@ -196,12 +196,16 @@ struct TrainArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Mixed precision on CUDA: fp16 autocast with dynamic loss scaling.
+    /// Mixed precision. CUDA: fp16 autocast with dynamic loss scaling. CPU: every
+    /// linear layer and projection in bf16 (fp32 accumulation, fp32 master weights;
+    /// fast on CPUs with AVX512-BF16 or AMX, warned about elsewhere).
     #[arg(long)]
     amp: bool,
 }
 
 fn main() {
+    // Before any libtorch call, so its worker threads inherit it.
+    sen_train::flush_denormals();
     tracing_subscriber_init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");

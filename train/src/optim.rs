@@ -49,7 +49,7 @@ impl Recipe {
     pub fn tiny_scratch() -> Self {
         Recipe {
             name: "tiny-scratch".into(),
-            epochs: 20,
+            epochs: 24,
             lr: 5e-4,
             bias_lr: 5e-4,
             head_lr_mult: 1.0,
@@ -84,6 +84,11 @@ impl Recipe {
     }
 }
 
+/// Elements per piece of a large tensor in [`Adam::step`]: 2 MiB per buffer keeps a
+/// piece's five buffers in cache across its ten passes (tiny preset: Adam 12.2 ->
+/// 10.8 ms per step on two cores; smaller pieces cost more in launches).
+const ADAM_CHUNK: i64 = 1 << 19;
+
 struct Param {
     name: String,
     tensor: Tensor,
@@ -91,6 +96,8 @@ struct Param {
     weight_decay: f64,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+    /// Working memory for `step`, allocated on first use (not saved).
+    scratch: Option<Tensor>,
 }
 
 /// Adam with L2 weight decay (added to the gradient, as torch's `Adam(weight_decay=)`).
@@ -126,6 +133,7 @@ impl Adam {
                     weight_decay,
                     exp_avg,
                     exp_avg_sq,
+                    scratch: None,
                 }
             })
             .collect();
@@ -151,28 +159,59 @@ impl Adam {
         let (b1, b2, eps) = (self.recipe.beta1, self.recipe.beta2, self.recipe.eps);
         let bc1 = 1.0 - b1.powi(self.step as i32);
         let bc2 = 1.0 - b2.powi(self.step as i32);
-        // In place, three temporaries per tensor (PyTorch's Adam formulation):
-        // m.lerp_(g, 1 - b1); v = b2 v + (1 - b2) g^2; p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).
+        // PyTorch's Adam formulation, in place and without allocating: each parameter
+        // keeps one scratch buffer (a fresh multi-megabyte temporary per tensor and
+        // step cost more than the arithmetic, the token table's above all).
+        // g += wd p; m.lerp_(g, 1 - b1); v = b2 v + (1 - b2) g^2;
+        // p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).
+        let scalar = |x: f64| Tensor::from(x as f32);
+        let one_minus_b2 = scalar(1.0 - b2);
+        let chunk = ADAM_CHUNK;
         tch::no_grad(|| {
             for p in &mut self.params {
-                let mut g = p.tensor.grad();
+                let g = p.tensor.grad();
                 if !g.defined() {
                     continue;
                 }
-                if p.weight_decay > 0.0 {
-                    let _ = g.g_add_(&(&p.tensor * p.weight_decay));
-                }
-                let _ = p.exp_avg.lerp_(&g, 1.0 - b1);
-                let _ = p.exp_avg_sq.g_mul_scalar_(b2);
-                let _ = p.exp_avg_sq.addcmul_(&(&g * (1.0 - b2)), &g);
-                let mut denom = p.exp_avg_sq.sqrt();
-                let _ = denom.g_mul_scalar_(1.0 / bc2.sqrt());
-                let _ = denom.g_add_scalar_(eps);
+                let n = p.tensor.numel() as i64;
+                let tmp = p.scratch.get_or_insert_with(|| {
+                    Tensor::empty([chunk.min(n)], (Kind::Float, p.tensor.device()))
+                });
                 let step_size = p.lr * lr_factor / bc1;
-                if step_size > 0.0 {
-                    // p += m / (denom / -step_size)
-                    let _ = denom.g_mul_scalar_(-1.0 / step_size);
-                    let _ = p.tensor.addcdiv_(&p.exp_avg, &denom);
+                let wd = (p.weight_decay > 0.0).then(|| scalar(p.weight_decay));
+                // Large tensors (the token table) in cache-sized pieces: the ten passes
+                // then run over memory the cache still holds.
+                let flat = |t: &Tensor| t.view([-1]);
+                let (pf, gf, mf, vf) = (
+                    flat(&p.tensor),
+                    flat(&g),
+                    flat(&p.exp_avg),
+                    flat(&p.exp_avg_sq),
+                );
+                let mut off = 0;
+                while off < n {
+                    let len = chunk.min(n - off);
+                    let mut pc = pf.narrow(0, off, len);
+                    let mut gc = gf.narrow(0, off, len);
+                    let mut mc = mf.narrow(0, off, len);
+                    let mut vc = vf.narrow(0, off, len);
+                    let mut tc = tmp.narrow(0, 0, len);
+                    if let Some(wd) = &wd {
+                        let _ = gc.addcmul_(&pc, wd);
+                    }
+                    let _ = mc.lerp_(&gc, 1.0 - b1);
+                    let _ = vc.g_mul_scalar_(b2);
+                    let _ = gc.mul_out(&tc, &one_minus_b2);
+                    let _ = vc.addcmul_(&tc, &gc);
+                    if step_size > 0.0 {
+                        // p += m / ((sqrt(v) / sqrt(bc2) + eps) / -step_size)
+                        let _ = vc.sqrt_out(&tc);
+                        let _ = tc.g_mul_scalar_(1.0 / bc2.sqrt());
+                        let _ = tc.g_add_scalar_(eps);
+                        let _ = tc.g_mul_scalar_(-1.0 / step_size);
+                        let _ = pc.addcdiv_(&mc, &tc);
+                    }
+                    off += len;
                 }
             }
         });
@@ -306,6 +345,56 @@ mod tests {
             (got[0] - 0.9).abs() < 1e-6 && (got[1] + 1.9).abs() < 1e-6,
             "{got:?}"
         );
+    }
+
+    /// Weight decay, bias correction and a tensor larger than one piece of the chunked
+    /// update, against Adam written out in f64 here.
+    #[test]
+    fn adam_with_decay_over_pieces_matches_the_formula() {
+        let n = ADAM_CHUNK as usize + 7;
+        // Positive values keep the gradient x^2 + 0.1 x away from 0, where f32 and f64
+        // would disagree about a sign rather than about Adam.
+        let x0: Vec<f32> = (0..n)
+            .map(|i| 0.1 + (i * 37 % 1001) as f32 / 250.0)
+            .collect();
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let x = vs.root().var_copy("w", &Tensor::from_slice(&x0));
+        let r = Recipe {
+            lr: 0.01,
+            weight_decay: 0.1,
+            eps: 1e-8,
+            beta1: 0.9,
+            beta2: 0.98,
+            ..Recipe::reference()
+        };
+        let mut opt = Adam::new(&vs, &r);
+        let (mut want, mut m, mut v) = (
+            x0.iter().map(|&a| a as f64).collect::<Vec<_>>(),
+            vec![0f64; n],
+            vec![0f64; n],
+        );
+        for step in 1..=3 {
+            opt.zero_grad();
+            // loss = sum(x^3) / 3 -> grad x^2
+            (x.pow_tensor_scalar(3) / 3.0).sum(Kind::Float).backward();
+            opt.step(0.5);
+            let (bc1, bc2) = (1.0 - 0.9f64.powi(step), 1.0 - 0.98f64.powi(step));
+            for i in 0..n {
+                let g = want[i] * want[i] + 0.1 * want[i];
+                m[i] = 0.9 * m[i] + 0.1 * g;
+                v[i] = 0.98 * v[i] + 0.02 * g * g;
+                want[i] -= 0.005 * (m[i] / bc1) / ((v[i] / bc2).sqrt() + 1e-8);
+            }
+        }
+        let got = Vec::<f32>::try_from(&x).unwrap();
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(&a, &b)| (a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-5, "max |sen - formula| = {worst}");
+        // The pieces' boundary moved like the rest: the last element changed.
+        assert!((got[n - 1] - x0[n - 1]).abs() > 1e-3);
     }
 
     #[test]

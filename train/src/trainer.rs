@@ -6,7 +6,8 @@
 
 use crate::checkpoint;
 use crate::losses;
-use crate::model::{Sen, pool_eot, tir};
+use crate::model::layers::{apply_linear, with_bf16_products};
+use crate::model::{Sen, pool_eot, tir, trim_to_eot};
 use crate::optim::{Adam, Recipe};
 use anyhow::{Context, Result};
 use sen_core::data::pipeline::{Batch, PipelineConfig, TrainPipeline};
@@ -66,7 +67,8 @@ pub struct TrainOptions {
     pub log_every: usize,
     pub workers: usize,
     pub cache_images: bool,
-    /// Mixed precision (CUDA fp16 autocast with dynamic loss scaling).
+    /// Mixed precision: on CUDA fp16 autocast with dynamic loss scaling, on a CPU
+    /// bf16 weight products ([`with_bf16_products`]; bf16 needs no loss scaling).
     #[serde(default)]
     pub amp: bool,
 }
@@ -83,8 +85,24 @@ pub struct Progress {
     pub batch: usize,
     pub global_step: u64,
     pub best_r1: Option<f64>,
+    /// Val mAP of `best/`, which breaks R@1 ties (val R@1 moves in steps of
+    /// 100 / queries, so equal values are common).
+    #[serde(default)]
+    pub best_map: Option<f64>,
     pub best_epoch: Option<usize>,
     pub finished: bool,
+}
+
+impl Progress {
+    /// Whether val metrics (R@1, mAP) beat `best/`: higher R@1, or equal R@1 and
+    /// higher mAP.
+    pub fn improves(&self, r1: f64, map: f64) -> bool {
+        match self.best_r1 {
+            None => true,
+            Some(b) if r1 != b => r1 > b,
+            Some(_) => self.best_map.is_none_or(|m| map > m),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,6 +184,40 @@ fn tensor4(a: &ndarray::Array4<f32>, device: Device) -> Tensor {
         .to_device(device)
 }
 
+/// Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16, from
+/// /proc/cpuinfo); false where that cannot be read.
+pub fn cpu_has_native_bf16() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|s| {
+        s.lines().filter(|l| l.starts_with("flags")).any(|l| {
+            l.split_whitespace()
+                .any(|f| f == "avx512_bf16" || f == "amx_bf16")
+        })
+    })
+}
+
+/// Say how many training captions the model's text context cuts (the tiny preset's
+/// is shorter than CLIP's 77), so a dataset with long captions is not silently
+/// trained on their first words. Returns that count.
+pub fn warn_truncated<'a>(
+    tok: &ClipTokenizer,
+    captions: impl Iterator<Item = &'a str>,
+) -> Result<usize> {
+    let captions: Vec<&str> = captions.collect();
+    let enc = tok.encode_batch(&captions)?;
+    let cut = enc.iter().filter(|e| e.truncated).count();
+    if cut > 0 {
+        tracing::warn!(
+            "{cut} of {} training captions are longer than the model's text context of {} \
+             tokens and are cut to their first {} (the last slot becomes EOT); a ModelConfig \
+             with a longer text.context_length (--model-config) keeps them whole",
+            captions.len(),
+            tok.context_length(),
+            tok.context_length() - 2
+        );
+    }
+    Ok(cut)
+}
+
 /// The model's losses on one batch.
 pub fn batch_losses(
     model: &Sen,
@@ -180,9 +232,16 @@ pub fn batch_losses(
         .to_device(device);
     let eot = Tensor::from_slice(&b.eot_index).to_device(device);
     let pids = Tensor::from_slice(&b.pids).to_device(device);
-    let img_tokens = model.visual.forward(&images);
-    let txt_tokens = model.text.forward(&ids);
-    let (i_g, t_g) = (img_tokens.select(1, 0), pool_eot(&txt_tokens, &eot));
+    // Only CLS of the image tokens is used, and of the text tokens only those up to
+    // the last EOT, except by TIR, whose decoder attends to every text token.
+    let i_g = model.visual.forward_global(&images);
+    let max_eot = b.eot_index.iter().copied().max().unwrap_or(0);
+    let txt_tokens = if w.tir > 0.0 {
+        model.text.forward(&ids)
+    } else {
+        model.text.forward(&trim_to_eot(&ids, max_eot))
+    };
+    let t_g = pool_eot(&txt_tokens, &eot);
     let mut total = Tensor::zeros([], (Kind::Float, device));
     let mut out = StepLosses::default();
     let val = |t: &Tensor| t.double_value(&[]);
@@ -196,7 +255,7 @@ pub fn batch_losses(
             .id_head
             .as_ref()
             .context("the ID loss needs the ID head")?;
-        let l = losses::id_loss(&i_g.apply(head), &t_g.apply(head), &pids);
+        let l = losses::id_loss(&apply_linear(&i_g, head), &apply_linear(&t_g, head), &pids);
         out.id = val(&l);
         total += l * w.id;
     }
@@ -323,6 +382,7 @@ pub fn train(
     let pid_map: Vec<(i64, usize)> = train_set.pid_map.iter().map(|(&k, &v)| (k, v)).collect();
     let tok =
         ClipTokenizer::from_vocab_gz(&sen_core::deps::clip_vocab_path()?, cfg.text.context_length)?;
+    warn_truncated(&tok, train_set.samples.iter().map(|s| s.caption.as_str()))?;
     let spec = PreprocessSpec::for_model(cfg);
     let pre = Preprocessor::new(spec.clone())?;
     let pipeline = TrainPipeline::new(
@@ -438,9 +498,10 @@ pub fn train(
                 progress.epoch, progress.batch
             );
         }
-        let improved = progress.best_r1.is_none_or(|b| m.r1 > b);
+        let improved = progress.improves(m.r1, m.map);
         if improved {
             progress.best_r1 = Some(m.r1);
+            progress.best_map = Some(m.map);
             progress.best_epoch = Some(progress.epoch);
         }
         save_last(vs, opt, progress, &metrics)?;
@@ -450,8 +511,13 @@ pub fn train(
         Ok(())
     };
     let amp = opts.amp && device.is_cuda();
-    if opts.amp && !amp {
-        tracing::warn!("--amp applies to CUDA only; training in fp32 on {device:?}");
+    let cpu_bf16 = opts.amp && !device.is_cuda();
+    if cpu_bf16 && !cpu_has_native_bf16() {
+        tracing::warn!(
+            "--amp on a CPU computes weight products in bf16, but this CPU has neither \
+             AVX512-BF16 nor AMX, so they are emulated and likely slower than fp32; \
+             drop --amp here"
+        );
     }
     let mut scaler = LossScaler::default();
     let mut outcome = Outcome::Finished;
@@ -478,7 +544,9 @@ pub fn train(
             let b = b?;
             tch::manual_seed((opts.seed ^ 0x5EED) as i64 + progress.global_step as i64);
             opt.zero_grad();
-            let (loss, l) = tch::autocast(amp, || batch_losses(&model, &b, &opts.losses, device))?;
+            let (loss, l) = tch::autocast(amp, || {
+                with_bf16_products(cpu_bf16, || batch_losses(&model, &b, &opts.losses, device))
+            })?;
             if amp {
                 (loss * scaler.scale).backward();
                 if !opt.step_scaled(lr_factor, 1.0 / scaler.scale) {
@@ -595,7 +663,36 @@ pub fn load_for_eval(ckpt: &Path, device: Device) -> Result<(nn::VarStore, Sen)>
 
 #[cfg(test)]
 mod tests {
-    use super::LossScaler;
+    use super::{LossScaler, warn_truncated};
+
+    #[test]
+    fn best_is_chosen_on_val_r1_then_map() {
+        let mut p = super::Progress::default();
+        assert!(p.improves(10.0, 5.0));
+        (p.best_r1, p.best_map) = (Some(40.25), Some(45.0));
+        assert!(p.improves(40.5, 1.0));
+        assert!(!p.improves(40.0, 99.0));
+        assert!(p.improves(40.25, 46.4));
+        assert!(!p.improves(40.25, 45.0));
+        // A checkpoint from before mAP was recorded: an equal R@1 wins.
+        p.best_map = None;
+        assert!(p.improves(40.25, 0.0));
+    }
+
+    #[test]
+    fn truncated_captions_are_counted() {
+        // "a man" is SOT + 2 + EOT = 4 ids; the other needs more than a context of 6.
+        let tok =
+            sen_core::ClipTokenizer::from_vocab_gz(&sen_core::deps::clip_vocab_path().unwrap(), 6)
+                .unwrap();
+        let caps = [
+            "a man",
+            "a woman in a red coat with a black bag",
+            "a red coat",
+        ];
+        assert_eq!(warn_truncated(&tok, caps.into_iter()).unwrap(), 1);
+        assert_eq!(warn_truncated(&tok, caps[..1].iter().copied()).unwrap(), 0);
+    }
 
     #[test]
     fn loss_scaler_halves_on_overflow_and_grows_after_2000_clean_steps() {

@@ -156,3 +156,110 @@ fn patchify_order_is_row_column_channel() {
     let want = 0.2989 * 13.0 + 0.5870 * 113.0 + 0.1140 * 213.0;
     assert!((px - want).abs() < 1e-3);
 }
+
+/// The shortcuts training and evaluation take equal the whole encoders: the image
+/// global feature from a CLS-only last block, the text global feature encoded only
+/// up to the batch's last EOT, values and gradients alike.
+#[test]
+fn global_shortcuts_equal_the_whole_encoders() {
+    tch::manual_seed(3);
+    let cfg = common::micro();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = Sen::new(&vs.root(), &cfg, None, false);
+    let x = Tensor::randn([4, 3, 64, 32], (Kind::Float, Device::Cpu));
+    let whole = m.visual.forward(&x).select(1, 0);
+    let short = m.visual.forward_global(&x);
+    assert_eq!(short.size(), vec![4, 32]);
+    let diff = (&whole - &short).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "image: max |whole - CLS-only| = {diff}");
+    // Shortcut is not a no-op: a different image gives a different feature.
+    let other = m.visual.forward_global(&x.flip([3]));
+    assert!((&other - &short).abs().max().double_value(&[]) > 1e-3);
+
+    let mut rows = Vec::new();
+    let eot = [5i64, 9, 3, 12];
+    for (r, &e) in eot.iter().enumerate() {
+        let mut ids = vec![0i64; 77];
+        ids[0] = 49406;
+        for (c, id) in ids.iter_mut().enumerate().take(e as usize).skip(1) {
+            *id = 300 + (r * 31 + c * 7) as i64;
+        }
+        ids[e as usize] = 49407;
+        rows.extend(ids);
+    }
+    let ids = Tensor::from_slice(&rows).view([4, 77]);
+    let eot_t = Tensor::from_slice(&eot);
+    assert_eq!(sen_train::model::trim_to_eot(&ids, 12).size(), vec![4, 13]);
+    let whole = sen_train::model::pool_eot(&m.text.forward(&ids), &eot_t);
+    let short = m.text.forward_global(&ids, &eot_t);
+    let diff = (&whole - &short).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "text: max |whole - trimmed| = {diff}");
+
+    // Gradients through both paths agree too (training uses the shortcuts).
+    let grads = |f: &dyn Fn() -> Tensor| -> Vec<Tensor> {
+        for (_, t) in vs.variables() {
+            let mut g = t.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        f().square().sum(Kind::Float).backward();
+        let mut v: Vec<_> = vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.iter().map(|(_, t)| t.grad().copy()).collect()
+    };
+    let a = grads(&|| {
+        m.visual.forward(&x).select(1, 0).sum(Kind::Float)
+            + sen_train::model::pool_eot(&m.text.forward(&ids), &eot_t).sum(Kind::Float)
+    });
+    let b = grads(&|| {
+        m.visual.forward_global(&x).sum(Kind::Float)
+            + m.text.forward_global(&ids, &eot_t).sum(Kind::Float)
+    });
+    for (ga, gb) in a.iter().zip(&b) {
+        if ga.defined() {
+            let d = (ga - gb).abs().max().double_value(&[]);
+            let scale = ga.abs().max().double_value(&[]).max(1e-3);
+            assert!(
+                d / scale < 1e-4,
+                "gradient differs by {d} (largest {scale})"
+            );
+        }
+    }
+}
+
+/// `--amp` on a CPU: weight products in bf16 give the fp32 result to bf16's precision,
+/// are really bf16 (not a no-op), and the setting ends with its closure.
+#[test]
+fn bf16_products_round_like_bf16_and_end_with_their_scope() {
+    use sen_train::model::layers::{linear, project, with_bf16_products};
+    tch::manual_seed(5);
+    let x = Tensor::randn([16, 64], (Kind::Float, Device::Cpu));
+    let w = Tensor::randn([32, 64], (Kind::Float, Device::Cpu)) / 8.0;
+    let b = Tensor::randn([32], (Kind::Float, Device::Cpu));
+    let full = linear(&x, &w, Some(&b));
+    let half = with_bf16_products(true, || linear(&x, &w, Some(&b)));
+    assert_eq!(half.kind(), Kind::Float);
+    let rel = ((&half - &full).norm() / full.norm()).double_value(&[]);
+    // bf16 keeps 8 significant bits: relative error about 2^-9 per rounding.
+    assert!(rel > 1e-5 && rel < 1e-2, "relative error {rel}");
+    // Out of the closure, fp32 again (bit-identical to before).
+    assert!(linear(&x, &w, Some(&b)).equal(&full));
+    let p = Tensor::randn([64, 8], (Kind::Float, Device::Cpu));
+    let pf = project(&x, &p);
+    let ph = with_bf16_products(true, || project(&x, &p));
+    let rel = ((&ph - &pf).norm() / pf.norm()).double_value(&[]);
+    assert!(rel > 1e-5 && rel < 1e-2, "projection relative error {rel}");
+    // Gradients reach the fp32 weights through the casts.
+    let wv = w.set_requires_grad(true);
+    with_bf16_products(true, || linear(&x, &wv, None))
+        .sum(Kind::Float)
+        .backward();
+    assert_eq!(wv.grad().kind(), Kind::Float);
+    let want = x
+        .sum_dim_intlist(0, false, Kind::Float)
+        .unsqueeze(0)
+        .expand([32, 64], false);
+    let rel = ((wv.grad() - &want).norm() / want.norm()).double_value(&[]);
+    assert!(rel < 1e-2, "gradient relative error {rel}");
+}

@@ -10,7 +10,7 @@ pub mod vision;
 use sen_core::ModelConfig;
 use tch::{Tensor, nn};
 
-pub use text::{TextTransformer, pool_eot};
+pub use text::{TextTransformer, pool_eot, trim_to_eot};
 pub use tir::TirDecoder;
 pub use vision::VisionTransformer;
 
@@ -53,11 +53,11 @@ impl Sen {
 
     /// Global image features (unnormalised): [B, 3, H, W] -> [B, D].
     pub fn encode_image(&self, images: &Tensor) -> Tensor {
-        self.visual.forward(images).select(1, 0)
+        self.visual.forward_global(images)
     }
 
     /// Global text features (unnormalised): ids [B, L], eot [B] -> [B, D].
     pub fn encode_text(&self, ids: &Tensor, eot: &Tensor) -> Tensor {
-        pool_eot(&self.text.forward(ids), eot)
+        self.text.forward_global(ids, eot)
     }
 }

@@ -1,7 +1,7 @@
 //! CLIP text encoder (token_embedding, positional_embedding, transformer, ln_final,
 //! text_projection), causal, with projected features for every token.
 
-use super::layers::{Transformer, layer_norm};
+use super::layers::{Transformer, layer_norm, project};
 use sen_core::config::TextConfig;
 use tch::{Tensor, nn};
 
@@ -58,11 +58,29 @@ impl TextTransformer {
         }
     }
 
-    /// ids [B, L] -> every token projected [B, L, D].
+    /// ids [B, L] (L at most the context length) -> every token projected [B, L, D].
     pub fn forward(&self, ids: &Tensor) -> Tensor {
-        let x = ids.apply(&self.token_embedding) + &self.positional_embedding;
+        let l = ids.size()[1];
+        let x = ids.apply(&self.token_embedding) + self.positional_embedding.narrow(0, 0, l);
         let x = self.transformer.forward(&x, true);
-        x.apply(&self.ln_final).matmul(&self.text_projection)
+        project(&x.apply(&self.ln_final), &self.text_projection)
+    }
+}
+
+/// The encoder is causal, so a token's feature depends on the tokens before it only:
+/// the features up to the last EOT of a batch are the same whether or not the padding
+/// after it is encoded. ids [B, L] -> ids [B, max(eot) + 1].
+pub fn trim_to_eot(ids: &Tensor, max_eot: i64) -> Tensor {
+    let l = ids.size()[1];
+    ids.narrow(1, 0, (max_eot + 1).clamp(1, l))
+}
+
+impl TextTransformer {
+    /// Global features alone: ids [B, L], eot [B] -> [B, D], equal to
+    /// `pool_eot(&forward(ids), eot)` but encoding only up to the batch's last EOT.
+    pub fn forward_global(&self, ids: &Tensor, eot: &Tensor) -> Tensor {
+        let max_eot = eot.max().int64_value(&[]);
+        pool_eot(&self.forward(&trim_to_eot(ids, max_eot)), eot)
     }
 }
 

@@ -1,8 +1,8 @@
 //! The text-guided image restoration decoder (`tir.*`, training only; SPEC §4).
 
-use super::layers::{CrossAttention, ResidualAttentionBlock, layer_norm};
+use super::layers::{CrossAttention, ResidualAttentionBlock, apply_linear, layer_norm};
 use sen_core::config::{ModelConfig, TirConfig};
-use tch::{Device, Kind, Tensor, nn, nn::Module};
+use tch::{Device, Kind, Tensor, nn};
 
 #[derive(Debug)]
 pub struct TirDecoder {
@@ -88,7 +88,7 @@ impl TirDecoder {
     /// keep: [B, K-1] patch indices, text: [B, L, D] all token features of the paired
     /// caption -> per-patch pixel predictions [B, N, patch*patch*3].
     pub fn forward(&self, visible: &Tensor, keep: &Tensor, text: &Tensor) -> Tensor {
-        let x = visible.apply(&self.ln_in).apply(&self.embed); // [B, K, W]
+        let x = apply_linear(&visible.apply(&self.ln_in), &self.embed); // [B, K, W]
         let (b, _, w) = x.size3().unwrap();
         let n = self.pos.size()[0] - 1;
         let full = self
@@ -107,7 +107,7 @@ impl TirDecoder {
             .forward(&x.apply(&self.ln_q), &text.apply(&self.ln_kv))
             .apply(&self.ln_cross);
         let x = self.blocks.iter().fold(x, |x, blk| blk.forward(&x, false));
-        let y = self.head.forward(&x.apply(&self.ln_out));
+        let y = apply_linear(&x.apply(&self.ln_out), &self.head);
         y.narrow(1, 1, n)
     }
 }

@@ -1,6 +1,6 @@
 //! CLIP ViT image encoder (`visual.*`), IRRA variant: projected features for every token.
 
-use super::layers::{Transformer, layer_norm};
+use super::layers::{Transformer, layer_norm, project};
 use sen_core::config::VisionConfig;
 use tch::{Kind, Tensor, nn, nn::Module};
 
@@ -86,7 +86,7 @@ impl VisionTransformer {
 
     fn encode(&self, x: Tensor) -> Tensor {
         let x = self.transformer.forward(&x.apply(&self.ln_pre), false);
-        x.apply(&self.ln_post).matmul(&self.proj)
+        project(&x.apply(&self.ln_post), &self.proj)
     }
 
     /// Every token, projected: [B, 3, H, W] -> [B, 1 + N, D]. Token 0 is the global feature.
@@ -94,6 +94,18 @@ impl VisionTransformer {
         let p = self.patches(images);
         let b = p.size()[0];
         self.encode(Tensor::cat(&[self.cls(b), p], 1))
+    }
+
+    /// The global (CLS) feature alone: [B, 3, H, W] -> [B, D], equal to
+    /// `forward(images).select(1, 0)`; the last block computes queries, attention
+    /// output and MLP for CLS only (a sixth of its work), which is all training's
+    /// global losses and evaluation need.
+    pub fn forward_global(&self, images: &Tensor) -> Tensor {
+        let p = self.patches(images);
+        let b = p.size()[0];
+        let x = Tensor::cat(&[self.cls(b), p], 1).apply(&self.ln_pre);
+        let cls = self.transformer.forward_first(&x).select(1, 0);
+        project(&cls.apply(&self.ln_post), &self.proj)
     }
 
     /// MAE-style masked encoding: CLS plus the patches `keep` ([B, K-1] indices into
