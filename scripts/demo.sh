@@ -27,9 +27,9 @@ $sen synth --out "$demo/synth"
 $sen dataset stats "$demo/synth"
 
 stage "training SEN (tiny preset, from scratch, recipe tiny-scratch; SDM + ID + triplet + TIR)"
-echo "   14 planned epochs at batch 32 (about 7 minutes on two cores), stopped after $minutes minutes at most (SEN_DEMO_TRAIN_MINUTES)"
+echo "   18 planned epochs at batch 32 (about 7 minutes on two cores), stopped after $minutes minutes at most (SEN_DEMO_TRAIN_MINUTES)"
 rm -rf "$demo/run"
-target/release/sen-train train --dataset "$demo/synth" --out "$demo/run" --preset tiny --epochs 14 \
+target/release/sen-train train --dataset "$demo/synth" --out "$demo/run" --preset tiny --epochs 18 \
   --batch 32 --batch-k 2 --eval-every 4 --cache-images --max-minutes "$minutes"
 target/release/sen-train eval --checkpoint "$demo/run" --dataset "$demo/synth" --split test \
   --json > "$demo/train-eval.json"

@@ -511,7 +511,8 @@ fn bench(
         );
         let s = sample::<anyhow::Error>(
             || {
-                sync(model.encode_image(&x));
+                // The whole encoder, as the ONNX graphs run it (no CLS-only shortcut).
+                sync(model.visual.forward(&x).select(1, 0));
                 Ok(())
             },
             warmup,
@@ -533,7 +534,8 @@ fn bench(
         let eot = Tensor::from_slice(eot.as_slice().expect("contiguous")).to_device(device);
         let s = sample::<anyhow::Error>(
             || {
-                sync(model.encode_text(&ids, &eot));
+                // Every context position, as the ONNX graphs (no trimming to the EOT).
+                sync(sen_train::model::pool_eot(&model.text.forward(&ids), &eot));
                 Ok(())
             },
             warmup,
