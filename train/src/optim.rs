@@ -159,14 +159,12 @@ impl Adam {
         let (b1, b2, eps) = (self.recipe.beta1, self.recipe.beta2, self.recipe.eps);
         let bc1 = 1.0 - b1.powi(self.step as i32);
         let bc2 = 1.0 - b2.powi(self.step as i32);
-        // PyTorch's Adam formulation, in place and without allocating: each parameter
-        // keeps one scratch buffer (a fresh multi-megabyte temporary per tensor and
-        // step cost more than the arithmetic, the token table's above all).
+        // PyTorch's Adam formulation, in place and without allocating (each parameter
+        // keeps one scratch buffer of at most one piece):
         // g += wd p; m.lerp_(g, 1 - b1); v = b2 v + (1 - b2) g^2;
         // p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).
         let scalar = |x: f64| Tensor::from(x as f32);
         let one_minus_b2 = scalar(1.0 - b2);
-        let chunk = ADAM_CHUNK;
         tch::no_grad(|| {
             for p in &mut self.params {
                 let g = p.tensor.grad();
@@ -175,7 +173,7 @@ impl Adam {
                 }
                 let n = p.tensor.numel() as i64;
                 let tmp = p.scratch.get_or_insert_with(|| {
-                    Tensor::empty([chunk.min(n)], (Kind::Float, p.tensor.device()))
+                    Tensor::empty([ADAM_CHUNK.min(n)], (Kind::Float, p.tensor.device()))
                 });
                 let step_size = p.lr * lr_factor / bc1;
                 let wd = (p.weight_decay > 0.0).then(|| scalar(p.weight_decay));
@@ -190,7 +188,7 @@ impl Adam {
                 );
                 let mut off = 0;
                 while off < n {
-                    let len = chunk.min(n - off);
+                    let len = ADAM_CHUNK.min(n - off);
                     let mut pc = pf.narrow(0, off, len);
                     let mut gc = gf.narrow(0, off, len);
                     let mut mc = mf.narrow(0, off, len);

@@ -235,10 +235,10 @@ pub fn batch_losses(
     // Only CLS of the image tokens is used, and of the text tokens only those up to
     // the last EOT, except by TIR, whose decoder attends to every text token.
     let i_g = model.visual.forward_global(&images);
-    let max_eot = b.eot_index.iter().copied().max().unwrap_or(0);
     let txt_tokens = if w.tir > 0.0 {
         model.text.forward(&ids)
     } else {
+        let max_eot = b.eot_index.iter().copied().max().unwrap_or(0);
         model.text.forward(&trim_to_eot(&ids, max_eot))
     };
     let t_g = pool_eot(&txt_tokens, &eot);

@@ -73,6 +73,14 @@ pub fn quick_gelu(x: &Tensor) -> Tensor {
     x * (x * 1.702).sigmoid()
 }
 
+/// Scaled dot-product attention over heads, then the heads merged and projected:
+/// q [B, H, Lq, D], k/v [B, H, Lk, D] -> [B, Lq, H*D] through `out`.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, out: &nn::Linear) -> Tensor {
+    let (b, h, lq, d) = q.size4().expect("[B, H, Lq, D]");
+    let o = Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, causal, None, false); // [B, H, Lq, D]
+    apply_linear(&o.transpose(1, 2).contiguous().view([b, lq, h * d]), out)
+}
+
 /// `nn.MultiheadAttention` as CLIP stores it: packed `in_proj_weight` [3W, W]
 /// (rows q; k; v), `in_proj_bias` [3W], `out_proj.{weight,bias}`.
 #[derive(Debug)]
@@ -108,20 +116,7 @@ impl MultiheadAttention {
         let hd = w / self.heads;
         let qkv = qkv.view([b, l, 3, self.heads, hd]).permute([2, 0, 3, 1, 4]); // [3, B, H, L, D]
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let o = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            causal,
-            None,
-            false,
-        ); // [B, H, L, D]
-        apply_linear(
-            &o.transpose(1, 2).contiguous().view([b, l, w]),
-            &self.out_proj,
-        )
+        attend(&q, &k, &v, causal, &self.out_proj)
     }
 
     /// Self-attention answered for the first token only: x [B, L, W] -> [B, 1, W],
@@ -142,20 +137,7 @@ impl MultiheadAttention {
         ); // [B, L, 2W]
         let kv = kv.view([b, l, 2, self.heads, hd]).permute([2, 0, 3, 1, 4]); // [2, B, H, L, D]
         let q = q.view([b, 1, self.heads, hd]).transpose(1, 2); // [B, H, 1, D]
-        let o = Tensor::scaled_dot_product_attention(
-            &q,
-            &kv.get(0),
-            &kv.get(1),
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        ); // [B, H, 1, D]
-        apply_linear(
-            &o.transpose(1, 2).contiguous().view([b, 1, w]),
-            &self.out_proj,
-        )
+        attend(&q, &kv.get(0), &kv.get(1), false, &self.out_proj)
     }
 }
 
@@ -264,17 +246,13 @@ impl CrossAttention {
         let lk = kv.size()[1];
         let hd = w / self.heads;
         let split = |t: Tensor, l: i64| t.view([b, l, self.heads, hd]).transpose(1, 2);
-        let o = Tensor::scaled_dot_product_attention(
+        attend(
             &split(apply_linear(q, &self.q), lq),
             &split(apply_linear(kv, &self.k), lk),
             &split(apply_linear(kv, &self.v), lk),
-            None::<Tensor>,
-            0.0,
             false,
-            None,
-            false,
-        );
-        apply_linear(&o.transpose(1, 2).contiguous().view([b, lq, w]), &self.out)
+            &self.out,
+        )
     }
 }
 

@@ -65,6 +65,13 @@ impl TextTransformer {
         let x = self.transformer.forward(&x, true);
         project(&x.apply(&self.ln_final), &self.text_projection)
     }
+
+    /// Global features alone: ids [B, L], eot [B] -> [B, D], equal to
+    /// `pool_eot(&forward(ids), eot)` but encoding only up to the batch's last EOT.
+    pub fn forward_global(&self, ids: &Tensor, eot: &Tensor) -> Tensor {
+        let max_eot = eot.max().int64_value(&[]);
+        pool_eot(&self.forward(&trim_to_eot(ids, max_eot)), eot)
+    }
 }
 
 /// The encoder is causal, so a token's feature depends on the tokens before it only:
@@ -73,15 +80,6 @@ impl TextTransformer {
 pub fn trim_to_eot(ids: &Tensor, max_eot: i64) -> Tensor {
     let l = ids.size()[1];
     ids.narrow(1, 0, (max_eot + 1).clamp(1, l))
-}
-
-impl TextTransformer {
-    /// Global features alone: ids [B, L], eot [B] -> [B, D], equal to
-    /// `pool_eot(&forward(ids), eot)` but encoding only up to the batch's last EOT.
-    pub fn forward_global(&self, ids: &Tensor, eot: &Tensor) -> Tensor {
-        let max_eot = eot.max().int64_value(&[]);
-        pool_eot(&self.forward(&trim_to_eot(ids, max_eot)), eot)
-    }
 }
 
 /// The token at each row's EOT position: tokens [B, L, D], eot [B] -> [B, D].
