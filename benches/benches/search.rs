@@ -13,7 +13,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use half::f16;
 use sen_benches::{gallery, wanted};
-use sen_runtime::search::{Rows, threads_for, top_k};
+use sen_store::search::{Kernel, Rows, SimdPath, threads_for, top_k};
 use std::time::Duration;
 
 const D: usize = 512;
@@ -42,6 +42,7 @@ fn read_all(buf: &[f32], threads: usize) -> f32 {
 }
 
 fn search(c: &mut Criterion) {
+    let kernel = Kernel::active().unwrap();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut grp = c.benchmark_group("search");
     grp.sample_size(20)
@@ -64,10 +65,10 @@ fn search(c: &mut Criterion) {
         let g16: Vec<f16> = g.iter().map(|&v| f16::from_f32(v)).collect();
         for &t in &threads {
             grp.bench_function(format!("{name}-x{D}-f32-{t}t"), |b| {
-                b.iter(|| top_k(&q, Rows::F32(&g), 10, t))
+                b.iter(|| top_k(kernel, &q, Rows::F32(&g), 10, t))
             });
             grp.bench_function(format!("{name}-x{D}-f16-{t}t"), |b| {
-                b.iter(|| top_k(&q, Rows::F16(&g16), 10, t))
+                b.iter(|| top_k(kernel, &q, Rows::F16(&g16), 10, t))
             });
         }
         if n == 100_000 {
@@ -79,6 +80,26 @@ fn search(c: &mut Criterion) {
                 });
             }
             grp.throughput(Throughput::Elements(1));
+        }
+    }
+    // Every kernel path this CPU runs, one thread, 100k rows (`SEN_SIMD` picks the
+    // path of the benches above; these name theirs).
+    let paths = SimdPath::available();
+    let ids: Vec<String> = paths
+        .iter()
+        .flat_map(|p| ["f32", "f16"].map(|t| format!("search/simd-{p}-100k-x{D}-{t}-1t")))
+        .collect();
+    if wanted(&ids) {
+        let (g, q) = gallery(100_000, D, 7);
+        let g16: Vec<f16> = g.iter().map(|&v| f16::from_f32(v)).collect();
+        for p in paths {
+            let k = Kernel::new(p).unwrap();
+            grp.bench_function(format!("simd-{p}-100k-x{D}-f32-1t"), |b| {
+                b.iter(|| top_k(k, &q, Rows::F32(&g), 10, 1))
+            });
+            grp.bench_function(format!("simd-{p}-100k-x{D}-f16-1t"), |b| {
+                b.iter(|| top_k(k, &q, Rows::F16(&g16), 10, 1))
+            });
         }
     }
     grp.finish();
@@ -100,6 +121,7 @@ fn search(c: &mut Criterion) {
 
 /// Text in, top-10 gallery rows out, as `sen search` does per query.
 fn query_e2e(c: &mut Criterion) {
+    let kernel = Kernel::active().unwrap();
     let mut grp = c.benchmark_group("query-e2e");
     grp.sample_size(20)
         .warm_up_time(Duration::from_secs(1))
@@ -132,7 +154,13 @@ fn query_e2e(c: &mut Criterion) {
                 let q = enc
                     .encode(&["a man in a grey hoodie with a red backpack"])
                     .unwrap();
-                top_k(q.row(0).as_slice().unwrap(), Rows::F32(g), 10, threads)
+                top_k(
+                    kernel,
+                    q.row(0).as_slice().unwrap(),
+                    Rows::F32(g),
+                    10,
+                    threads,
+                )
             })
         });
     }

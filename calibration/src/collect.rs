@@ -253,6 +253,9 @@ pub fn collect_text(
 ) -> Result<Collected, CalibrateError> {
     let chunks: Vec<&[String]> = captions.chunks(batch.max(1)).collect();
     let names = vec![io.inputs[0].name.clone(), io.inputs[1].name.clone()];
+    // A format-2 encoder is served batches cut to their last EOT + 1: collect over
+    // those lengths, so padding that serving never computes does not set ranges.
+    let dynamic = io.has_dynamic_sequence();
     run_batches(
         session,
         &io.file,
@@ -260,7 +263,11 @@ pub fn collect_text(
         bins,
         chunks.len(),
         |k| {
-            let (ids, eot) = tok.encode_arrays(chunks[k])?;
+            let (mut ids, eot) = tok.encode_arrays(chunks[k])?;
+            if dynamic {
+                let len = eot.iter().copied().max().unwrap_or(0) as usize + 1;
+                ids = ids.slice(ndarray::s![.., ..len]).to_owned();
+            }
             Ok(Feed {
                 names: names.clone(),
                 rows: eot.len(),

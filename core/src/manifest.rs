@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Version of the manifest layout this code reads and writes.
-pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+/// Version of the manifest layout this code writes: 2, whose text encoder takes a
+/// dynamic `sequence` axis (SPEC §11); 1 (fixed context) still reads and runs.
+pub const MANIFEST_FORMAT_VERSION: u32 = 2;
+/// Every version this code reads.
+pub const MANIFEST_FORMAT_VERSIONS: [u32; 2] = [1, 2];
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const IMAGE_ENCODER_FILE: &str = "image_encoder.onnx";
 pub const TEXT_ENCODER_FILE: &str = "text_encoder.onnx";
@@ -59,6 +62,17 @@ pub struct EncoderIo {
     pub file: String,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+}
+
+impl EncoderIo {
+    /// Whether the first input's second axis is the symbolic `sequence` (a format-2
+    /// text encoder).
+    pub fn has_dynamic_sequence(&self) -> bool {
+        self.inputs
+            .first()
+            .and_then(|t| t.shape.get(1))
+            .is_some_and(|d| matches!(d, Dim::Symbolic(s) if s == "sequence"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,12 +138,24 @@ impl Manifest {
         let m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
             CoreError::format(&path, format!("field `{}`: {}", e.path(), e.inner()))
         })?;
-        if m.format_version != MANIFEST_FORMAT_VERSION {
+        if !MANIFEST_FORMAT_VERSIONS.contains(&m.format_version) {
             return Err(CoreError::format(
                 &path,
                 format!(
-                    "format_version {} is not supported (this sen reads {MANIFEST_FORMAT_VERSION}); re-export the bundle",
+                    "format_version {} is not supported (this sen reads 1 and 2); re-export the bundle",
                     m.format_version
+                ),
+            ));
+        }
+        let dynamic = m.text_sequence_is_dynamic();
+        if dynamic != (m.format_version >= 2) {
+            return Err(CoreError::format(
+                &path,
+                format!(
+                    "format_version {} but the text encoder's input_ids {} a dynamic `sequence` axis; \
+                     the manifest was edited or damaged: re-export the bundle",
+                    m.format_version,
+                    if dynamic { "has" } else { "lacks" }
                 ),
             ));
         }
@@ -140,6 +166,12 @@ impl Manifest {
             .validate()
             .map_err(|e| CoreError::format(&path, e.to_string()))?;
         Ok(m)
+    }
+
+    /// Whether the text encoder takes a dynamic `sequence` axis (bundle format 2), so
+    /// `input_ids` may be trimmed to the batch's last EOT + 1.
+    pub fn text_sequence_is_dynamic(&self) -> bool {
+        self.io.text.has_dynamic_sequence()
     }
 
     /// Read `manifest.json` and check every listed file's size and sha256.
@@ -218,6 +250,23 @@ impl Manifest {
             inputs: vec![],
             outputs: vec![],
         };
+        let tensor = |name: &str, dtype: &str, shape: Vec<Dim>| TensorSpec {
+            name: name.into(),
+            dtype: dtype.into(),
+            shape,
+        };
+        let batch = || Dim::Symbolic("batch".into());
+        let text = EncoderIo {
+            inputs: vec![
+                tensor(
+                    "input_ids",
+                    "int64",
+                    vec![batch(), Dim::Symbolic("sequence".into())],
+                ),
+                tensor("eot_index", "int64", vec![batch()]),
+            ],
+            ..spec(TEXT_ENCODER_FILE)
+        };
         let mut m = Manifest {
             format_version: MANIFEST_FORMAT_VERSION,
             precision: Precision::Fp32,
@@ -234,7 +283,7 @@ impl Manifest {
             model,
             io: IoSpec {
                 image: spec(IMAGE_ENCODER_FILE),
-                text: spec(TEXT_ENCODER_FILE),
+                text,
             },
             files: BTreeMap::new(),
             source_checkpoint_sha256: "0".repeat(64),
@@ -291,6 +340,30 @@ mod tests {
         std::fs::remove_file(d.path().join(TEXT_ENCODER_FILE)).unwrap();
         let e = Manifest::load(d.path()).unwrap_err().to_string();
         assert!(e.contains(TEXT_ENCODER_FILE), "{e}");
+    }
+
+    #[test]
+    fn version_1_reads_and_must_have_a_fixed_context() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = sample(d.path());
+        assert!(m.text_sequence_is_dynamic());
+        // Version 2 with a fixed context, or version 1 with a dynamic one, is a
+        // damaged or hand-edited manifest.
+        m.format_version = 1;
+        m.save(d.path()).unwrap();
+        let e = Manifest::load(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("format_version 1") && e.contains("has a dynamic"),
+            "{e}"
+        );
+        m.io.text.inputs[0].shape[1] = Dim::Fixed(77);
+        m.save(d.path()).unwrap();
+        let back = Manifest::load(d.path()).unwrap();
+        assert!(!back.text_sequence_is_dynamic());
+        m.format_version = 2;
+        m.save(d.path()).unwrap();
+        let e = Manifest::load(d.path()).unwrap_err().to_string();
+        assert!(e.contains("lacks a dynamic"), "{e}");
     }
 
     #[test]

@@ -78,6 +78,32 @@ pub struct Rgb8 {
     pub data: Vec<u8>,
 }
 
+/// The content type of image bytes from their magic number (`image/jpeg`,
+/// `image/png`, `image/webp`, `image/bmp`), or None for anything else.
+pub fn image_content_type(bytes: &[u8]) -> Option<&'static str> {
+    match bytes {
+        [0xFF, 0xD8, 0xFF, ..] => Some("image/jpeg"),
+        [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, ..] => Some("image/png"),
+        [
+            b'R',
+            b'I',
+            b'F',
+            b'F',
+            _,
+            _,
+            _,
+            _,
+            b'W',
+            b'E',
+            b'B',
+            b'P',
+            ..,
+        ] => Some("image/webp"),
+        [b'B', b'M', ..] => Some("image/bmp"),
+        _ => None,
+    }
+}
+
 /// Decode an image file to RGB8 (EXIF orientation applied, alpha dropped).
 pub fn load_rgb8(path: &Path) -> Result<Rgb8, CoreError> {
     let bytes = std::fs::read(path).map_err(|e| CoreError::io(path, e))?;

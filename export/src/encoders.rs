@@ -1,10 +1,20 @@
 //! The image and text encoders of SPEC §1 as ONNX graphs, sized from the ModelConfig
-//! and filled from a checkpoint's OpenAI-named tensors. Attention is written plainly
-//! (MatMul, Mul by the scale, [Add mask], Softmax, MatMul) so TensorRT's MHA fusion can
-//! match it; weights are stored pre-transposed ([in, out]) so no Transpose of a
-//! constant is left for the runtime; the position table is folded into the class token
-//! and the patch embeddings; the global token is picked before `ln_post`/`ln_final` and
-//! the projection (both act per token), so only one row per sample is projected.
+//! and filled from a checkpoint's OpenAI-named tensors. By default attention is written
+//! plainly in opset-17 ops (MatMul, [Add mask], Softmax, MatMul, the 1/sqrt(d) scale
+//! folded into the query projection) so TensorRT's MHA fusion can match it;
+//! [`Attention::Onnx23`] writes ONNX's `Attention` op instead. Weights are stored
+//! pre-transposed ([in, out]) so no Transpose of a constant is left for the runtime;
+//! the position table is folded into the class token and the patch embeddings.
+//!
+//! Two exact shortcuts (SPEC §11, as training takes them): the image encoder's last
+//! block runs for the class token only (keys and values over every token; queries,
+//! attention output and MLP for the class token), and the text encoder takes a dynamic
+//! `sequence` axis, so a caller may trim `input_ids` to the batch's last EOT + 1 (the
+//! attention is causal: later positions never reach the EOT token). Positions and the
+//! causal mask come from a cumulative sum over `input_ids`, not from a Shape op (whose
+//! int64 arithmetic ONNX Runtime's CUDA provider would place on the CPU). The global
+//! token is picked before `ln_post`/`ln_final` and the projection (both act per token),
+//! so only one row per sample is projected.
 
 use crate::ExportError;
 use crate::graph::{Builder, Compute, attr_float, attr_int, attr_ints, value_info};
@@ -22,6 +32,61 @@ pub struct Fp32Islands {
     pub softmax: bool,
 }
 
+/// How attention is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Attention {
+    /// Opset-17 ops: MatMul, [Add causal mask], Softmax, MatMul (every TensorRT 10.x
+    /// and ONNX Runtime build takes it). The default.
+    #[default]
+    Standard,
+    /// ONNX's `Attention` op (opset 23; ONNX Runtime >= 1.23 runs it), causal by
+    /// attribute for the text encoder. Needs `--opset 23`.
+    Onnx23,
+}
+
+impl Attention {
+    pub fn name(self) -> &'static str {
+        match self {
+            Attention::Standard => "standard",
+            Attention::Onnx23 => "onnx-attention-23",
+        }
+    }
+
+    /// The lowest opset the formulation needs.
+    pub fn min_opset(self) -> i64 {
+        match self {
+            Attention::Standard => 17,
+            Attention::Onnx23 => 23,
+        }
+    }
+}
+
+impl std::str::FromStr for Attention {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "standard" => Ok(Attention::Standard),
+            "onnx-attention-23" | "onnx23" => Ok(Attention::Onnx23),
+            _ => Err(format!(
+                "attention {s:?}: expected standard or onnx-attention-23"
+            )),
+        }
+    }
+}
+
+/// Everything about how a graph is written (besides the weights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GraphOptions {
+    pub compute: Compute,
+    pub keep: Fp32Islands,
+    pub attention: Attention,
+    /// One `[W, 3W]` MatMul for q, k and v (then Split) instead of three `[W, W]` ones.
+    pub packed_qkv: bool,
+    /// The text encoder takes a dynamic `sequence` axis (bundle format 2); off, the
+    /// fixed-context graph of format 1 (for boxes running a sen that predates format 2).
+    pub dynamic_sequence: bool,
+}
+
 /// A row-major `[rows, cols]` matrix as `[cols, rows]`.
 fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0f32; data.len()];
@@ -36,7 +101,7 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 struct Ctx<'a> {
     b: Builder,
     w: &'a Weights,
-    keep: Fp32Islands,
+    opts: GraphOptions,
 }
 
 impl Ctx<'_> {
@@ -64,7 +129,7 @@ impl Ctx<'_> {
 
     fn layer_norm(&mut self, x: &str, prefix: &str, width: i64) -> Result<String, ExportError> {
         let (wn, bn) = (format!("{prefix}.weight"), format!("{prefix}.bias"));
-        let f32_island = self.keep.layer_norm && self.b.compute == Compute::F16;
+        let f32_island = self.opts.keep.layer_norm && self.b.compute == Compute::F16;
         let (g, bias) = if f32_island {
             let g = self.w.get(&wn, &[width])?;
             let bb = self.w.get(&bn, &[width])?;
@@ -94,87 +159,158 @@ impl Ctx<'_> {
         })
     }
 
-    /// Multi-head self-attention of `attn.*` under `prefix`; `mask`: additive [L, L].
+    /// Multi-head attention of `attn.*` under `prefix`: queries from `xq` `[B, Lq, W]`,
+    /// keys and values from `xkv` `[B, Lk, W]` (the same tensor for self-attention);
+    /// `mask`: causal, as an additive `[B, 1, L, L]` tensor (standard) or the op's
+    /// attribute (ONNX `Attention`). Returns `[B, Lq, W]` after `out_proj`.
     fn attention(
         &mut self,
-        x: &str,
+        xq: &str,
+        xkv: &str,
         prefix: &str,
         width: i64,
         heads: i64,
         mask: Option<&str>,
     ) -> Result<String, ExportError> {
         let hd = width / heads;
-        // Split the packed in_proj ([3W, W], rows q; k; v) into three [W, W] weights.
+        let wu = width as usize;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // Split the packed in_proj ([3W, W], rows q; k; v) into [in, out] weights, the
+        // softmax scale folded into the query's weight and bias (the standard graph
+        // then needs no Mul; ONNX `Attention` is given scale 1).
         let w_all = self
             .w
             .get(&format!("{prefix}.in_proj_weight"), &[3 * width, width])?;
         let b_all = self
             .w
             .get(&format!("{prefix}.in_proj_bias"), &[3 * width])?;
-        let shape = self
-            .b
-            .const_i64(&format!("{prefix}.heads_shape"), &[4], &[0, 0, heads, hd]);
-        let mut qkv = Vec::new();
-        for (i, part) in ["q", "k", "v"].iter().enumerate() {
-            let wu = width as usize;
-            let t = transpose(&w_all[i * wu * wu..(i + 1) * wu * wu], wu, wu);
-            let wname = self.b.weight(
-                &format!("{prefix}.{part}_proj.weight.T"),
-                &[width, width],
-                &t,
+        let part = |i: usize| {
+            let s = if i == 0 { scale } else { 1.0 };
+            let w: Vec<f32> = transpose(&w_all[i * wu * wu..(i + 1) * wu * wu], wu, wu)
+                .into_iter()
+                .map(|v| v * s)
+                .collect();
+            let b: Vec<f32> = b_all[i * wu..(i + 1) * wu].iter().map(|v| v * s).collect();
+            (w, b)
+        };
+        let names = ["q", "k", "v"];
+        let mut projected: Vec<String> = Vec::with_capacity(3);
+        if self.opts.packed_qkv && xq == xkv {
+            // One MatMul to [B, L, 3W], then Split into q, k, v.
+            let mut w = vec![0f32; wu * 3 * wu];
+            let mut b = Vec::with_capacity(3 * wu);
+            for i in 0..3 {
+                let (wi, bi) = part(i);
+                for r in 0..wu {
+                    w[r * 3 * wu + i * wu..r * 3 * wu + (i + 1) * wu]
+                        .copy_from_slice(&wi[r * wu..(r + 1) * wu]);
+                }
+                b.extend(bi);
+            }
+            let wn = self.b.weight(
+                &format!("{prefix}.qkv_proj.weight.T"),
+                &[width, 3 * width],
+                &w,
             );
-            let bias = &b_all[i * width as usize..(i + 1) * width as usize];
-            let bname = self
+            let bn = self
                 .b
-                .weight(&format!("{prefix}.{part}_proj.bias"), &[width], bias);
-            let p = format!("{prefix}.{part}");
-            let y = self.b.op("MatMul", &p, &[x, &wname], vec![]);
-            let y = self.b.op("Add", &p, &[&y, &bname], vec![]);
-            let y = self.b.op("Reshape", &p, &[&y, &shape], vec![]); // [B, L, H, hd]
-            let perm: &[i64] = if *part == "k" {
-                &[0, 2, 3, 1]
-            } else {
-                &[0, 2, 1, 3]
-            };
-            qkv.push(
-                self.b
-                    .op("Transpose", &p, &[&y], vec![attr_ints("perm", perm)]),
-            );
+                .weight(&format!("{prefix}.qkv_proj.bias"), &[3 * width], &b);
+            let p = format!("{prefix}.qkv");
+            let y = self.b.op("MatMul", &p, &[xq, &wn], vec![]);
+            let y = self.b.op("Add", &p, &[&y, &bn], vec![]);
+            let split = self
+                .b
+                .const_i64(&format!("{prefix}.qkv_split"), &[3], &[width; 3]);
+            projected = self
+                .b
+                .op_multi("Split", &p, &[&y, &split], 3, vec![attr_int("axis", -1)]);
+        } else {
+            for (i, name) in names.iter().enumerate() {
+                let (w, b) = part(i);
+                let wn = self.b.weight(
+                    &format!("{prefix}.{name}_proj.weight.T"),
+                    &[width, width],
+                    &w,
+                );
+                let bn = self
+                    .b
+                    .weight(&format!("{prefix}.{name}_proj.bias"), &[width], &b);
+                let p = format!("{prefix}.{name}");
+                let x = if i == 0 { xq } else { xkv };
+                let y = self.b.op("MatMul", &p, &[x, &wn], vec![]);
+                projected.push(self.b.op("Add", &p, &[&y, &bn], vec![]));
+            }
         }
-        let scale = self
-            .b
-            .weight(&format!("{prefix}.scale"), &[], &[1.0 / (hd as f32).sqrt()]);
-        let s = self.b.op("MatMul", prefix, &[&qkv[0], &qkv[1]], vec![]); // [B, H, L, L]
-        let mut s = self.b.op("Mul", prefix, &[&s, &scale], vec![]);
-        if let Some(m) = mask {
-            s = self.b.op("Add", prefix, &[&s, m], vec![]);
-        }
-        let t = self.compute_type();
-        let f32_island = self.keep.softmax && self.b.compute == Compute::F16;
-        if f32_island {
-            s = self.b.cast(&s, t, data_type::FLOAT);
-        }
-        let mut p = self
-            .b
-            .op("Softmax", prefix, &[&s], vec![attr_int("axis", -1)]);
-        if f32_island {
-            p = self.b.cast(&p, data_type::FLOAT, t);
-        }
-        let o = self.b.op("MatMul", prefix, &[&p, &qkv[2]], vec![]); // [B, H, L, hd]
-        let o = self.b.op(
-            "Transpose",
-            prefix,
-            &[&o],
-            vec![attr_ints("perm", &[0, 2, 1, 3])],
-        );
-        let merged = self
-            .b
-            .const_i64(&format!("{prefix}.merge_shape"), &[3], &[0, 0, width]);
-        let o = self.b.op("Reshape", prefix, &[&o, &merged], vec![]);
+        let o = match self.opts.attention {
+            Attention::Onnx23 => {
+                // [B, L, W] in and out; heads and causality are attributes.
+                let mut attrs = vec![
+                    attr_int("q_num_heads", heads),
+                    attr_int("kv_num_heads", heads),
+                    attr_float("scale", 1.0),
+                ];
+                if mask.is_some() {
+                    attrs.push(attr_int("is_causal", 1));
+                }
+                self.b.op(
+                    "Attention",
+                    prefix,
+                    &[&projected[0], &projected[1], &projected[2]],
+                    attrs,
+                )
+            }
+            Attention::Standard => {
+                let shape =
+                    self.b
+                        .const_i64(&format!("{prefix}.heads_shape"), &[4], &[0, 0, heads, hd]);
+                let mut qkv = Vec::with_capacity(3);
+                for (y, name) in projected.iter().zip(names) {
+                    let p = format!("{prefix}.{name}");
+                    let y = self.b.op("Reshape", &p, &[y, &shape], vec![]); // [B, L, H, hd]
+                    let perm: &[i64] = if name == "k" {
+                        &[0, 2, 3, 1]
+                    } else {
+                        &[0, 2, 1, 3]
+                    };
+                    qkv.push(
+                        self.b
+                            .op("Transpose", &p, &[&y], vec![attr_ints("perm", perm)]),
+                    );
+                }
+                let mut s = self.b.op("MatMul", prefix, &[&qkv[0], &qkv[1]], vec![]); // [B, H, Lq, Lk]
+                if let Some(m) = mask {
+                    s = self.b.op("Add", prefix, &[&s, m], vec![]);
+                }
+                let t = self.compute_type();
+                let f32_island = self.opts.keep.softmax && self.b.compute == Compute::F16;
+                if f32_island {
+                    s = self.b.cast(&s, t, data_type::FLOAT);
+                }
+                let mut p = self
+                    .b
+                    .op("Softmax", prefix, &[&s], vec![attr_int("axis", -1)]);
+                if f32_island {
+                    p = self.b.cast(&p, data_type::FLOAT, t);
+                }
+                let o = self.b.op("MatMul", prefix, &[&p, &qkv[2]], vec![]); // [B, H, Lq, hd]
+                let o = self.b.op(
+                    "Transpose",
+                    prefix,
+                    &[&o],
+                    vec![attr_ints("perm", &[0, 2, 1, 3])],
+                );
+                let merged =
+                    self.b
+                        .const_i64(&format!("{prefix}.merge_shape"), &[3], &[0, 0, width]);
+                self.b.op("Reshape", prefix, &[&o, &merged], vec![])
+            }
+        };
         self.linear(&o, &format!("{prefix}.out_proj"), width, width)
     }
 
-    /// `resblocks.{i}`: x + attn(ln_1(x)); x + mlp(ln_2(x)) with QuickGELU.
+    /// `resblocks.{i}`: x + attn(ln_1(x)); x + mlp(ln_2(x)) with QuickGELU. With
+    /// `cls_only`, the block's output is the class token's alone ([B, 1, W]): keys and
+    /// values still see every token.
     fn block(
         &mut self,
         x: &str,
@@ -182,10 +318,22 @@ impl Ctx<'_> {
         width: i64,
         heads: i64,
         mask: Option<&str>,
+        cls_only: bool,
     ) -> Result<String, ExportError> {
         let h = self.layer_norm(x, &format!("{prefix}.ln_1"), width)?;
-        let a = self.attention(&h, &format!("{prefix}.attn"), width, heads, mask)?;
-        let x = self.b.op("Add", prefix, &[x, &a], vec![]);
+        let (x, hq) = if cls_only {
+            let first = |c: &mut Self, t: &str| {
+                let s0 = c.b.const_i64(&format!("{prefix}.cls_starts"), &[1], &[0]);
+                let s1 = c.b.const_i64(&format!("{prefix}.cls_ends"), &[1], &[1]);
+                let ax = c.b.const_i64(&format!("{prefix}.cls_axes"), &[1], &[1]);
+                c.b.op("Slice", prefix, &[t, &s0, &s1, &ax], vec![]) // [B, 1, W]
+            };
+            (first(self, x), first(self, &h))
+        } else {
+            (x.to_string(), h.clone())
+        };
+        let a = self.attention(&hq, &h, &format!("{prefix}.attn"), width, heads, mask)?;
+        let x = self.b.op("Add", prefix, &[&x, &a], vec![]);
         let h = self.layer_norm(&x, &format!("{prefix}.ln_2"), width)?;
         let mlp = 4 * width;
         let h = self.linear(&h, &format!("{prefix}.mlp.c_fc"), mlp, width)?;
@@ -221,13 +369,14 @@ pub const TEXT_INPUT_IDS: &str = "input_ids";
 pub const TEXT_EOT: &str = "eot_index";
 pub const TEXT_OUTPUT: &str = "text_embeds";
 pub const BATCH: &str = "batch";
+/// The text encoder's dynamic sequence axis (bundle format 2).
+pub const SEQUENCE: &str = "sequence";
 
 /// `pixel_values` float32 [batch, 3, H, W] -> `image_embeds` float32 [batch, D], L2-normalised.
 pub fn image_encoder(
     cfg: &ModelConfig,
     w: &Weights,
-    compute: Compute,
-    keep: Fp32Islands,
+    opts: GraphOptions,
 ) -> Result<GraphProto, ExportError> {
     let v = &cfg.vision;
     let (width, p) = (v.width as i64, v.patch_size as i64);
@@ -235,9 +384,9 @@ pub fn image_encoder(
     let n = gh * gw;
     let d = cfg.embed_dim as i64;
     let mut c = Ctx {
-        b: Builder::new(compute),
+        b: Builder::new(opts.compute),
         w,
-        keep,
+        opts,
     };
     let t = c.compute_type();
     let x = c.b.cast(IMAGE_INPUT, data_type::FLOAT, t);
@@ -289,17 +438,18 @@ pub fn image_encoder(
         c.b.op("Concat", "visual", &[&cls_b, &x], vec![attr_int("axis", 1)]); // [B, N+1, W]
     x = c.layer_norm(&x, "visual.ln_pre", width)?;
     for i in 0..v.layers {
+        // The last block for the class token only: [B, 1, W] out.
         x = c.block(
             &x,
             &format!("visual.transformer.resblocks.{i}"),
             width,
             v.heads as i64,
             None,
+            i + 1 == v.layers,
         )?;
     }
-    let zero = c.b.const_i64("visual.cls_index", &[], &[0]);
-    let g =
-        c.b.op("Gather", "visual", &[&x, &zero], vec![attr_int("axis", 1)]); // [B, W]
+    let axes1 = c.b.const_i64("visual.axes_1", &[1], &[1]);
+    let g = c.b.op("Squeeze", "visual", &[&x, &axes1], vec![]); // [B, W]
     let g = c.layer_norm(&g, "visual.ln_post", width)?;
     let proj = c.weight("visual.proj", &[width, d])?;
     let g = c.b.op("MatMul", "visual.proj", &[&g, &proj], vec![]);
@@ -324,13 +474,12 @@ pub fn image_encoder(
     ))
 }
 
-/// `input_ids` int64 [batch, context], `eot_index` int64 [batch] -> `text_embeds`
-/// float32 [batch, D], L2-normalised.
+/// `input_ids` int64 [batch, sequence] (sequence 1..=context), `eot_index` int64
+/// [batch] -> `text_embeds` float32 [batch, D], L2-normalised.
 pub fn text_encoder(
     cfg: &ModelConfig,
     w: &Weights,
-    compute: Compute,
-    keep: Fp32Islands,
+    opts: GraphOptions,
 ) -> Result<GraphProto, ExportError> {
     let tc = &cfg.text;
     let (width, ctx, vocab) = (
@@ -339,10 +488,11 @@ pub fn text_encoder(
         tc.vocab_size as i64,
     );
     let d = cfg.embed_dim as i64;
+    let compute = opts.compute;
     let mut c = Ctx {
         b: Builder::new(compute),
         w,
-        keep,
+        opts,
     };
     let emb = c.weight("token_embedding.weight", &[vocab, width])?;
     let x = c.b.op(
@@ -350,19 +500,63 @@ pub fn text_encoder(
         "token_embedding",
         &[&emb, TEXT_INPUT_IDS],
         vec![attr_int("axis", 0)],
-    );
-    let pos = c.weight("positional_embedding", &[ctx, width])?;
-    let mut x = c.b.op("Add", "text", &[&x, &pos], vec![]);
-    // Causal mask: 0 on and below the diagonal, the most negative finite value above
-    // (finite so no row can turn into NaN; exp() of it is exactly 0 after the max shift).
+    ); // [B, L, W]
     let neg = match compute {
         Compute::F32 => f32::MIN,
         Compute::F16 => half::f16::MIN.to_f32(),
     };
-    let mask: Vec<f32> = (0..ctx)
-        .flat_map(|i| (0..ctx).map(move |j| if j > i { neg } else { 0.0 }))
-        .collect();
-    let mask = c.b.weight("text.causal_mask", &[ctx, ctx], &mask);
+    // Causal mask: 0 on and below the diagonal, the most negative finite value above
+    // (finite so no row can turn into NaN; exp() of it is exactly 0 after the max
+    // shift). ONNX `Attention` takes causality as an attribute instead.
+    let (mut x, mask) = if opts.dynamic_sequence {
+        // Positions 0..L of every row: cumulative sum of ones shaped like input_ids.
+        let zero = c.b.const_i64("text.zero", &[], &[0]);
+        let one = c.b.const_i64("text.one", &[], &[1]);
+        let ones =
+            c.b.op("Mul", "text.positions", &[TEXT_INPUT_IDS, &zero], vec![]);
+        let ones = c.b.op("Add", "text.positions", &[&ones, &one], vec![]);
+        let axis1 = c.b.const_i64("text.axis_1", &[], &[1]);
+        let pos = c.b.op("CumSum", "text.positions", &[&ones, &axis1], vec![]);
+        let pos = c.b.op("Sub", "text.positions", &[&pos, &one], vec![]); // [B, L]
+        let table = c.weight("positional_embedding", &[ctx, width])?;
+        let pe = c.b.op(
+            "Gather",
+            "positional_embedding",
+            &[&table, &pos],
+            vec![attr_int("axis", 0)],
+        );
+        let x = c.b.op("Add", "text", &[&x, &pe], vec![]);
+        let mask = match opts.attention {
+            Attention::Onnx23 => "causal".to_string(),
+            Attention::Standard => {
+                // [B, 1, L, L] from the positions: row i masks every j > i.
+                let a1 = c.b.const_i64("text.mask_axes_1", &[1], &[1]);
+                let a2 = c.b.const_i64("text.mask_axes_2", &[1], &[2]);
+                let pj = c.b.op("Unsqueeze", "text.mask", &[&pos, &a1], vec![]); // [B, 1, L]
+                let pi = c.b.op("Unsqueeze", "text.mask", &[&pos, &a2], vec![]); // [B, L, 1]
+                let later = c.b.op("Greater", "text.mask", &[&pj, &pi], vec![]); // [B, L, L]
+                let neg = c.b.weight("text.mask_neg", &[], &[neg]);
+                let zero = c.b.weight("text.mask_zero", &[], &[0.0]);
+                let m = c.b.op("Where", "text.mask", &[&later, &neg, &zero], vec![]);
+                c.b.op("Unsqueeze", "text.mask", &[&m, &a1], vec![]) // [B, 1, L, L]
+            }
+        };
+        (x, mask)
+    } else {
+        // Format 1: the whole context, the position table and the mask constants.
+        let pos = c.weight("positional_embedding", &[ctx, width])?;
+        let x = c.b.op("Add", "text", &[&x, &pos], vec![]);
+        let mask = match opts.attention {
+            Attention::Onnx23 => "causal".to_string(),
+            Attention::Standard => {
+                let mask: Vec<f32> = (0..ctx)
+                    .flat_map(|i| (0..ctx).map(move |j| if j > i { neg } else { 0.0 }))
+                    .collect();
+                c.b.weight("text.causal_mask", &[ctx, ctx], &mask)
+            }
+        };
+        (x, mask)
+    };
     for i in 0..tc.layers {
         x = c.block(
             &x,
@@ -370,6 +564,7 @@ pub fn text_encoder(
             width,
             tc.heads as i64,
             Some(&mask),
+            false,
         )?;
     }
     // The EOT token of each row: GatherElements along the sequence with the index
@@ -394,7 +589,18 @@ pub fn text_encoder(
     Ok(c.b.finish(
         "sen_text_encoder",
         vec![
-            value_info(TEXT_INPUT_IDS, data_type::INT64, &[Err(BATCH), Ok(ctx)]),
+            value_info(
+                TEXT_INPUT_IDS,
+                data_type::INT64,
+                &[
+                    Err(BATCH),
+                    if opts.dynamic_sequence {
+                        Err(SEQUENCE)
+                    } else {
+                        Ok(ctx)
+                    },
+                ],
+            ),
             value_info(TEXT_EOT, data_type::INT64, &[Err(BATCH)]),
         ],
         vec![value_info(

@@ -8,7 +8,7 @@ pub mod graph;
 pub mod proto;
 pub mod weights;
 
-use encoders::Fp32Islands;
+use encoders::{Attention, Fp32Islands, GraphOptions};
 use graph::Compute;
 use prost::Message;
 use proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto, TensorProto};
@@ -21,8 +21,19 @@ use sen_core::{ClipTokenizer, CoreError, PreprocessSpec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// ONNX IR version written (opset 17 needs IR >= 8).
-pub const IR_VERSION: i64 = 8;
+/// The ONNX IR version a model of `opset` is written with (ONNX's version table:
+/// opsets 17-18 IR 8, 19-20 IR 9, 21-22 IR 10, 23 IR 11).
+pub fn ir_version(opset: i64) -> i64 {
+    match opset {
+        ..=18 => 8,
+        19..=20 => 9,
+        21..=22 => 10,
+        _ => 11,
+    }
+}
+
+/// The opsets this exporter writes.
+pub const OPSETS: std::ops::RangeInclusive<i64> = 17..=23;
 /// Protobuf's hard limit on one message; larger models need external data.
 pub const PROTOBUF_LIMIT: u64 = 2 * 1024 * 1024 * 1024 - 1;
 
@@ -58,6 +69,13 @@ pub struct ExportOptions {
     pub external_data_threshold: u64,
     /// Replace an existing bundle directory.
     pub force: bool,
+    /// How attention is written (recorded in the manifest's `tools.attention`).
+    pub attention: Attention,
+    /// One packed q/k/v projection instead of three.
+    pub packed_qkv: bool,
+    /// Bundle format: 2 (dynamic text sequence, the default) or 1 (fixed context, for
+    /// boxes running a sen that predates format 2).
+    pub format_version: u32,
 }
 
 impl Default for ExportOptions {
@@ -68,6 +86,9 @@ impl Default for ExportOptions {
             fp32_islands: DEFAULT_FP16_ISLANDS,
             external_data_threshold: PROTOBUF_LIMIT,
             force: false,
+            attention: Attention::Standard,
+            packed_qkv: false,
+            format_version: MANIFEST_FORMAT_VERSION,
         }
     }
 }
@@ -89,7 +110,7 @@ pub struct ExportReport {
 
 fn model_proto(graph: proto::GraphProto, opset: i64, doc: &str) -> ModelProto {
     ModelProto {
-        ir_version: IR_VERSION,
+        ir_version: ir_version(opset),
         producer_name: "sen-export".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         doc_string: doc.into(),
@@ -170,8 +191,9 @@ fn spec(name: &str, dtype: &str, shape: Vec<Dim>) -> TensorSpec {
     }
 }
 
-/// The `io` section for a config (the graphs' inputs and outputs).
-pub fn io_spec(cfg: &ModelConfig, image_files: &str, text_file: &str) -> IoSpec {
+/// The `io` section for a config (the graphs' inputs and outputs); `dynamic`: the
+/// text encoder's sequence axis is dynamic (format 2).
+pub fn io_spec(cfg: &ModelConfig, image_files: &str, text_file: &str, dynamic: bool) -> IoSpec {
     let batch = || Dim::Symbolic(encoders::BATCH.into());
     let d = cfg.embed_dim as u64;
     IoSpec {
@@ -199,7 +221,14 @@ pub fn io_spec(cfg: &ModelConfig, image_files: &str, text_file: &str) -> IoSpec 
                 spec(
                     encoders::TEXT_INPUT_IDS,
                     "int64",
-                    vec![batch(), Dim::Fixed(cfg.text.context_length as u64)],
+                    vec![
+                        batch(),
+                        if dynamic {
+                            Dim::Symbolic(encoders::SEQUENCE.into())
+                        } else {
+                            Dim::Fixed(cfg.text.context_length as u64)
+                        },
+                    ],
                 ),
                 spec(encoders::TEXT_EOT, "int64", vec![batch()]),
             ],
@@ -221,9 +250,25 @@ pub fn export(
     opts: &ExportOptions,
 ) -> Result<ExportReport, ExportError> {
     let t0 = std::time::Instant::now();
-    if !(17..=21).contains(&opts.opset) {
+    if !OPSETS.contains(&opts.opset) {
         return Err(ExportError::Input(format!(
-            "--opset {}: this exporter writes opsets 17 to 21 (LayerNormalization needs 17)",
+            "--opset {}: this exporter writes opsets {} to {} (LayerNormalization needs 17)",
+            opts.opset,
+            OPSETS.start(),
+            OPSETS.end()
+        )));
+    }
+    if !sen_core::manifest::MANIFEST_FORMAT_VERSIONS.contains(&opts.format_version) {
+        return Err(ExportError::Input(format!(
+            "--format-version {}: bundles are format 1 (fixed text context) or 2 (dynamic)",
+            opts.format_version
+        )));
+    }
+    if opts.opset < opts.attention.min_opset() {
+        return Err(ExportError::Input(format!(
+            "--attention {} needs --opset {} or later (got {})",
+            opts.attention.name(),
+            opts.attention.min_opset(),
             opts.opset
         )));
     }
@@ -244,12 +289,19 @@ pub fn export(
         Compute::F32
     };
     let islands = opts.fp32_islands;
+    let graph_opts = GraphOptions {
+        compute,
+        keep: islands,
+        attention: opts.attention,
+        packed_qkv: opts.packed_qkv,
+        dynamic_sequence: opts.format_version >= 2,
+    };
 
     let staged = sen_core::fsutil::StagedDir::new(out, "sen-export")?;
     let dir = staged.path();
 
-    let mut image_graph = encoders::image_encoder(&cfg, &weights, compute, islands)?;
-    let mut text_graph = encoders::text_encoder(&cfg, &weights, compute, islands)?;
+    let mut image_graph = encoders::image_encoder(&cfg, &weights, graph_opts)?;
+    let mut text_graph = encoders::text_encoder(&cfg, &weights, graph_opts)?;
     if opts.opset >= 18 {
         encoders::reduce_axes_as_inputs(&mut image_graph);
         encoders::reduce_axes_as_inputs(&mut text_graph);
@@ -280,7 +332,11 @@ pub fn export(
     let mut tools = BTreeMap::new();
     tools.insert("sen-export".into(), env!("CARGO_PKG_VERSION").into());
     tools.insert("onnx-opset".into(), opts.opset.to_string());
-    tools.insert("onnx-ir-version".into(), IR_VERSION.to_string());
+    tools.insert("onnx-ir-version".into(), ir_version(opts.opset).to_string());
+    tools.insert("attention".into(), opts.attention.name().into());
+    if opts.packed_qkv {
+        tools.insert("qkv".into(), "packed".into());
+    }
     if opts.fp16 {
         tools.insert(
             "fp16-float32-islands".into(),
@@ -291,7 +347,7 @@ pub fn export(
         );
     }
     let mut manifest = Manifest {
-        format_version: MANIFEST_FORMAT_VERSION,
+        format_version: opts.format_version,
         precision,
         model: cfg.clone(),
         preprocess: PreprocessSpec::for_model(&cfg),
@@ -304,7 +360,12 @@ pub fn export(
             pad_id: sen_core::tokenizer::PAD_ID,
             clean: "open_clip-lower".into(),
         },
-        io: io_spec(&cfg, IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE),
+        io: io_spec(
+            &cfg,
+            IMAGE_ENCODER_FILE,
+            TEXT_ENCODER_FILE,
+            graph_opts.dynamic_sequence,
+        ),
         files: BTreeMap::new(),
         source_checkpoint_sha256: source_sha,
         tools,

@@ -20,9 +20,23 @@ struct Cli {
     /// Float16 weights and compute (float32 inputs and outputs).
     #[arg(long)]
     fp16: bool,
-    /// ONNX opset (17 to 21).
+    /// ONNX opset (17 to 23).
     #[arg(long, default_value_t = 17)]
     opset: i64,
+    /// How attention is written: `standard` (opset-17 MatMul/Softmax/MatMul, which
+    /// TensorRT 10.x and every ONNX Runtime take) or `onnx-attention-23` (ONNX's
+    /// Attention op; needs --opset 23 and ONNX Runtime >= 1.23). Recorded in the
+    /// manifest.
+    #[arg(long, default_value = "standard")]
+    attention: sen_export::encoders::Attention,
+    /// One packed [W, 3W] q/k/v projection per block instead of three [W, W] ones.
+    #[arg(long)]
+    packed_qkv: bool,
+    /// Bundle format: 2 (the text encoder takes a dynamic sequence, trimmed to each
+    /// batch's captions) or 1 (fixed context, for boxes running a sen from before
+    /// format 2).
+    #[arg(long, default_value_t = 2)]
+    format_version: u32,
     /// fp16 only: run LayerNormalization in float16 too (default: float32, measured
     /// to matter; see ARCHITECTURE.md).
     #[arg(long, requires = "fp16")]
@@ -48,6 +62,9 @@ fn main() {
         fp16: cli.fp16,
         opset: cli.opset,
         force: cli.force,
+        attention: cli.attention,
+        packed_qkv: cli.packed_qkv,
+        format_version: cli.format_version,
         ..Default::default()
     };
     if cli.fp16 {

@@ -39,6 +39,10 @@ pub struct ProviderArgs {
     /// Text batch sizes MIN,OPT,MAX.
     #[arg(long, default_value = "1,8,64")]
     text_batch: BatchProfile,
+    /// TensorRT, format-2 bundles: the text profile's sequence lengths MIN,OPT,MAX
+    /// (MAX must be the context length; default 1,20,CONTEXT). Part of the engine key.
+    #[arg(long, value_name = "MIN,OPT,MAX")]
+    text_seq: Option<BatchProfile>,
     /// TensorRT: let LayerNorm run in fp16 inside fp16/int8 engines (default keeps it fp32).
     #[arg(long)]
     fp16_layer_norm: bool,
@@ -50,6 +54,10 @@ pub struct ProviderArgs {
     /// calibration caches (TensorRT <= 10).
     #[arg(long, default_value = "qdq", value_parser = ["qdq", "implicit"])]
     int8_mode: String,
+    /// ONNX Runtime I/O binding with reused (pinned, on GPUs) buffers: on or off
+    /// (default: on for cuda and tensorrt, off for cpu).
+    #[arg(long, value_parser = ["on", "off"])]
+    io_binding: Option<String>,
 }
 
 impl ProviderArgs {
@@ -57,12 +65,15 @@ impl ProviderArgs {
         self.provider.unwrap_or(ProviderKind::Cpu)
     }
 
-    fn options(&self) -> ProviderOptions {
+    pub(crate) fn options(&self) -> ProviderOptions {
         let mut o = ProviderOptions::new(self.kind());
         o.device_id = self.device;
         o.allow_fallback = self.allow_fallback;
         o.threads = self.threads;
         o.sessions = self.sessions;
+        if let Some(b) = &self.io_binding {
+            o.io_binding = b == "on";
+        }
         o.tensorrt = TensorRtOptions {
             cache_root: self
                 .engine_cache
@@ -74,12 +85,13 @@ impl ProviderArgs {
             layer_norm_fp32: !self.fp16_layer_norm,
             workspace_mib: self.workspace_mib,
             int8_implicit: self.int8_mode == "implicit",
+            text_seq: self.text_seq,
         };
         o
     }
 }
 
-fn log_sessions(reports: &[SessionReport]) {
+pub(crate) fn log_sessions(reports: &[SessionReport]) {
     for r in reports {
         tracing::info!(
             "{} on {} in {:.2} s{}",
@@ -102,13 +114,13 @@ fn log_sessions(reports: &[SessionReport]) {
     }
 }
 
-fn spinner(msg: String) -> ProgressBar {
+pub(crate) fn spinner(msg: String) -> ProgressBar {
     let b = ProgressBar::new_spinner().with_message(msg);
     b.enable_steady_tick(std::time::Duration::from_millis(120));
     b
 }
 
-fn bar(n: usize, what: &str) -> ProgressBar {
+pub(crate) fn bar(n: usize, what: &str) -> ProgressBar {
     let b = ProgressBar::new(n as u64);
     b.set_style(
         ProgressStyle::with_template(&format!(
@@ -161,6 +173,11 @@ pub fn info(a: InfoArgs) -> Result<()> {
         };
         providers.insert(kind.name().into(), v);
     }
+    let simd = sen_runtime::search::SimdPath::active();
+    let available: Vec<&str> = sen_runtime::search::SimdPath::available()
+        .iter()
+        .map(|p| p.name())
+        .collect();
     let image_digest = m.encoder_digest(&m.io.image).ok();
     let text_digest = m.encoder_digest(&m.io.text).ok();
     if a.json {
@@ -179,6 +196,12 @@ pub fn info(a: InfoArgs) -> Result<()> {
             "calibration": m.calibration,
             "onnxruntime": lib.as_ref().ok().map(|l| serde_json::json!({"path": l.path, "version": l.version})),
             "providers": providers,
+            "search_kernel": {
+                "path": simd.as_ref().ok().map(|p| p.name()),
+                "error": simd.as_ref().err().map(|e| e.to_string()),
+                "available": available,
+                "forced": std::env::var("SEN_SIMD").ok().filter(|v| !v.trim().is_empty()),
+            },
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -235,6 +258,18 @@ pub fn info(a: InfoArgs) -> Result<()> {
             c.samples,
             &c.data_sha256[..16]
         );
+    }
+    match &simd {
+        Ok(p) => println!(
+            "search     {p} kernels ({}; this CPU runs {})",
+            if std::env::var("SEN_SIMD").is_ok_and(|v| !v.trim().is_empty()) {
+                "forced by SEN_SIMD"
+            } else {
+                "the fastest here; SEN_SIMD forces another"
+            },
+            available.join(", ")
+        ),
+        Err(e) => println!("search     {e}"),
     }
     match &lib {
         Ok(l) => println!("\nONNX Runtime {} from {}", l.version, l.path.display()),
@@ -299,7 +334,7 @@ pub struct IndexArgs {
     provider: ProviderArgs,
 }
 
-fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = vec![];
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -526,29 +561,67 @@ pub fn search(a: SearchArgs) -> Result<()> {
         serde_json::to_string(&a).expect("serialises")
     };
     if let Some(src) = &a.queries {
-        let reader: Box<dyn BufRead> = if src == "-" {
-            Box::new(std::io::stdin().lock())
+        let reader: Box<dyn BufRead + Send> = if src == "-" {
+            Box::new(std::io::BufReader::new(std::io::stdin()))
         } else {
             Box::new(std::io::BufReader::new(
                 std::fs::File::open(src).with_context(|| format!("--queries {src}"))?,
             ))
         };
+        // Lines arrive on a channel; each round takes every line already waiting (up
+        // to QUERY_BATCH), so a file is answered in batches through the batched kernel
+        // while a person typing on stdin gets each answer at once.
+        const QUERY_BATCH: usize = 64;
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, std::io::Result<String>)>();
+        std::thread::spawn(move || {
+            for (n, line) in reader.lines().enumerate() {
+                let stop = line.is_err();
+                if tx.send((n, line)).is_err() || stop {
+                    break;
+                }
+            }
+        });
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        for (n, line) in reader.lines().enumerate() {
-            let line = line.with_context(|| format!("--queries {src}: line {}", n + 1))?;
-            if line.trim().is_empty() {
-                tracing::warn!("--queries {src}: line {} is empty and is skipped", n + 1);
+        while let Ok(first) = rx.recv() {
+            let mut lines = vec![first];
+            while lines.len() < QUERY_BATCH {
+                match rx.try_recv() {
+                    Ok(l) => lines.push(l),
+                    Err(_) => break,
+                }
+            }
+            let mut texts = vec![];
+            for (n, line) in lines {
+                let line = line.with_context(|| format!("--queries {src}: line {}", n + 1))?;
+                if line.trim().is_empty() {
+                    tracing::warn!("--queries {src}: line {} is empty and is skipped", n + 1);
+                } else {
+                    texts.push(line);
+                }
+            }
+            if texts.is_empty() {
                 continue;
             }
-            let (hits, te, ts) = answer(&line)?;
+            let t = Instant::now();
+            let e = enc.encode(&texts)?;
+            let te = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let rows: Vec<&[f32]> = e
+                .as_slice()
+                .expect("standard layout")
+                .chunks(e.ncols())
+                .collect();
+            let hits = index.search_many(&rows, a.k, threads)?;
             tracing::debug!(
-                "query {}: encode {:.2} ms, search {:.2} ms",
-                n + 1,
+                "{} queries: encode {:.2} ms, search {:.2} ms",
+                texts.len(),
                 te * 1e3,
-                ts * 1e3
+                t.elapsed().as_secs_f64() * 1e3
             );
-            writeln!(out, "{}", to_json(&line, &hits))?;
+            for (q, h) in texts.iter().zip(&hits) {
+                writeln!(out, "{}", to_json(q, h))?;
+            }
             out.flush()?;
         }
         return Ok(());
@@ -770,8 +843,25 @@ pub fn build_engines(a: BuildEnginesArgs) -> Result<()> {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Bundle directory.
-    bundle: PathBuf,
+    /// Bundle directory (not needed with --search).
+    #[arg(required_unless_present = "search")]
+    bundle: Option<PathBuf>,
+    /// Time the exact search instead of the encoders: ROWSxDIM random unit rows (e.g.
+    /// 1000000x512), no bundle needed; --queries per call through the batched kernel.
+    #[arg(long, value_name = "ROWSxDIM", conflicts_with = "bundle")]
+    search: Option<String>,
+    /// With --search: queries per call, comma-separated counts (each timed).
+    #[arg(long, default_value = "1", value_delimiter = ',', requires = "search")]
+    queries: Vec<usize>,
+    /// With --search: store rows as float16.
+    #[arg(long, requires = "search")]
+    f16: bool,
+    /// With --search: hits per query.
+    #[arg(short, default_value_t = 10)]
+    k: usize,
+    /// With --search: threads (default: one per core).
+    #[arg(long, requires = "search")]
+    search_threads: Option<usize>,
     /// Batch sizes to time, comma-separated (the TensorRT profile spans them).
     #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
     batch: Vec<usize>,
@@ -781,6 +871,11 @@ pub struct BenchArgs {
     /// Which encoders: image, text or both.
     #[arg(long, default_value = "both", value_parser = ["image", "text", "both"])]
     encoders: String,
+    /// Tokens per bench caption, SOT and EOT included (20: a typical query; the
+    /// context length, e.g. 77, times the whole context). A format-2 bundle is fed
+    /// this many positions, a format-1 bundle always the whole context.
+    #[arg(long, default_value_t = 20)]
+    text_tokens: usize,
     /// TensorRT 10, fp32 bundle: build with the FP16 flag (other bundles take their
     /// precision from the manifest).
     #[arg(long, value_parser = ["fp16"])]
@@ -792,7 +887,93 @@ pub struct BenchArgs {
     provider: ProviderArgs,
 }
 
+/// `ROWSxDIM`, e.g. `1000000x512` (also `1e6x512`, `100kx512`, `1mx512`).
+fn parse_shape(s: &str) -> Result<(usize, usize)> {
+    let number = |t: &str| -> Option<usize> {
+        let t = t.trim().to_ascii_lowercase();
+        let (num, mult) = if let Some(x) = t.strip_suffix('k') {
+            (x.to_string(), 1_000.0)
+        } else if let Some(x) = t.strip_suffix('m') {
+            (x.to_string(), 1_000_000.0)
+        } else {
+            (t, 1.0)
+        };
+        let v: f64 = num.parse().ok()?;
+        let v = v * mult;
+        (v >= 1.0 && v.fract() == 0.0 && v < 1e12).then_some(v as usize)
+    };
+    let (r, d) = s
+        .split_once(['x', 'X'])
+        .with_context(|| format!("--search {s:?}: expected ROWSxDIM, such as 1000000x512"))?;
+    match (number(r), number(d)) {
+        (Some(r), Some(d)) => Ok((r, d)),
+        _ => bail!(
+            "--search {s:?}: expected ROWSxDIM with whole numbers of at least 1, such as 1000000x512"
+        ),
+    }
+}
+
+fn bench_search(a: &BenchArgs, shape: &str) -> Result<()> {
+    let (rows, dim) = parse_shape(shape)?;
+    let threads = a.search_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let sp = spinner(format!("search bench {rows}x{dim}"));
+    let r =
+        sen_runtime::bench::search(rows, dim, &a.queries, a.f16, a.k, threads, a.seconds, |m| {
+            sp.set_message(m.to_string())
+        });
+    sp.finish_and_clear();
+    let r = r?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "exact top-{} of {} x {} {} rows, {} kernels, {} threads; {}, {} logical cores; {} s per row",
+        r.k,
+        r.rows,
+        r.dim,
+        r.dtype,
+        r.kernel,
+        r.threads,
+        r.cpu,
+        r.logical_cores,
+        r.seconds_per_entry
+    );
+    println!(
+        "{:>8} {:>14} {:>7} {:>10} {:>10} {:>10} {:>12}",
+        "queries", "kernel", "calls", "p50 ms", "p90 ms", "p99 ms", "queries/s"
+    );
+    for e in &r.results {
+        println!(
+            "{:>8} {:>14} {:>7} {:>10.3} {:>10.3} {:>10.3} {:>12.1}",
+            e.queries,
+            if e.batched {
+                "batched"
+            } else {
+                "one at a time"
+            },
+            e.latency.runs,
+            e.latency.p50_ms,
+            e.latency.p90_ms,
+            e.latency.p99_ms,
+            e.queries_per_s
+        );
+    }
+    Ok(())
+}
+
 pub fn bench(a: BenchArgs) -> Result<()> {
+    if let Some(shape) = &a.search {
+        return bench_search(&a, shape);
+    }
+    let bundle = a
+        .bundle
+        .clone()
+        .expect("clap requires BUNDLE without --search");
     let mut opts = a.provider.options();
     if a.precision.is_some() {
         if opts.kind != ProviderKind::TensorRt {
@@ -801,7 +982,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 opts.kind
             );
         }
-        require_fp32_bundle(&a.bundle)?;
+        require_fp32_bundle(&bundle)?;
         opts.tensorrt.fp16_flag = true;
     }
     let which = match a.encoders.as_str() {
@@ -810,9 +991,15 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         _ => sen_runtime::bench::Which::Both,
     };
     let sp = spinner("loading the bundle".into());
-    let r = sen_runtime::bench::run(&a.bundle, &opts, &a.batch, a.seconds, which, |e, b| {
-        sp.set_message(format!("{e} encoder, batch {b}"))
-    });
+    let r = sen_runtime::bench::run(
+        &bundle,
+        &opts,
+        &a.batch,
+        a.seconds,
+        which,
+        a.text_tokens,
+        |e, b| sp.set_message(format!("{e} encoder, batch {b}")),
+    );
     sp.finish_and_clear();
     let r = r?;
     if a.json {
@@ -833,13 +1020,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             .unwrap_or_default()
     );
     println!(
-        "ONNX Runtime {} ({}){}; {} s per row",
+        "ONNX Runtime {} ({}){}; search kernels {}; {} s per row",
         m.onnxruntime,
         m.onnxruntime_library,
         m.tensorrt
             .as_ref()
             .map(|t| format!(", TensorRT {t}"))
             .unwrap_or_default(),
+        m.search_kernel,
         r.seconds_per_entry
     );
     println!(
@@ -847,9 +1035,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "encoder", "batch", "runs", "p50 ms", "p90 ms", "p99 ms", "items/s"
     );
     for e in &r.results {
+        let name = match (e.tokens, e.sequence_fed) {
+            (Some(t), Some(f)) if t == f => format!("text/{t}"),
+            (Some(t), Some(f)) => format!("text/{t}>{f}"),
+            _ => e.encoder.to_string(),
+        };
         println!(
             "{:<8} {:>6} {:>7} {:>10.3} {:>10.3} {:>10.3} {:>12.1}",
-            e.encoder,
+            name,
             e.batch,
             e.latency.runs,
             e.latency.p50_ms,

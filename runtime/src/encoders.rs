@@ -31,19 +31,164 @@ use std::time::Instant;
 
 /// Sessions of one model; see the module notes.
 struct SessionPool {
-    free: Mutex<Vec<Session>>,
+    free: Mutex<Vec<Slot>>,
     ready: Condvar,
 }
 
+/// One session and, with I/O binding, its bound buffers.
+struct Slot {
+    session: Session,
+    bound: Option<Bound>,
+}
+
+/// An input for [`run_session`]: a borrowed array of either element type.
+enum Input<'a> {
+    F32(ndarray::ArrayViewD<'a, f32>),
+    I64(ndarray::ArrayViewD<'a, i64>),
+}
+
+impl Input<'_> {
+    fn shape(&self) -> Vec<usize> {
+        match self {
+            Input::F32(a) => a.shape().to_vec(),
+            Input::I64(a) => a.shape().to_vec(),
+        }
+    }
+}
+
+/// I/O binding state of one session (`ProviderOptions::io_binding`): host buffers in
+/// the provider's transfer memory (CUDA pinned memory on CUDA and TensorRT, plain CPU
+/// memory on the CPU provider), allocated once per input shape and reused while the
+/// shapes repeat, and the output bound to a preallocated buffer, so a call allocates
+/// nothing and copies through pinned memory.
+struct Bound {
+    binding: ort::session::IoBinding,
+    input_alloc: ort::memory::Allocator,
+    output_alloc: ort::memory::Allocator,
+    shapes: Vec<Vec<usize>>,
+    inputs: Vec<ort::value::DynTensor>,
+    output: Option<ort::value::Tensor<f32>>,
+    /// Times the buffers were (re)allocated, for tests and logs.
+    allocations: u64,
+}
+
+impl Bound {
+    fn new(session: &Session, kind: ProviderKind, device: i32) -> Result<Bound, ort::Error> {
+        use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+        let mem = |t: MemoryType| match kind {
+            ProviderKind::Cpu => {
+                MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, t)
+            }
+            _ => MemoryInfo::new(
+                AllocationDevice::CUDA_PINNED,
+                device,
+                AllocatorType::Device,
+                t,
+            ),
+        };
+        Ok(Bound {
+            binding: session.create_binding()?,
+            input_alloc: Allocator::new(session, mem(MemoryType::CPUInput)?)?,
+            output_alloc: Allocator::new(session, mem(MemoryType::CPUOutput)?)?,
+            shapes: vec![],
+            inputs: vec![],
+            output: None,
+            allocations: 0,
+        })
+    }
+}
+
+/// Run `session` on `inputs` (named `names`) and return output `out` as `[B, D]`,
+/// through the slot's I/O binding when it has one.
+fn run_session(
+    slot: &mut Slot,
+    names: &[&str],
+    inputs: &[Input<'_>],
+    out: &str,
+    out_cols: usize,
+    model: &Path,
+) -> Result<Array2<f32>, RuntimeError> {
+    let err = |e: ort::Error| ort_err(model, e);
+    let Some(b) = slot.bound.as_mut() else {
+        let values: Vec<(String, ort::session::SessionInputValue)> = names
+            .iter()
+            .zip(inputs)
+            .map(|(n, i)| {
+                let v: ort::session::SessionInputValue = match i {
+                    Input::F32(a) => TensorRef::from_array_view(a.view()).map_err(err)?.into(),
+                    Input::I64(a) => TensorRef::from_array_view(a.view()).map_err(err)?.into(),
+                };
+                Ok((n.to_string(), v))
+            })
+            .collect::<Result<_, RuntimeError>>()?;
+        let outputs = slot.session.run(values).map_err(err)?;
+        return extract(&outputs[out], model);
+    };
+    let shapes: Vec<Vec<usize>> = inputs.iter().map(Input::shape).collect();
+    if shapes != b.shapes {
+        b.inputs.clear();
+        for i in inputs {
+            let t: ort::value::DynTensor = match i {
+                Input::F32(a) => ort::value::Tensor::<f32>::new(&b.input_alloc, a.shape())
+                    .map_err(err)?
+                    .upcast(),
+                Input::I64(a) => ort::value::Tensor::<i64>::new(&b.input_alloc, a.shape())
+                    .map_err(err)?
+                    .upcast(),
+            };
+            b.inputs.push(t);
+        }
+        let rows = shapes.first().and_then(|s| s.first()).copied().unwrap_or(0);
+        let mut o =
+            ort::value::Tensor::<f32>::new(&b.output_alloc, [rows, out_cols]).map_err(err)?;
+        b.binding.bind_output(out, &mut o).map_err(err)?;
+        b.output = Some(o);
+        b.shapes = shapes;
+        b.allocations += 1;
+    }
+    for ((name, i), t) in names.iter().zip(inputs).zip(&mut b.inputs) {
+        match i {
+            Input::F32(a) => {
+                let (_, dst) = t.try_extract_tensor_mut::<f32>().map_err(err)?;
+                copy_into(dst, a)?;
+            }
+            Input::I64(a) => {
+                let (_, dst) = t.try_extract_tensor_mut::<i64>().map_err(err)?;
+                copy_into(dst, a)?;
+            }
+        }
+        // Binding copies the data to the device (or aliases it on the CPU).
+        b.binding.bind_input(*name, &*t).map_err(err)?;
+    }
+    let outputs = slot.session.run_binding(&b.binding).map_err(err)?;
+    extract(&outputs[out], model)
+}
+
+/// Copy a standard-layout view into a bound buffer of the same length.
+fn copy_into<T: Copy>(dst: &mut [T], src: &ndarray::ArrayViewD<'_, T>) -> Result<(), RuntimeError> {
+    let src = src
+        .as_slice()
+        .ok_or_else(|| RuntimeError::Input("input is not in standard layout".into()))?;
+    if dst.len() != src.len() {
+        return Err(RuntimeError::Input(format!(
+            "bound buffer holds {} values, the input {}",
+            dst.len(),
+            src.len()
+        )));
+    }
+    dst.copy_from_slice(src);
+    Ok(())
+}
+
 impl SessionPool {
-    fn new(sessions: Vec<Session>) -> Self {
+    fn new(slots: Vec<Slot>) -> Self {
         SessionPool {
-            free: Mutex::new(sessions),
+            free: Mutex::new(slots),
             ready: Condvar::new(),
         }
     }
 
-    fn run<R>(&self, f: impl FnOnce(&mut Session) -> R) -> R {
+    fn run<R>(&self, f: impl FnOnce(&mut Slot) -> R) -> R {
         let s = {
             let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
             loop {
@@ -54,7 +199,7 @@ impl SessionPool {
             }
         };
         // Put the session back even if `f` panics, so other callers do not wait forever.
-        struct Back<'a>(&'a SessionPool, Option<Session>);
+        struct Back<'a>(&'a SessionPool, Option<Slot>);
         impl Drop for Back<'_> {
             fn drop(&mut self) {
                 if let Some(s) = self.1.take() {
@@ -69,6 +214,16 @@ impl SessionPool {
         }
         let mut back = Back(self, Some(s));
         f(back.1.as_mut().expect("session held"))
+    }
+
+    /// Buffer allocations of the bound sessions so far (0 without I/O binding).
+    fn bound_allocations(&self) -> u64 {
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|s| s.bound.as_ref().map(|b| b.allocations))
+            .sum()
     }
 }
 
@@ -292,14 +447,19 @@ fn pool(
     }
     profile.validate().map_err(RuntimeError::Input)?;
     let model = dir.join(crate::providers::model_file(manifest, io, opts)?);
-    let mut sessions = vec![];
+    let mut slots = vec![];
     let mut reports = vec![];
     for _ in 0..opts.sessions {
-        let (s, r) = build_session(&model, io, manifest, profile, opts, pre, name)?;
-        sessions.push(s);
+        let (session, r) = build_session(&model, io, manifest, profile, opts, pre, name)?;
+        let bound = if opts.io_binding {
+            Some(Bound::new(&session, opts.kind, opts.device_id).map_err(|e| ort_err(&model, e))?)
+        } else {
+            None
+        };
+        slots.push(Slot { session, bound });
         reports.push(r);
     }
-    Ok((SessionPool::new(sessions), reports))
+    Ok((SessionPool::new(slots), reports))
 }
 
 /// The image encoder of a bundle.
@@ -313,13 +473,42 @@ pub struct ImageEncoder {
 }
 
 /// The text encoder of a bundle, with the bundle's tokenizer.
+///
+/// A format-2 bundle's text encoder takes a dynamic sequence axis: every batch is cut
+/// to its longest caption (last EOT + 1, at least the profile's minimum) before the
+/// call, which is exact because the attention is causal. [`TextEncoder::fed`] counts
+/// what the session was given.
 pub struct TextEncoder {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub tokenizer: ClipTokenizer,
     pub profile: BatchProfile,
+    /// Sequence lengths the session accepts (min, max); max = the context length.
+    pub sequence: (usize, usize),
     pub reports: Vec<SessionReport>,
     pool: SessionPool,
+    fed: FedCounters,
+}
+
+/// Calls, rows and token positions given to a text session (positions per row are
+/// what trimming saves: a v1 bundle always gets the whole context).
+#[derive(Debug, Default)]
+struct FedCounters {
+    calls: std::sync::atomic::AtomicU64,
+    rows: std::sync::atomic::AtomicU64,
+    positions: std::sync::atomic::AtomicU64,
+    last_length: std::sync::atomic::AtomicU64,
+}
+
+/// A snapshot of [`TextEncoder::fed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fed {
+    pub calls: u64,
+    pub rows: u64,
+    /// Sum over calls of batch x sequence length.
+    pub positions: u64,
+    /// The sequence length of the last call.
+    pub last_length: u64,
 }
 
 /// Both encoders of one bundle (the manifest verified once).
@@ -390,6 +579,12 @@ impl ImageEncoder {
         })
     }
 
+    /// I/O binding: how many times the bound buffers were allocated (once per new
+    /// input shape; 0 without binding).
+    pub fn bound_allocations(&self) -> u64 {
+        self.pool.bound_allocations()
+    }
+
     /// The content hash recorded in gallery indexes made with this encoder.
     pub fn digest(&self) -> Result<String, RuntimeError> {
         Ok(self.manifest.encoder_digest(&self.manifest.io.image)?)
@@ -408,13 +603,15 @@ impl ImageEncoder {
         let io = &self.manifest.io.image;
         let model = self.dir.join(&io.file);
         let pixels = pixels.as_standard_layout();
-        self.pool.run(|session| {
-            let input =
-                TensorRef::from_array_view(pixels.view()).map_err(|e| ort_err(&model, e))?;
-            let out = session
-                .run(ort::inputs![io.inputs[0].name.as_str() => input])
-                .map_err(|e| ort_err(&model, e))?;
-            extract(&out[io.outputs[0].name.as_str()], &model)
+        self.pool.run(|slot| {
+            run_session(
+                slot,
+                &[io.inputs[0].name.as_str()],
+                &[Input::F32(pixels.view().into_dyn())],
+                io.outputs[0].name.as_str(),
+                self.manifest.model.embed_dim,
+                &model,
+            )
         })
     }
 
@@ -530,17 +727,43 @@ impl TextEncoder {
             &dir.join(&manifest.tokenizer.file),
             manifest.tokenizer.context_length,
         )?;
+        let ctx = manifest.tokenizer.context_length;
+        let sequence = if manifest.text_sequence_is_dynamic() {
+            let p = opts.tensorrt.text_sequence(ctx)?;
+            (p.min, p.max)
+        } else {
+            (ctx, ctx)
+        };
         Ok(TextEncoder {
             dir: dir.to_path_buf(),
             manifest,
             tokenizer,
             profile,
+            sequence,
             reports,
             pool,
+            fed: FedCounters::default(),
         })
     }
 
-    /// Token ids `[B, context]` and EOT positions `[B]` -> `[B, D]` unit rows.
+    /// I/O binding: how many times the bound buffers were allocated.
+    pub fn bound_allocations(&self) -> u64 {
+        self.pool.bound_allocations()
+    }
+
+    /// What the session has been given so far.
+    pub fn fed(&self) -> Fed {
+        use std::sync::atomic::Ordering::Relaxed;
+        Fed {
+            calls: self.fed.calls.load(Relaxed),
+            rows: self.fed.rows.load(Relaxed),
+            positions: self.fed.positions.load(Relaxed),
+            last_length: self.fed.last_length.load(Relaxed),
+        }
+    }
+
+    /// Token ids `[B, context]` and EOT positions `[B]` -> `[B, D]` unit rows. A
+    /// format-2 bundle gets the ids cut to the batch's last EOT + 1.
     pub fn encode_ids(
         &self,
         ids: ArrayView2<i64>,
@@ -570,15 +793,32 @@ impl TextEncoder {
         }
         let io = &self.manifest.io.text;
         let model = self.dir.join(&io.file);
+        // Every position after the last EOT is padding the causal attention never lets
+        // reach an EOT token: cut it (to at least the profile's minimum).
+        let len = (eot.iter().copied().max().unwrap_or(0) as usize + 1)
+            .clamp(self.sequence.0, self.sequence.1);
+        let ids = ids.slice(ndarray::s![.., ..len]);
         let ids = ids.as_standard_layout();
         let eot = eot.as_standard_layout();
-        self.pool.run(|session| {
-            let a = TensorRef::from_array_view(ids.view()).map_err(|e| ort_err(&model, e))?;
-            let e = TensorRef::from_array_view(eot.view()).map_err(|e| ort_err(&model, e))?;
-            let out = session
-                .run(ort::inputs![io.inputs[0].name.as_str() => a, io.inputs[1].name.as_str() => e])
-                .map_err(|e| ort_err(&model, e))?;
-            extract(&out[io.outputs[0].name.as_str()], &model)
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.fed.calls.fetch_add(1, Relaxed);
+            self.fed.rows.fetch_add(b as u64, Relaxed);
+            self.fed.positions.fetch_add((b * len) as u64, Relaxed);
+            self.fed.last_length.store(len as u64, Relaxed);
+        }
+        self.pool.run(|slot| {
+            run_session(
+                slot,
+                &[io.inputs[0].name.as_str(), io.inputs[1].name.as_str()],
+                &[
+                    Input::I64(ids.view().into_dyn()),
+                    Input::I64(eot.view().into_dyn()),
+                ],
+                io.outputs[0].name.as_str(),
+                self.manifest.model.embed_dim,
+                &model,
+            )
         })
     }
 

@@ -4,6 +4,9 @@
 pub enum RuntimeError {
     #[error(transparent)]
     Core(#[from] sen_core::CoreError),
+    /// The store, an index or a search kernel (names the file or setting).
+    #[error(transparent)]
+    Store(#[from] sen_store::StoreError),
     /// ONNX Runtime (or another native dependency) is missing or unusable.
     #[error("{0}")]
     Dependency(String),
@@ -13,9 +16,6 @@ pub enum RuntimeError {
     /// Bad input to an encoder (names the tensor and what would fix it).
     #[error("{0}")]
     Input(String),
-    /// A damaged, mismatched or unreadable gallery index (names the file).
-    #[error("{0}")]
-    Index(String),
     /// An execution provider that cannot start here (names what is missing and how to install it).
     #[error("{0}")]
     Provider(String),

@@ -4,7 +4,7 @@
 //! - [`providers`]: TensorRT / CUDA / CPU: preflight checks, engine-cache keys, profiles;
 //! - [`encoders`]: a verified bundle's [`ImageEncoder`](encoders::ImageEncoder) and
 //!   [`TextEncoder`](encoders::TextEncoder), batched and safe for concurrent callers;
-//! - [`index`]: the gallery index file; [`search`]: exact top-k (SIMD, multi-threaded);
+//! - [`index`], [`search`]: `sen-store`'s index file and exact top-k kernels, re-exported;
 //! - [`eval`]: SPEC §7 metrics of a bundle on a dataset split;
 //! - [`bench`]: latency percentiles and throughput of a bundle on this machine.
 //!
@@ -14,10 +14,10 @@ pub mod bench;
 pub mod encoders;
 pub mod error;
 pub mod eval;
-pub mod index;
 pub mod onnxruntime;
 pub mod providers;
-pub mod search;
+
+pub use sen_store::{index, search};
 
 pub use error::RuntimeError;
 

@@ -1,6 +1,7 @@
 //! `sen`: text-to-image person retrieval on the edge.
 
 mod cli;
+mod store_cli;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -40,8 +41,13 @@ enum Command {
     Eval(cli::EvalArgs),
     /// Build (and cache) the TensorRT engines of a bundle ahead of serving.
     BuildEngines(cli::BuildEnginesArgs),
-    /// Latency percentiles and throughput of a bundle's encoders on this machine.
+    /// Latency percentiles and throughput of a bundle's encoders (or of the search) on this machine.
     Bench(cli::BenchArgs),
+    /// The gallery store: create, add, search, delete, compact, stats, verify, snapshot, import.
+    Store {
+        #[command(subcommand)]
+        command: store_cli::StoreCommand,
+    },
     /// Tokenise captions exactly as the text encoder receives them (CLIP BPE, 77 ids).
     Tokenize {
         /// The texts to tokenise (each one argument; quote sentences).
@@ -143,6 +149,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => cli::eval(a)?,
         Command::BuildEngines(a) => cli::build_engines(a)?,
         Command::Bench(a) => cli::bench(a)?,
+        Command::Store { command } => store_cli::run(command)?,
         Command::Tokenize {
             texts,
             json,

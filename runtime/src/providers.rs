@@ -120,11 +120,17 @@ impl std::str::FromStr for BatchProfile {
 }
 
 /// TensorRT's three profile strings (`min`, `opt`, `max`) for one encoder, in ONNX
-/// Runtime's `name:d0xd1x...` format, every input listed, batch varied.
-pub fn profile_shapes(io: &EncoderIo, p: &BatchProfile) -> Result<[String; 3], RuntimeError> {
+/// Runtime's `name:d0xd1x...` format, every input listed, batch varied (and the
+/// sequence axis of a format-2 text encoder, by `seq`).
+pub fn profile_shapes(
+    io: &EncoderIo,
+    p: &BatchProfile,
+    seq: Option<&BatchProfile>,
+) -> Result<[String; 3], RuntimeError> {
     use sen_core::manifest::Dim;
     let mut out = [String::new(), String::new(), String::new()];
-    for (slot, batch) in out.iter_mut().zip([p.min, p.opt, p.max]) {
+    let seqs = seq.map(|s| [s.min, s.opt, s.max]);
+    for (k, (slot, batch)) in out.iter_mut().zip([p.min, p.opt, p.max]).enumerate() {
         let mut parts = vec![];
         for t in &io.inputs {
             let dims: Vec<String> = t
@@ -133,9 +139,12 @@ pub fn profile_shapes(io: &EncoderIo, p: &BatchProfile) -> Result<[String; 3], R
                 .map(|d| match d {
                     Dim::Fixed(n) => Ok(n.to_string()),
                     Dim::Symbolic(s) if s == "batch" => Ok(batch.to_string()),
+                    Dim::Symbolic(s) if s == "sequence" && seqs.is_some() => {
+                        Ok(seqs.expect("checked")[k].to_string())
+                    }
                     Dim::Symbolic(s) => Err(RuntimeError::Provider(format!(
-                        "{}: input {} has a symbolic dimension {s:?} other than batch; \
-                         TensorRT needs a profile for it, which sen does not build",
+                        "{}: input {} has a symbolic dimension {s:?} other than batch and \
+                         sequence; TensorRT needs a profile for it, which sen does not build",
                         io.file, t.name
                     ))),
                 })
@@ -223,6 +232,36 @@ pub struct TensorRtOptions {
     /// int8 bundles: build the fp32 models under `implicit/` with their calibration
     /// caches instead of the Q/DQ models (TensorRT <= 10 only).
     pub int8_implicit: bool,
+    /// Sequence lengths of the text profile (format-2 bundles; `--text-seq`); None:
+    /// 1, 20 (a typical query) and the context length.
+    pub text_seq: Option<BatchProfile>,
+}
+
+impl TensorRtOptions {
+    /// The text profile's sequence lengths for a context of `ctx` tokens.
+    pub fn text_sequence(&self, ctx: usize) -> Result<BatchProfile, RuntimeError> {
+        let p = self.text_seq.unwrap_or(BatchProfile {
+            min: 1,
+            opt: 20.min(ctx),
+            max: ctx,
+        });
+        if p.max > ctx {
+            return Err(RuntimeError::Input(format!(
+                "--text-seq {},{},{}: the bundle's text context is {ctx} tokens; the maximum \
+                 cannot exceed it",
+                p.min, p.opt, p.max
+            )));
+        }
+        if p.max < ctx {
+            // Longer captions would not fit the engine; sen feeds at most `max`.
+            return Err(RuntimeError::Input(format!(
+                "--text-seq {},{},{}: the maximum must be the bundle's context length {ctx}, \
+                 so every caption fits",
+                p.min, p.opt, p.max
+            )));
+        }
+        Ok(p)
+    }
 }
 
 impl Default for TensorRtOptions {
@@ -235,6 +274,7 @@ impl Default for TensorRtOptions {
             layer_norm_fp32: true,
             workspace_mib: None,
             int8_implicit: false,
+            text_seq: None,
         }
     }
 }
@@ -253,6 +293,10 @@ pub struct ProviderOptions {
     pub tensorrt: TensorRtOptions,
     /// Write ONNX Runtime's optimised graphs here (debugging).
     pub optimized_model_dir: Option<PathBuf>,
+    /// Run through ONNX Runtime's I/O binding with reused host buffers (pinned memory
+    /// on CUDA/TensorRT). Default: on for GPU providers, off on the CPU (where it
+    /// only adds a copy).
+    pub io_binding: bool,
 }
 
 impl ProviderOptions {
@@ -265,6 +309,7 @@ impl ProviderOptions {
             sessions: 1,
             tensorrt: TensorRtOptions::default(),
             optimized_model_dir: None,
+            io_binding: kind != ProviderKind::Cpu,
         }
     }
 
@@ -521,6 +566,7 @@ pub fn slug(s: &str) -> String {
 /// The engine-cache directory of one encoder: content hash x TensorRT version x GPU
 /// x compute capability x precision x profile. Anything that changes the engine
 /// changes the directory, so a stale engine is never loaded.
+#[allow(clippy::too_many_arguments)]
 pub fn engine_cache_dir(
     root: &Path,
     encoder_digest: &str,
@@ -528,11 +574,15 @@ pub fn engine_cache_dir(
     gpu: &GpuInfo,
     precision: EnginePrecision,
     profile: &BatchProfile,
+    seq: Option<&BatchProfile>,
     layer_norm_fp32: bool,
 ) -> PathBuf {
     let short = &encoder_digest[..encoder_digest.len().min(16)];
+    let seq = seq
+        .map(|s| format!("-s{}-{}-{}", s.min, s.opt, s.max))
+        .unwrap_or_default();
     root.join("engines").join(format!(
-        "{short}-trt{}.{}.{}-{}-sm{}{}-{}{}-b{}-{}-{}",
+        "{short}-trt{}.{}.{}-{}-sm{}{}-{}{}-b{}-{}-{}{seq}",
         trt.0,
         trt.1,
         trt.2,
@@ -670,6 +720,12 @@ impl TensorRtPlan {
         } else {
             (io.file.clone(), None, manifest.encoder_digest(io)?)
         };
+        // A format-2 text encoder's sequence axis gets its own profile.
+        let seq = if io.has_dynamic_sequence() {
+            Some(opts.text_sequence(manifest.tokenizer.context_length)?)
+        } else {
+            None
+        };
         Ok(TensorRtPlan {
             engine_dir: engine_cache_dir(
                 &opts.cache_root,
@@ -678,11 +734,12 @@ impl TensorRtPlan {
                 gpu,
                 precision,
                 profile,
+                seq.as_ref(),
                 opts.layer_norm_fp32,
             ),
             timing_dir: timing_cache_dir(&opts.cache_root, trt, gpu),
             precision,
-            profile: profile_shapes(io, profile)?,
+            profile: profile_shapes(io, profile, seq.as_ref())?,
             layer_norm_fp32: opts.layer_norm_fp32 && precision != EnginePrecision::Fp32,
             workspace_bytes: opts.workspace_mib.map(|m| m << 20),
             device_id,
@@ -829,7 +886,7 @@ mod tests {
             opt: 16,
             max: 64,
         };
-        let s = profile_shapes(&m.io.image, &p).unwrap();
+        let s = profile_shapes(&m.io.image, &p, None).unwrap();
         assert_eq!(
             s,
             [
@@ -838,10 +895,27 @@ mod tests {
                 "pixel_values:64x3x192x64".into()
             ]
         );
-        let s = profile_shapes(&m.io.text, &p).unwrap();
+        let s = profile_shapes(&m.io.text, &p, None).unwrap();
         assert_eq!(s[1], "input_ids:16x77,eot_index:16");
+        // A format-2 text encoder: the sequence axis follows its own profile.
+        m.io.text.inputs[0].shape[1] = Dim::Symbolic("sequence".into());
+        let seq = BatchProfile {
+            min: 1,
+            opt: 20,
+            max: 77,
+        };
+        let s = profile_shapes(&m.io.text, &p, Some(&seq)).unwrap();
+        assert_eq!(
+            s,
+            [
+                "input_ids:1x1,eot_index:1".to_string(),
+                "input_ids:16x20,eot_index:16".into(),
+                "input_ids:64x77,eot_index:64".into()
+            ]
+        );
+        assert!(profile_shapes(&m.io.text, &p, None).is_err());
         m.io.text.inputs[1].shape = vec![Dim::Symbolic("seq".into())];
-        assert!(profile_shapes(&m.io.text, &p).is_err());
+        assert!(profile_shapes(&m.io.text, &p, Some(&seq)).is_err());
     }
 
     #[test]
@@ -855,6 +929,7 @@ mod tests {
             &gpu(),
             EnginePrecision::Fp16,
             &p,
+            None,
             true,
         );
         assert_eq!(
@@ -873,6 +948,7 @@ mod tests {
                 &gpu(),
                 EnginePrecision::Fp16,
                 &p,
+                None,
                 true,
             ),
             engine_cache_dir(
@@ -882,6 +958,7 @@ mod tests {
                 &gpu(),
                 EnginePrecision::Fp16,
                 &p,
+                None,
                 true,
             ),
             engine_cache_dir(
@@ -891,6 +968,7 @@ mod tests {
                 &other_gpu,
                 EnginePrecision::Fp16,
                 &p,
+                None,
                 true,
             ),
             engine_cache_dir(
@@ -900,6 +978,7 @@ mod tests {
                 &gpu(),
                 EnginePrecision::Int8,
                 &p,
+                None,
                 true,
             ),
             engine_cache_dir(
@@ -909,6 +988,7 @@ mod tests {
                 &gpu(),
                 EnginePrecision::Fp16,
                 &p,
+                None,
                 false,
             ),
             engine_cache_dir(
@@ -922,12 +1002,33 @@ mod tests {
                     opt: 8,
                     max: 64,
                 },
+                None,
                 true,
             ),
         ];
         for v in &variants {
             assert_ne!(v, &base);
         }
+        // The text profile's sequence range is part of the key.
+        let seq = |opt| {
+            engine_cache_dir(
+                root,
+                &"a".repeat(64),
+                (10, 3, 0),
+                &gpu(),
+                EnginePrecision::Fp16,
+                &p,
+                Some(&BatchProfile {
+                    min: 1,
+                    opt,
+                    max: 77,
+                }),
+                true,
+            )
+        };
+        assert!(seq(20).to_string_lossy().ends_with("-b1-16-64-s1-20-77"));
+        assert_ne!(seq(20), seq(32));
+        assert_ne!(seq(20), base);
         assert_eq!(
             timing_cache_dir(root, (10, 3, 0), &gpu()),
             Path::new("/c/timing/trt10.3.0-nvidia-jetson-agx-orin-sm87")

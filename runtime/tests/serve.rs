@@ -193,6 +193,44 @@ fn index_search_and_eval_agree_with_each_other() {
         .unwrap());
     let a16: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(a16["results"][0]["path"], ans["results"][0]["path"]);
+
+    // SEN_SIMD forces a kernel path: the portable one ranks exactly as the default;
+    // `sen info` names the path; an unknown or unsupported path is refused.
+    let search_with = |simd: &str| {
+        sen()
+            .env("SEN_SIMD", simd)
+            .arg("search")
+            .arg(&b)
+            .arg(&idx)
+            .arg(q)
+            .args(["-k", "5", "--json"])
+            .output()
+            .unwrap()
+    };
+    let port: serde_json::Value =
+        serde_json::from_slice(&ok(search_with("portable")).stdout).unwrap();
+    for (x, y) in port["results"].as_array().unwrap().iter().zip(results) {
+        assert_eq!(x["path"], y["path"]);
+        assert!((x["score"].as_f64().unwrap() - y["score"].as_f64().unwrap()).abs() < 1e-5);
+    }
+    let e = err(search_with("sse9"));
+    assert!(e.contains("SEN_SIMD=sse9") && e.contains("portable"), "{e}");
+    let info = ok(sen()
+        .env("SEN_SIMD", "portable")
+        .arg("info")
+        .arg(&b)
+        .arg("--json")
+        .output()
+        .unwrap());
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["search_kernel"]["path"], "portable");
+    assert_eq!(info["search_kernel"]["forced"], "portable");
+    assert!(
+        info["search_kernel"]["available"]
+            .as_array()
+            .unwrap()
+            .contains(&"portable".into())
+    );
 }
 
 #[test]
@@ -396,6 +434,11 @@ fn bench_reports_percentiles_per_encoder_and_batch_with_the_machine() {
     assert_eq!(v["machine"]["provider"], "cpu");
     assert_eq!(v["machine"]["onnxruntime"], "1.31.1");
     assert!(v["machine"]["logical_cores"].as_u64().unwrap() >= 1);
+    let kernel = v["machine"]["search_kernel"].as_str().unwrap();
+    assert!(
+        ["portable", "avx", "avx2", "avx512"].contains(&kernel),
+        "{kernel}"
+    );
     let rows = v["results"].as_array().unwrap();
     let got: Vec<(String, u64)> = rows
         .iter()
@@ -440,4 +483,152 @@ fn bench_reports_percentiles_per_encoder_and_batch_with_the_machine() {
         let e = err(sen().arg("bench").arg(&b).args(&args).output().unwrap());
         assert!(e.contains(want), "{args:?}: {e}");
     }
+    // Text rows say how many tokens the captions had and how many the session got:
+    // a format-2 bundle is fed the caption's length, never the whole context.
+    let text = |tokens: &str| {
+        let out = ok(sen()
+            .arg("bench")
+            .arg(&b)
+            .args([
+                "--encoders",
+                "text",
+                "--batch",
+                "2",
+                "--seconds",
+                "0.05",
+                "--json",
+            ])
+            .args(["--text-tokens", tokens])
+            .output()
+            .unwrap());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let r = &v["results"][0];
+        (
+            r["tokens"].as_u64().unwrap(),
+            r["sequence_fed"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(text("20"), (20, 20));
+    assert_eq!(text("56"), (56, 56), "the tiny preset's whole context");
+    let e = err(sen()
+        .arg("bench")
+        .arg(&b)
+        .args(["--encoders", "text", "--text-tokens", "57"])
+        .output()
+        .unwrap());
+    assert!(e.contains("--text-tokens 57") && e.contains("56"), "{e}");
+}
+
+/// `sen bench --search` times the batched exact search on random rows, no bundle.
+#[test]
+fn bench_times_the_search_without_a_bundle() {
+    let out = ok(sen()
+        .args([
+            "bench",
+            "--search",
+            "3000x24",
+            "--queries",
+            "1,5",
+            "-k",
+            "3",
+        ])
+        .args(["--seconds", "0.05", "--search-threads", "2", "--json"])
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["rows"].as_u64(), v["dim"].as_u64()),
+        (Some(3000), Some(24))
+    );
+    assert_eq!(
+        (v["dtype"].as_str(), v["threads"].as_u64()),
+        (Some("f32"), Some(2))
+    );
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 2);
+    assert_eq!(
+        (r[0]["queries"].as_u64(), r[0]["batched"].as_bool()),
+        (Some(1), Some(false))
+    );
+    assert_eq!(
+        (r[1]["queries"].as_u64(), r[1]["batched"].as_bool()),
+        (Some(5), Some(true))
+    );
+    for e in r {
+        let q = e["queries"].as_f64().unwrap();
+        let want = q * 1e3 / e["mean_ms"].as_f64().unwrap();
+        assert!(
+            (e["queries_per_s"].as_f64().unwrap() - want).abs() < 1e-6 * want,
+            "{e}"
+        );
+    }
+    let out = ok(sen()
+        .env("SEN_SIMD", "portable")
+        .args(["bench", "--search", "1kx8", "--f16", "--seconds", "0.02"])
+        .output()
+        .unwrap());
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("1000 x 8 f16") && s.contains("portable kernels"),
+        "{s}"
+    );
+    for (shape, want) in [
+        ("10x", "ROWSxDIM"),
+        ("0x8", "ROWSxDIM"),
+        ("axb", "ROWSxDIM"),
+    ] {
+        let e = err(sen().args(["bench", "--search", shape]).output().unwrap());
+        assert!(e.contains(want) && e.contains(shape), "{shape}: {e}");
+    }
+}
+
+/// I/O binding (reused buffers; pinned memory on a GPU) gives the same rows as plain
+/// runs, allocating its buffers once per input shape, not once per call.
+#[test]
+fn io_binding_gives_the_same_rows_and_reuses_its_buffers() {
+    use sen_runtime::encoders::Encoders;
+    use sen_runtime::providers::ProviderOptions;
+    let d = tempfile::tempdir().unwrap();
+    let b = bundle(d.path(), 8);
+    let plain = Encoders::load_cpu(&b).unwrap();
+    let mut opts = ProviderOptions::cpu();
+    opts.io_binding = true;
+    let bound = Encoders::load(&b, &opts).unwrap();
+    let (h, w) = (
+        plain.image.manifest.preprocess.height,
+        plain.image.manifest.preprocess.width,
+    );
+    let mut rng = sen_core::rng::Rng::new(3);
+    let x = ndarray::Array4::from_shape_fn((3, 3, h, w), |_| rng.normal() as f32);
+    let texts = [
+        "a man in a red coat",
+        "a woman with a black bag and white shoes",
+    ];
+    for round in 0..3 {
+        let (a, b) = (
+            plain.image.encode(x.view()).unwrap(),
+            bound.image.encode(x.view()).unwrap(),
+        );
+        assert_eq!(a, b, "round {round}: image rows");
+        let (a, b) = (
+            plain.text.encode(&texts).unwrap(),
+            bound.text.encode(&texts).unwrap(),
+        );
+        assert_eq!(a, b, "round {round}: text rows");
+    }
+    assert_eq!(plain.image.bound_allocations(), 0);
+    assert_eq!(
+        bound.image.bound_allocations(),
+        1,
+        "one shape, one allocation"
+    );
+    assert_eq!(bound.text.bound_allocations(), 1);
+    // A new shape allocates once more, then is reused.
+    for _ in 0..2 {
+        bound
+            .image
+            .encode(x.slice(ndarray::s![..1, .., .., ..]))
+            .unwrap();
+    }
+    assert_eq!(bound.image.bound_allocations(), 2);
 }

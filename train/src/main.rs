@@ -81,6 +81,10 @@ enum Command {
         /// as ONNX Runtime does).
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Weights and inputs in float16 (PyTorch's `model.half()`; the eager baseline
+        /// for fp16 bundles on a GPU).
+        #[arg(long)]
+        half: bool,
         /// Print JSON (p50_ms, p90_ms, p99_ms, images_per_s / texts_per_s per entry).
         #[arg(long)]
         json: bool,
@@ -121,7 +125,9 @@ struct TrainArgs {
     /// reference with --init, tiny-scratch without.
     #[arg(long)]
     recipe: Option<String>,
-    /// Planned epochs (the schedule is laid out over them); default from the recipe.
+    /// Planned epochs (the schedule is laid out over them); default: the recipe's
+    /// (tiny-scratch 36, reference 60). With --max-minutes, the most epochs the budget
+    /// fits, at most this many.
     #[arg(long)]
     epochs: Option<usize>,
     /// Base learning rate override (the bias rate keeps its ratio to it unless --bias-lr).
@@ -151,56 +157,73 @@ struct TrainArgs {
     /// Starting fraction of the rate during warm-up.
     #[arg(long)]
     warmup_factor: Option<f64>,
-    /// Batch size: identities per batch x --batch-k samples each (SPEC §5: 128 = 64 x 2).
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
-    /// Images per identity (K).
-    #[arg(long, default_value_t = 2)]
-    batch_k: usize,
+    /// Batch size: identities per batch x --batch-k samples each. Default: the
+    /// recipe's (tiny-scratch 32, reference 128 as SPEC §5).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Images per identity (K). Default: the recipe's (2).
+    #[arg(long)]
+    batch_k: Option<usize>,
     /// Build each batch from groups of G identities whose training captions are alike
     /// (TF-IDF nearest neighbours), so in-batch negatives are hard; 1: IRRA's random
     /// identities.
-    #[arg(long, default_value_t = 1, value_name = "G")]
-    similar_ids: usize,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Loss weights (0 switches a term off, for ablations).
-    #[arg(long, default_value_t = 1.0)]
-    w_sdm: f64,
-    #[arg(long, default_value_t = 1.0)]
-    w_id: f64,
-    #[arg(long, default_value_t = 10.0)]
-    w_triplet: f64,
-    #[arg(long, default_value_t = 10.0)]
-    w_tir: f64,
-    /// Probability of pruning a caption (0 switches pruning augmentation off).
-    #[arg(long, default_value_t = 0.2)]
-    prune_prob: f64,
+    #[arg(long, value_name = "G")]
+    similar_ids: Option<usize>,
+    /// Seed of the data order, augmentation and initialisation [default: 42].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Loss weights (0 switches a term off, for ablations) [defaults: SPEC §4's 1, 1, 10, 10].
+    #[arg(long)]
+    w_sdm: Option<f64>,
+    #[arg(long)]
+    w_id: Option<f64>,
+    #[arg(long)]
+    w_triplet: Option<f64>,
+    #[arg(long)]
+    w_tir: Option<f64>,
+    /// Probability of pruning a caption (0 switches pruning augmentation off) [default: 0.2].
+    #[arg(long)]
+    prune_prob: Option<f64>,
     /// Switch image augmentation off.
     #[arg(long)]
     no_augment: bool,
-    /// Evaluate on the val split every N epochs (and after the last).
-    #[arg(long, default_value_t = 1)]
-    eval_every: usize,
+    /// Evaluate on the val split every N epochs (and after the last). Default: the
+    /// recipe's (tiny-scratch 5, reference 1).
+    #[arg(long)]
+    eval_every: Option<usize>,
     #[arg(long, default_value_t = 10)]
     log_every: usize,
-    /// Data worker threads.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
-    /// Keep decoded images in memory (small datasets).
+    /// Data worker threads [default: 2].
     #[arg(long)]
+    workers: Option<usize>,
+    /// Keep the decoded, resized training images in memory. Default: on when they take
+    /// at most a quarter of the memory available now (logged either way).
+    #[arg(long, conflicts_with = "no_cache_images")]
     cache_images: bool,
-    /// Stop after this many minutes (the schedule still follows the planned epochs); resumable.
+    /// Decode training images every epoch even when they would fit in memory.
+    #[arg(long)]
+    no_cache_images: bool,
+    /// Stop after this many minutes, resumably. A fresh run times its first steps and
+    /// fits epochs, warm-up and cosine into the budget (recorded in train.json;
+    /// --resume keeps that plan), unless --fixed-schedule.
     #[arg(long)]
     max_minutes: Option<f64>,
+    /// With --max-minutes: keep the planned epochs and stop at the limit mid-schedule
+    /// instead of fitting the schedule to the budget.
+    #[arg(long, requires = "max_minutes")]
+    fixed_schedule: bool,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Mixed precision. CUDA: fp16 autocast with dynamic loss scaling. CPU: every
-    /// linear layer and projection in bf16 (fp32 accumulation, fp32 master weights;
-    /// fast on CPUs with AVX512-BF16 or AMX, warned about elsewhere).
-    #[arg(long)]
+    /// Mixed precision. CUDA: fp16 autocast with dynamic loss scaling (off unless
+    /// given). CPU: every linear layer and projection in bf16 (fp32 accumulation, fp32
+    /// master weights); on by default where the CPU multiplies bf16 natively
+    /// (AVX512-BF16 or AMX), off elsewhere.
+    #[arg(long, conflicts_with = "no_amp")]
     amp: bool,
+    /// Keep every product in fp32 even where the CPU multiplies bf16 natively.
+    #[arg(long)]
+    no_amp: bool,
 }
 
 fn main() {
@@ -263,125 +286,23 @@ fn run(cli: Cli) -> Result<()> {
             let device = sen_train::parse_device(&a.device)?;
             trainer::install_ctrlc();
             let (opts, out, resume) = match &a.resume {
-                Some(dir) => (trainer::read_options(dir)?, dir.clone(), true),
-                None => {
-                    let model = match &a.model_config {
-                        Some(f) => ModelConfig::from_json_file(f)?,
-                        None => ModelConfig::preset(&a.preset)?,
-                    };
-                    let mut recipe =
-                        Recipe::named(a.recipe.as_deref().unwrap_or(if a.init.is_some() {
-                            "reference"
-                        } else {
-                            "tiny-scratch"
-                        }))?;
-                    if let Some(w) = a.warmup_epochs {
-                        recipe.warmup_epochs = w;
-                    }
-                    if let Some(e) = a.epochs {
-                        recipe.epochs = e;
-                    }
-                    anyhow::ensure!(
-                        recipe.epochs > recipe.warmup_epochs,
-                        "--epochs {} must exceed the {} warm-up epochs (--warmup-epochs)",
-                        recipe.epochs,
-                        recipe.warmup_epochs
-                    );
-                    if let Some(lr) = a.lr {
-                        recipe.bias_lr *= lr / recipe.lr;
-                        recipe.lr = lr;
-                    }
-                    let positive = |flag: &str, v: f64| -> Result<f64> {
-                        anyhow::ensure!(
-                            v.is_finite() && v > 0.0,
-                            "{flag} {v}: must be a positive number"
-                        );
-                        Ok(v)
-                    };
-                    let fraction = |flag: &str, v: f64| -> Result<f64> {
-                        anyhow::ensure!((0.0..1.0).contains(&v), "{flag} {v}: must be in [0, 1)");
-                        Ok(v)
-                    };
-                    positive("--lr", recipe.lr)?;
-                    if let Some(v) = a.bias_lr {
-                        recipe.bias_lr = positive("--bias-lr", v)?;
-                    }
-                    if let Some(v) = a.head_lr_mult {
-                        recipe.head_lr_mult = positive("--head-lr-mult", v)?;
-                    }
-                    if let Some(v) = a.weight_decay {
-                        anyhow::ensure!(
-                            v.is_finite() && v >= 0.0,
-                            "--weight-decay {v}: must be >= 0"
-                        );
-                        recipe.weight_decay = v;
-                    }
-                    if let Some(v) = a.eps {
-                        recipe.eps = positive("--eps", v)?;
-                    }
-                    if let Some(v) = a.beta1 {
-                        recipe.beta1 = fraction("--beta1", v)?;
-                    }
-                    if let Some(v) = a.beta2 {
-                        recipe.beta2 = fraction("--beta2", v)?;
-                    }
-                    if let Some(v) = a.warmup_factor {
-                        anyhow::ensure!(
-                            v > 0.0 && v <= 1.0,
-                            "--warmup-factor {v}: must be in (0, 1]"
-                        );
-                        recipe.warmup_factor = v;
-                    }
-                    anyhow::ensure!(
-                        a.batch_k > 0 && a.batch % a.batch_k == 0 && a.batch >= 2 * a.batch_k,
-                        "--batch {} must be a multiple of --batch-k {} with at least two identities",
-                        a.batch,
-                        a.batch_k
-                    );
-                    anyhow::ensure!(
-                        a.similar_ids >= 1 && a.similar_ids <= a.batch / a.batch_k,
-                        "--similar-ids {}: must be between 1 and the {} identities per batch",
-                        a.similar_ids,
-                        a.batch / a.batch_k
-                    );
-                    anyhow::ensure!(
-                        (0.0..=1.0).contains(&a.prune_prob),
-                        "--prune-prob {}: must be in [0, 1]",
-                        a.prune_prob
-                    );
-                    let opts = TrainOptions {
-                        data: a.data.clone().unwrap(),
-                        format: a.format.map(|f| f.name().to_string()),
-                        model,
-                        init: a.init.clone(),
-                        recipe,
-                        identities_per_batch: a.batch / a.batch_k,
-                        samples_per_identity: a.batch_k,
-                        similar_ids: a.similar_ids,
-                        seed: a.seed,
-                        losses: LossWeights {
-                            sdm: a.w_sdm,
-                            id: a.w_id,
-                            triplet: a.w_triplet,
-                            tir: a.w_tir,
-                        },
-                        prune_prob: a.prune_prob,
-                        augment: !a.no_augment,
-                        eval_every: a.eval_every,
-                        log_every: a.log_every,
-                        workers: a.workers,
-                        cache_images: a.cache_images,
-                        amp: a.amp,
-                    };
-                    (opts, a.out.clone().unwrap(), false)
+                Some(dir) => {
+                    refuse_changes_on_resume(&a)?;
+                    (trainer::read_options(dir)?, dir.clone(), true)
                 }
+                None => (resolve_options(&a, device)?, a.out.clone().unwrap(), false),
             };
-            let (outcome, p) =
-                trainer::train(&opts, &out, resume, device, a.max_minutes, None, true)?;
+            trainer::log_settings(&opts.settings);
+            let limits = trainer::Limits {
+                max_minutes: a.max_minutes,
+                max_epochs: None,
+                fit_schedule: !a.fixed_schedule,
+            };
+            let (outcome, p) = trainer::train(&opts, &out, resume, device, &limits, true)?;
             match outcome {
                 Outcome::Finished => println!(
                     "finished {} epochs; best val R@1 {} (epoch {}) in {}/best",
-                    opts.recipe.epochs,
+                    p.epoch,
                     p.best_r1.map_or("-".into(), |r| format!("{r:.2}")),
                     p.best_epoch.map_or("-".into(), |e| e.to_string()),
                     out.display()
@@ -434,10 +355,330 @@ fn run(cli: Cli) -> Result<()> {
             batch,
             seconds,
             device,
+            half,
             json,
-        } => bench(checkpoint, &preset, &batch, seconds, &device, json)?,
+        } => bench(checkpoint, &preset, &batch, seconds, &device, half, json)?,
     }
     Ok(())
+}
+
+/// Training flags given with `--resume` would be silently ignored (a resumed run keeps
+/// its recorded settings): refuse them by name.
+fn refuse_changes_on_resume(a: &TrainArgs) -> Result<()> {
+    let given: Vec<&str> = [
+        ("--epochs", a.epochs.is_some()),
+        ("--lr", a.lr.is_some()),
+        ("--bias-lr", a.bias_lr.is_some()),
+        ("--head-lr-mult", a.head_lr_mult.is_some()),
+        ("--weight-decay", a.weight_decay.is_some()),
+        ("--eps", a.eps.is_some()),
+        ("--beta1", a.beta1.is_some()),
+        ("--beta2", a.beta2.is_some()),
+        ("--warmup-epochs", a.warmup_epochs.is_some()),
+        ("--warmup-factor", a.warmup_factor.is_some()),
+        ("--batch", a.batch.is_some()),
+        ("--batch-k", a.batch_k.is_some()),
+        ("--similar-ids", a.similar_ids.is_some()),
+        ("--seed", a.seed.is_some()),
+        ("--w-sdm", a.w_sdm.is_some()),
+        ("--w-id", a.w_id.is_some()),
+        ("--w-triplet", a.w_triplet.is_some()),
+        ("--w-tir", a.w_tir.is_some()),
+        ("--prune-prob", a.prune_prob.is_some()),
+        ("--no-augment", a.no_augment),
+        ("--eval-every", a.eval_every.is_some()),
+        ("--workers", a.workers.is_some()),
+        ("--cache-images", a.cache_images),
+        ("--no-cache-images", a.no_cache_images),
+        ("--amp", a.amp),
+        ("--no-amp", a.no_amp),
+        ("--recipe", a.recipe.is_some()),
+        ("--model-config", a.model_config.is_some()),
+        ("--format", a.format.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(f, on)| on.then_some(f))
+    .collect();
+    anyhow::ensure!(
+        given.is_empty(),
+        "--resume continues a run with the settings recorded in its train.json; {} cannot \
+         change them (start a new run with --out to train with other settings)",
+        given.join(", ")
+    );
+    Ok(())
+}
+
+/// Bytes of memory available now (`MemAvailable` in /proc/meminfo), if readable.
+fn available_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Share of available memory the image cache may take when it turns on by itself.
+const CACHE_MEMORY_SHARE: f64 = 0.25;
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// The options of a new run: every knob from its flag, else the recipe, else the
+/// machine or sen-train's default, each recorded with its source.
+fn resolve_options(a: &TrainArgs, device: tch::Device) -> Result<TrainOptions> {
+    use std::collections::BTreeMap;
+    use trainer::{Setting, Source};
+    let mut settings: BTreeMap<String, Setting> = BTreeMap::new();
+    let model = match &a.model_config {
+        Some(f) => ModelConfig::from_json_file(f)?,
+        None => ModelConfig::preset(&a.preset)?,
+    };
+    let recipe_name = a.recipe.as_deref().unwrap_or(if a.init.is_some() {
+        "reference"
+    } else {
+        "tiny-scratch"
+    });
+    let mut recipe = Recipe::named(recipe_name)?;
+    settings.insert(
+        "recipe".into(),
+        match &a.recipe {
+            Some(_) => Setting::new(recipe_name, Source::Flag),
+            None => Setting::new(recipe_name, Source::Default).because(if a.init.is_some() {
+                "--init: fine-tuning"
+            } else {
+                "no --init: random weights"
+            }),
+        },
+    );
+    // A recipe knob: the flag if given (validated), else the recipe's value.
+    fn knob<T: serde::Serialize + Copy>(
+        settings: &mut BTreeMap<String, Setting>,
+        name: &str,
+        flag: Option<T>,
+        slot: &mut T,
+    ) {
+        let source = match flag {
+            Some(v) => {
+                *slot = v;
+                Source::Flag
+            }
+            None => Source::Recipe,
+        };
+        settings.insert(name.into(), Setting::new(*slot, source));
+    }
+    let positive = |flag: &str, v: Option<f64>| -> Result<Option<f64>> {
+        if let Some(v) = v {
+            anyhow::ensure!(
+                v.is_finite() && v > 0.0,
+                "{flag} {v}: must be a positive number"
+            );
+        }
+        Ok(v)
+    };
+    let fraction = |flag: &str, v: Option<f64>| -> Result<Option<f64>> {
+        if let Some(v) = v {
+            anyhow::ensure!((0.0..1.0).contains(&v), "{flag} {v}: must be in [0, 1)");
+        }
+        Ok(v)
+    };
+    knob(&mut settings, "epochs", a.epochs, &mut recipe.epochs);
+    knob(
+        &mut settings,
+        "warmup_epochs",
+        a.warmup_epochs,
+        &mut recipe.warmup_epochs,
+    );
+    anyhow::ensure!(
+        recipe.epochs > recipe.warmup_epochs,
+        "--epochs {} must exceed the {} warm-up epochs (--warmup-epochs)",
+        recipe.epochs,
+        recipe.warmup_epochs
+    );
+    if let Some(lr) = positive("--lr", a.lr)? {
+        // The bias rate keeps its ratio to the base rate unless given itself.
+        recipe.bias_lr *= lr / recipe.lr;
+    }
+    knob(&mut settings, "lr", a.lr, &mut recipe.lr);
+    let bias_source = if a.lr.is_some() && a.bias_lr.is_none() {
+        Some(Setting::new(recipe.bias_lr, Source::Flag).because("scaled with --lr"))
+    } else {
+        None
+    };
+    knob(
+        &mut settings,
+        "bias_lr",
+        positive("--bias-lr", a.bias_lr)?,
+        &mut recipe.bias_lr,
+    );
+    if let Some(s) = bias_source {
+        settings.insert("bias_lr".into(), s);
+    }
+    knob(
+        &mut settings,
+        "head_lr_mult",
+        positive("--head-lr-mult", a.head_lr_mult)?,
+        &mut recipe.head_lr_mult,
+    );
+    if let Some(v) = a.weight_decay {
+        anyhow::ensure!(
+            v.is_finite() && v >= 0.0,
+            "--weight-decay {v}: must be >= 0"
+        );
+    }
+    knob(
+        &mut settings,
+        "weight_decay",
+        a.weight_decay,
+        &mut recipe.weight_decay,
+    );
+    knob(
+        &mut settings,
+        "eps",
+        positive("--eps", a.eps)?,
+        &mut recipe.eps,
+    );
+    knob(
+        &mut settings,
+        "beta1",
+        fraction("--beta1", a.beta1)?,
+        &mut recipe.beta1,
+    );
+    knob(
+        &mut settings,
+        "beta2",
+        fraction("--beta2", a.beta2)?,
+        &mut recipe.beta2,
+    );
+    if let Some(v) = a.warmup_factor {
+        anyhow::ensure!(
+            v > 0.0 && v <= 1.0,
+            "--warmup-factor {v}: must be in (0, 1]"
+        );
+    }
+    knob(
+        &mut settings,
+        "warmup_factor",
+        a.warmup_factor,
+        &mut recipe.warmup_factor,
+    );
+    knob(&mut settings, "batch", a.batch, &mut recipe.batch);
+    knob(&mut settings, "batch_k", a.batch_k, &mut recipe.batch_k);
+    knob(
+        &mut settings,
+        "eval_every",
+        a.eval_every,
+        &mut recipe.eval_every,
+    );
+    let (batch, batch_k) = (recipe.batch, recipe.batch_k);
+    anyhow::ensure!(
+        batch_k > 0 && batch % batch_k == 0 && batch >= 2 * batch_k,
+        "--batch {batch} must be a multiple of --batch-k {batch_k} with at least two identities"
+    );
+    // sen-train's own defaults (not recipe knobs).
+    fn plain<T: serde::Serialize + Copy>(
+        settings: &mut BTreeMap<String, Setting>,
+        name: &str,
+        flag: Option<T>,
+        default: T,
+    ) -> T {
+        let (v, source) = flag.map_or((default, Source::Default), |v| (v, Source::Flag));
+        settings.insert(name.into(), Setting::new(v, source));
+        v
+    }
+    let similar_ids = plain(&mut settings, "similar_ids", a.similar_ids, 1);
+    anyhow::ensure!(
+        similar_ids >= 1 && similar_ids <= batch / batch_k,
+        "--similar-ids {similar_ids}: must be between 1 and the {} identities per batch",
+        batch / batch_k
+    );
+    let seed = plain(&mut settings, "seed", a.seed, 42);
+    let defaults = LossWeights::default();
+    let losses = LossWeights {
+        sdm: plain(&mut settings, "w_sdm", a.w_sdm, defaults.sdm),
+        id: plain(&mut settings, "w_id", a.w_id, defaults.id),
+        triplet: plain(&mut settings, "w_triplet", a.w_triplet, defaults.triplet),
+        tir: plain(&mut settings, "w_tir", a.w_tir, defaults.tir),
+    };
+    let prune_prob = plain(&mut settings, "prune_prob", a.prune_prob, 0.2);
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&prune_prob),
+        "--prune-prob {prune_prob}: must be in [0, 1]"
+    );
+    let augment = plain(
+        &mut settings,
+        "augment",
+        a.no_augment.then_some(false),
+        true,
+    );
+    let workers = plain(&mut settings, "workers", a.workers, 2);
+    anyhow::ensure!(workers >= 1, "--workers {workers}: must be at least 1");
+
+    // Machine-dependent: caching by memory, bf16 products by CPU.
+    let data = a
+        .data
+        .clone()
+        .expect("clap requires --dataset without --resume");
+    let train_set = Dataset::load(&data, a.format)?.train_set()?;
+    let spec = PreprocessSpec::for_model(&model);
+    let need = sen_core::data::pipeline::TrainPipeline::cache_bytes(&train_set, &spec);
+    let cache = if a.cache_images || a.no_cache_images {
+        Setting::new(a.cache_images, Source::Flag)
+    } else {
+        match available_memory() {
+            Some(avail) => {
+                let budget = (avail as f64 * CACHE_MEMORY_SHARE) as u64;
+                let on = need <= budget;
+                Setting::new(on, Source::Machine).because(format!(
+                    "{} training images at {}x{} take {}; the budget is a quarter of the {} \
+                     available, {}",
+                    train_set.images.len(),
+                    spec.width,
+                    spec.height,
+                    mib(need),
+                    mib(avail),
+                    mib(budget)
+                ))
+            }
+            None => Setting::new(false, Source::Machine)
+                .because("/proc/meminfo cannot be read, so free memory is unknown"),
+        }
+    };
+    let cache_images = cache.value.as_bool().expect("bool");
+    settings.insert("cache_images".into(), cache);
+    let amp = if a.amp || a.no_amp {
+        Setting::new(a.amp, Source::Flag)
+    } else if device.is_cuda() {
+        Setting::new(false, Source::Default).because("on CUDA, --amp turns fp16 autocast on")
+    } else if trainer::cpu_has_native_bf16() {
+        Setting::new(true, Source::Machine)
+            .because("this CPU multiplies bf16 natively (AVX512-BF16 or AMX): bf16 products")
+    } else {
+        Setting::new(false, Source::Machine)
+            .because("this CPU has neither AVX512-BF16 nor AMX (bf16 would be emulated): fp32")
+    };
+    let amp_on = amp.value.as_bool().expect("bool");
+    settings.insert("amp".into(), amp);
+    Ok(TrainOptions {
+        data,
+        format: a.format.map(|f| f.name().to_string()),
+        model,
+        init: a.init.clone(),
+        identities_per_batch: batch / batch_k,
+        samples_per_identity: batch_k,
+        eval_every: recipe.eval_every,
+        recipe,
+        similar_ids,
+        seed,
+        losses,
+        prune_prob,
+        augment,
+        log_every: a.log_every,
+        workers,
+        cache_images,
+        amp: amp_on,
+        settings,
+        plan: None,
+    })
 }
 
 /// `sen-train bench`: the encoders in libtorch eager mode, timed like `sen bench`.
@@ -447,6 +688,7 @@ fn bench(
     batches: &[usize],
     seconds: f64,
     device: &str,
+    half: bool,
     json: bool,
 ) -> Result<()> {
     use sen_core::timing::{Latency, sample};
@@ -461,7 +703,7 @@ fn bench(
         "--seconds {seconds}: must be a positive number"
     );
     let device = sen_train::parse_device(device)?;
-    let (_vs, model, source) = match &checkpoint {
+    let (mut vs, model, source) = match &checkpoint {
         Some(c) => {
             let (vs, m) = trainer::load_for_eval(c, device)?;
             (vs, m, c.display().to_string())
@@ -473,6 +715,18 @@ fn bench(
             let m = sen_train::model::Sen::new(&vs.root(), &cfg, None, false);
             (vs, m, format!("random {preset} weights"))
         }
+    };
+    let kind = if half {
+        if !device.is_cuda() {
+            tracing::warn!(
+                "--half on the CPU: libtorch computes float16 there far slower than float32; \
+                 the fp16 baseline is meant for --device cuda"
+            );
+        }
+        vs.half();
+        Kind::Half
+    } else {
+        Kind::Float
     };
     let cfg = model.cfg.clone();
     let tok =
@@ -507,7 +761,7 @@ fn bench(
                 cfg.vision.image_height as i64,
                 cfg.vision.image_width as i64,
             ],
-            (Kind::Float, device),
+            (kind, device),
         );
         let s = sample::<anyhow::Error>(
             || {
@@ -546,6 +800,7 @@ fn bench(
     }
     let report = serde_json::json!({
         "engine": "libtorch eager (tch)",
+        "precision": if half { "fp16" } else { "fp32" },
         "libtorch": sen_train::torch_info()?.libtorch,
         "model": source,
         "device": format!("{device:?}"),

@@ -15,9 +15,11 @@ use sen_core::data::{Dataset, DatasetFormat, EvalSet, Split};
 use sen_core::metrics::RetrievalMetrics;
 use sen_core::{ClipTokenizer, ModelConfig, PreprocessSpec, Preprocessor};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 use tch::{Device, Kind, Tensor, nn};
 
 /// Fixed similarity scale (temperature 0.02).
@@ -71,10 +73,171 @@ pub struct TrainOptions {
     /// bf16 weight products ([`with_bf16_products`]; bf16 needs no loss scaling).
     #[serde(default)]
     pub amp: bool,
+    /// Every effective setting with where it came from (recipe, flag, machine, plan),
+    /// for `train.json` and the start-up log; empty in files written before it existed.
+    #[serde(default)]
+    pub settings: BTreeMap<String, Setting>,
+    /// The time-fitted schedule, once measured (SPEC §5): `recipe.epochs` and
+    /// `recipe.warmup_epochs` then hold the planned values, and `--resume` reuses them.
+    #[serde(default)]
+    pub plan: Option<SchedulePlan>,
 }
 
 fn one() -> usize {
     1
+}
+
+/// Where an effective setting came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The recipe's value (`--recipe`).
+    Recipe,
+    /// Given on the command line.
+    Flag,
+    /// Decided from this machine (CPU features, free memory).
+    Machine,
+    /// The time-fitted schedule (`--max-minutes`).
+    Plan,
+    /// sen-train's own default (not a recipe knob).
+    Default,
+}
+
+/// One effective setting in `train.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Setting {
+    pub value: serde_json::Value,
+    pub source: Source,
+    /// Why, when the machine or the plan decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+impl Setting {
+    pub fn new(value: impl Serialize, source: Source) -> Self {
+        Setting {
+            value: serde_json::to_value(value).expect("settings serialise"),
+            source,
+            why: None,
+        }
+    }
+
+    pub fn because(mut self, why: impl Into<String>) -> Self {
+        self.why = Some(why.into());
+        self
+    }
+}
+
+/// Log the effective settings, one line each, grouped by source.
+pub fn log_settings(settings: &BTreeMap<String, Setting>) {
+    for (k, s) in settings {
+        let source = serde_json::to_value(s.source).expect("serialises");
+        tracing::info!(
+            "{k:<15} {:<14} ({}{})",
+            s.value.to_string(),
+            source.as_str().unwrap_or_default(),
+            s.why
+                .as_deref()
+                .map(|w| format!(": {w}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// The schedule a time budget allows (SPEC §5): measured on the first steps of a run
+/// and recorded in `train.json` so `--resume` lays the rest out the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchedulePlan {
+    pub budget_minutes: f64,
+    /// The epochs the recipe (or `--epochs`) asked for: the plan never exceeds them.
+    pub epochs_cap: usize,
+    pub warmup_cap: usize,
+    /// Planned epochs and warm-up epochs.
+    pub epochs: usize,
+    pub warmup_epochs: usize,
+    pub steps_per_epoch: usize,
+    /// Mean wall time of the timed steps (data waits included).
+    pub step_seconds: f64,
+    pub timed_steps: usize,
+    /// One val evaluation and one checkpoint save, timed at the plan.
+    pub eval_seconds: f64,
+    pub save_seconds: f64,
+    /// Seconds since start when the plan was made, and the whole run's predicted length.
+    pub planned_at_seconds: f64,
+    pub predicted_seconds: f64,
+    pub planned_at_step: u64,
+}
+
+/// The time model the plan fits: what a run of `epochs` epochs costs from now on.
+#[derive(Debug, Clone, Copy)]
+pub struct StepCosts {
+    pub steps_per_epoch: usize,
+    pub steps_done: usize,
+    pub step_seconds: f64,
+    pub eval_seconds: f64,
+    pub eval_every: usize,
+    pub save_seconds: f64,
+    pub elapsed_seconds: f64,
+}
+
+impl StepCosts {
+    /// Predicted seconds from the run's start to its end with `epochs` epochs: the
+    /// steps left, a save per epoch, the val evaluations (every `eval_every` epochs and
+    /// after the last).
+    pub fn total(&self, epochs: usize) -> f64 {
+        let steps = (epochs * self.steps_per_epoch).saturating_sub(self.steps_done);
+        let evals = (1..=epochs)
+            .filter(|e| (self.eval_every > 0 && e % self.eval_every == 0) || *e == epochs)
+            .count();
+        self.elapsed_seconds
+            + steps as f64 * self.step_seconds
+            + epochs as f64 * self.save_seconds
+            + evals as f64 * self.eval_seconds
+    }
+}
+
+/// Share of the budget the plan may fill (the rest absorbs timing noise) and a fixed
+/// reserve for the final write.
+const PLAN_FILL: f64 = 0.97;
+const PLAN_RESERVE_SECONDS: f64 = 2.0;
+
+/// The most epochs (at most `cap`, at least 1) whose predicted run fits `budget_seconds`,
+/// and the warm-up scaled with them (`warmup_cap` at `cap` epochs; at least 1 when the
+/// recipe warms up and there is more than one epoch). Returns (epochs, warm-up, predicted
+/// seconds).
+pub fn fit_schedule(
+    costs: &StepCosts,
+    cap: usize,
+    warmup_cap: usize,
+    budget_seconds: f64,
+) -> (usize, usize, f64) {
+    let usable = budget_seconds * PLAN_FILL - PLAN_RESERVE_SECONDS;
+    let epochs = (1..=cap.max(1))
+        .rev()
+        .find(|&e| costs.total(e) <= usable)
+        .unwrap_or(1);
+    let warmup = if warmup_cap == 0 || epochs == 1 {
+        0
+    } else {
+        ((warmup_cap as f64 * epochs as f64 / cap as f64).round() as usize).clamp(1, epochs - 1)
+    };
+    (epochs, warmup, costs.total(epochs))
+}
+
+/// Steps skipped before timing (allocations, kernel selection) and steps timed.
+const PLAN_SKIP_STEPS: usize = 3;
+const PLAN_TIMED_STEPS: usize = 12;
+
+/// How long a call to [`train`] may run and whether a time budget plans the schedule.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Stop (resumably) after this many minutes.
+    pub max_minutes: Option<f64>,
+    /// Stop after this many epochs of this call.
+    pub max_epochs: Option<usize>,
+    /// With `max_minutes`, fit epochs and warm-up to the budget on a run's first steps
+    /// (never on `--resume`: a resumed run keeps its recorded plan).
+    pub fit_schedule: bool,
 }
 
 /// Where a run stands (saved in `train.json`).
@@ -354,12 +517,13 @@ pub fn train(
     out: &Path,
     resume: bool,
     device: Device,
-    max_minutes: Option<f64>,
-    max_epochs: Option<usize>,
+    limits: &Limits,
     show_progress: bool,
 ) -> Result<(Outcome, Progress)> {
-    let t_start = std::time::Instant::now();
-    let cfg = &opts.model;
+    let t_start = Instant::now();
+    // The plan may change epochs and warm-up; everything saved uses this copy.
+    let mut opts = opts.clone();
+    let cfg = &opts.model.clone();
     cfg.validate()?;
     let format = opts
         .format
@@ -421,10 +585,17 @@ pub fn train(
         opt.load(&last.join(checkpoint::OPTIMIZER_FILE))?;
         progress = json.progress;
         tracing::info!(
-            "resuming {} at epoch {} batch {}",
+            "resuming {} at epoch {} batch {}{}",
             out.display(),
             progress.epoch,
-            progress.batch
+            progress.batch,
+            match &opts.plan {
+                Some(p) => format!(
+                    " with its recorded plan: {} epochs, warm-up {}",
+                    p.epochs, p.warmup_epochs
+                ),
+                None => format!(" ({} planned epochs)", opts.recipe.epochs),
+            }
         );
     } else {
         if let Some(init) = &opts.init {
@@ -453,10 +624,22 @@ pub fn train(
         progress = Progress::default();
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     }
+    // The budget plans only a fresh run, and only once (a resumed run keeps its plan).
+    let budget_seconds = limits.max_minutes.map(|m| m * 60.0);
+    let mut plan_pending = limits.fit_schedule && !resume && budget_seconds.is_some();
+    if plan_pending && opts.cache_images {
+        // Decode every training image now, so the timed steps run as later epochs do.
+        let t = Instant::now();
+        pipeline.fill_cache()?;
+        tracing::info!(
+            "decoded {} training images into the cache in {:.1} s",
+            pipeline.train_set().images.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
     let log_path = out.join("log.jsonl");
-    let epochs = opts.recipe.epochs;
-    let stop_epoch = max_epochs.map_or(epochs, |m| (progress.epoch + m).min(epochs));
-    let save_last = |vs: &nn::VarStore,
+    let save_last = |opts: &TrainOptions,
+                     vs: &nn::VarStore,
                      opt: &Adam,
                      progress: &Progress,
                      metrics: &serde_json::Value|
@@ -479,13 +662,14 @@ pub fn train(
 
     // Evaluate on val, save last/, and copy it to best/ when R@1 improved (or when
     // there is no val split to choose on).
-    let eval_and_save = |model: &Sen,
+    let eval_and_save = |opts: &TrainOptions,
+                         model: &Sen,
                          vs: &nn::VarStore,
                          opt: &Adam,
                          progress: &mut Progress|
      -> Result<()> {
         let Some(val) = &val_set else {
-            save_last(vs, opt, progress, &serde_json::json!({}))?;
+            save_last(opts, vs, opt, progress, &serde_json::json!({}))?;
             return copy_dir(&last, &out.join("best"));
         };
         let m = evaluate(model, val, &pre, &tok, device, 64)?;
@@ -504,7 +688,7 @@ pub fn train(
             progress.best_map = Some(m.map);
             progress.best_epoch = Some(progress.epoch);
         }
-        save_last(vs, opt, progress, &metrics)?;
+        save_last(opts, vs, opt, progress, &metrics)?;
         if improved {
             copy_dir(&last, &out.join("best"))?;
         }
@@ -521,9 +705,20 @@ pub fn train(
     }
     let mut scaler = LossScaler::default();
     let mut outcome = Outcome::Finished;
-    'epochs: while progress.epoch < stop_epoch {
+    // Epochs this call may run (recomputed when the plan changes the total).
+    let stop_epoch = |opts: &TrainOptions, from: usize| {
+        limits
+            .max_epochs
+            .map_or(opts.recipe.epochs, |m| (from + m).min(opts.recipe.epochs))
+    };
+    let first_epoch = progress.epoch;
+    // While planning: each step's end, with the seconds spent so far in end-of-epoch
+    // saves and evaluations (timed on their own, so not counted as step time).
+    let mut step_ends: Vec<(Instant, f64)> = vec![];
+    let mut excluded_seconds = 0.0;
+    'epochs: while progress.epoch < stop_epoch(&opts, first_epoch) {
         let epoch = progress.epoch;
-        let lr_factor = opts.recipe.lr_factor(epoch);
+        let mut lr_factor = opts.recipe.lr_factor(epoch);
         let batches = pipeline.epoch_from(epoch as u64, progress.batch);
         let n_batches = batches.len();
         let bar = if show_progress {
@@ -536,9 +731,9 @@ pub fn train(
         } else {
             indicatif::ProgressBar::hidden()
         };
-        bar.set_prefix(format!("{}/{epochs}", epoch + 1));
+        bar.set_prefix(format!("{}/{}", epoch + 1, opts.recipe.epochs));
         bar.set_position(progress.batch as u64);
-        let t_epoch = std::time::Instant::now();
+        let t_epoch = Instant::now();
         let mut seen = 0usize;
         for b in batches {
             let b = b?;
@@ -579,9 +774,36 @@ pub fn train(
                         "lr_factor": lr_factor, "loss": l, "samples_per_s": rate}),
                 )?;
             }
+            if plan_pending {
+                step_ends.push((Instant::now(), excluded_seconds));
+                let timed = step_ends.len().saturating_sub(PLAN_SKIP_STEPS + 1);
+                // Enough steps, or the end of the second epoch for short epochs (so
+                // the timed steps include an epoch's start-up).
+                if timed >= PLAN_TIMED_STEPS || (b.index + 1 == n_batches && epoch >= 1) {
+                    plan_pending = false;
+                    let plan = make_plan(
+                        &mut opts,
+                        &step_ends,
+                        n_batches,
+                        progress.global_step,
+                        budget_seconds.expect("planning needs a budget"),
+                        t_start,
+                        || match &val_set {
+                            Some(val) => evaluate(&model, val, &pre, &tok, device, 64).map(|_| ()),
+                            None => Ok(()),
+                        },
+                        |opts: &TrainOptions| {
+                            save_last(opts, &vs, &opt, &progress, &serde_json::json!({}))
+                        },
+                    )?;
+                    append_log(&log_path, &serde_json::json!({ "plan": plan }))?;
+                    bar.set_prefix(format!("{}/{}", epoch + 1, opts.recipe.epochs));
+                    lr_factor = opts.recipe.lr_factor(epoch);
+                }
+            }
             if INTERRUPTED.load(Ordering::SeqCst) {
                 outcome = Outcome::Interrupted;
-            } else if max_minutes.is_some_and(|m| t_start.elapsed().as_secs_f64() > m * 60.0) {
+            } else if budget_seconds.is_some_and(|b| t_start.elapsed().as_secs_f64() > b) {
                 outcome = Outcome::TimeLimit;
             }
             if outcome != Outcome::Finished {
@@ -592,9 +814,9 @@ pub fn train(
                 }
                 if outcome == Outcome::TimeLimit {
                     // --max-minutes: evaluate what we have, keep the best, save.
-                    eval_and_save(&model, &vs, &opt, &mut progress)?;
+                    eval_and_save(&opts, &model, &vs, &opt, &mut progress)?;
                 } else {
-                    save_last(&vs, &opt, &progress, &serde_json::json!({}))?;
+                    save_last(&opts, &vs, &opt, &progress, &serde_json::json!({}))?;
                 }
                 break 'epochs;
             }
@@ -602,16 +824,144 @@ pub fn train(
         bar.finish();
         progress.epoch += 1;
         progress.batch = 0;
+        let epochs = opts.recipe.epochs;
         progress.finished = progress.epoch == epochs;
         let eval_now = (opts.eval_every > 0 && progress.epoch % opts.eval_every == 0)
             || progress.epoch == epochs;
+        let t_end = Instant::now();
         if eval_now {
-            eval_and_save(&model, &vs, &opt, &mut progress)?;
+            eval_and_save(&opts, &model, &vs, &opt, &mut progress)?;
         } else {
-            save_last(&vs, &opt, &progress, &serde_json::json!({}))?;
+            save_last(&opts, &vs, &opt, &progress, &serde_json::json!({}))?;
         }
+        excluded_seconds += t_end.elapsed().as_secs_f64();
+    }
+    if let Some(p) = &opts.plan
+        && outcome == Outcome::Finished
+        && progress.finished
+    {
+        tracing::info!(
+            "planned {:.0} s, took {:.0} s ({} epochs)",
+            p.predicted_seconds,
+            t_start.elapsed().as_secs_f64(),
+            p.epochs
+        );
     }
     Ok((outcome, progress))
+}
+
+/// Fit the schedule to the budget: time the steps so far, one val evaluation and one
+/// checkpoint save (which also records the plan, so an interrupted run resumes with
+/// it), then set `opts.recipe.epochs`/`warmup_epochs` and `opts.plan`.
+#[allow(clippy::too_many_arguments)]
+fn make_plan(
+    opts: &mut TrainOptions,
+    step_ends: &[(Instant, f64)],
+    steps_per_epoch: usize,
+    global_step: u64,
+    budget_seconds: f64,
+    t_start: Instant,
+    eval: impl FnOnce() -> Result<()>,
+    mut save: impl FnMut(&TrainOptions) -> Result<()>,
+) -> Result<SchedulePlan> {
+    // Mean step time from the step ends, skipping the first steps (warm-up) when
+    // there are enough of them, less the end-of-epoch saves and evaluations in between.
+    let skip = if step_ends.len() > PLAN_SKIP_STEPS + 1 {
+        PLAN_SKIP_STEPS
+    } else {
+        0
+    };
+    let ends = &step_ends[skip..];
+    let step_seconds = match (ends.first(), ends.last()) {
+        (Some(a), Some(b)) if ends.len() >= 2 => {
+            ((b.0 - a.0).as_secs_f64() - (b.1 - a.1)) / (ends.len() - 1) as f64
+        }
+        // A single step: its time since the start is all we know.
+        _ => (step_ends[0].0 - t_start).as_secs_f64(),
+    };
+    let t = Instant::now();
+    eval()?;
+    let eval_seconds = t.elapsed().as_secs_f64();
+    let (cap, warmup_cap, eval_every) = (
+        opts.recipe.epochs,
+        opts.recipe.warmup_epochs,
+        opts.eval_every,
+    );
+    // Record the plan before timing the save: the save writes it.
+    let costs = |save_seconds: f64| StepCosts {
+        steps_per_epoch,
+        steps_done: global_step as usize,
+        step_seconds,
+        eval_seconds,
+        eval_every,
+        save_seconds,
+        elapsed_seconds: t_start.elapsed().as_secs_f64(),
+    };
+    // A first fit without the save's cost, written with the checkpoint; then the save
+    // is timed and the fit redone with it (the save is small next to an epoch).
+    let (e0, w0, p0) = fit_schedule(&costs(0.0), cap, warmup_cap, budget_seconds);
+    let plan_for = |epochs, warmup, predicted, save_seconds| SchedulePlan {
+        budget_minutes: budget_seconds / 60.0,
+        epochs_cap: cap,
+        warmup_cap,
+        epochs,
+        warmup_epochs: warmup,
+        steps_per_epoch,
+        step_seconds,
+        timed_steps: ends.len().saturating_sub(1).max(1),
+        eval_seconds,
+        save_seconds,
+        planned_at_seconds: t_start.elapsed().as_secs_f64(),
+        predicted_seconds: predicted,
+        planned_at_step: global_step,
+    };
+    let apply = |opts: &mut TrainOptions, plan: SchedulePlan| {
+        opts.recipe.epochs = plan.epochs;
+        opts.recipe.warmup_epochs = plan.warmup_epochs;
+        let why = format!(
+            "{:.1} min budget: {} steps/epoch x {:.3} s, val {:.2} s, save {:.2} s",
+            plan.budget_minutes,
+            plan.steps_per_epoch,
+            plan.step_seconds,
+            plan.eval_seconds,
+            plan.save_seconds
+        );
+        opts.settings.insert(
+            "epochs".into(),
+            Setting::new(plan.epochs, Source::Plan).because(why.clone()),
+        );
+        opts.settings.insert(
+            "warmup_epochs".into(),
+            Setting::new(plan.warmup_epochs, Source::Plan).because(why),
+        );
+        opts.plan = Some(plan);
+    };
+    apply(opts, plan_for(e0, w0, p0, 0.0));
+    let t = Instant::now();
+    save(opts)?;
+    let save_seconds = t.elapsed().as_secs_f64();
+    let (epochs, warmup, predicted) =
+        fit_schedule(&costs(save_seconds), cap, warmup_cap, budget_seconds);
+    let plan = plan_for(epochs, warmup, predicted, save_seconds);
+    apply(opts, plan.clone());
+    if (epochs, warmup) != (e0, w0) {
+        save(opts)?;
+    }
+    let fits = predicted <= budget_seconds;
+    tracing::info!(
+        "schedule fitted to {:.1} min: {epochs} of {cap} epochs, warm-up {warmup} \
+         ({steps_per_epoch} steps/epoch at {step_seconds:.3} s, val {eval_seconds:.2} s, \
+         save {save_seconds:.2} s; predicted {predicted:.0} s)",
+        plan.budget_minutes
+    );
+    if !fits {
+        tracing::warn!(
+            "even one epoch is predicted to take longer than --max-minutes {:.1}: the run will \
+             stop at the limit mid-schedule",
+            plan.budget_minutes
+        );
+    }
+    Ok(plan)
 }
 
 /// Copy a checkpoint directory atomically (temporary sibling, then rename).
@@ -663,7 +1013,38 @@ pub fn load_for_eval(ckpt: &Path, device: Device) -> Result<(nn::VarStore, Sen)>
 
 #[cfg(test)]
 mod tests {
-    use super::{LossScaler, warn_truncated};
+    use super::{LossScaler, StepCosts, fit_schedule, warn_truncated};
+
+    #[test]
+    fn the_plan_fits_the_budget_by_hand() {
+        // 100 steps/epoch at 0.1 s, 13 steps done, 10 s elapsed, save 0.5 s per epoch,
+        // val 2 s every 5 epochs and after the last. Cost of E epochs:
+        // 10 + (100 E - 13) 0.1 + 0.5 E + 2 ceil(E / 5) = 8.7 + 10.5 E + 2 ceil(E / 5).
+        // Budget 600 s: usable 600 x 0.97 - 2 = 580. E = 52: 8.7 + 546 + 22 = 576.7 fits;
+        // E = 53: 8.7 + 556.5 + 22 = 587.2 does not.
+        let c = StepCosts {
+            steps_per_epoch: 100,
+            steps_done: 13,
+            step_seconds: 0.1,
+            eval_seconds: 2.0,
+            eval_every: 5,
+            save_seconds: 0.5,
+            elapsed_seconds: 10.0,
+        };
+        assert!((c.total(52) - 576.7).abs() < 1e-9);
+        assert!((c.total(53) - 587.2).abs() < 1e-9);
+        let (e, w, predicted) = fit_schedule(&c, 60, 5, 600.0);
+        // Warm-up 5 of 60 epochs scales to round(5 x 52 / 60) = round(4.33) = 4.
+        assert_eq!((e, w), (52, 4));
+        assert!((predicted - 576.7).abs() < 1e-9);
+        // A budget that holds the whole recipe keeps it (never more than asked for).
+        assert_eq!(fit_schedule(&c, 60, 5, 3600.0).0, 60);
+        // A budget too small for one epoch still plans one (and the run warns).
+        assert_eq!(fit_schedule(&c, 60, 5, 5.0), (1, 0, c.total(1)));
+        // Two epochs: warm-up at least 1 but below the epochs.
+        assert_eq!(fit_schedule(&c, 60, 5, 40.0).0, 2);
+        assert_eq!(fit_schedule(&c, 60, 5, 40.0).1, 1);
+    }
 
     #[test]
     fn best_is_chosen_on_val_r1_then_map() {

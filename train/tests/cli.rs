@@ -85,6 +85,39 @@ fn ctrl_c_writes_a_resumable_checkpoint() {
         (&o["augment"], &o["prune_prob"]),
         (&true.into(), &0.2.into())
     );
+    // Every effective setting with its source: flags, the recipe, the machine.
+    let st = &o["settings"];
+    let setting = |k: &str| {
+        (
+            st[k]["value"].clone(),
+            st[k]["source"].as_str().unwrap_or(""),
+        )
+    };
+    assert_eq!(setting("batch"), (8.into(), "flag"));
+    assert_eq!(setting("epochs"), (50.into(), "flag"));
+    assert_eq!(setting("eval_every"), (5.into(), "recipe"));
+    assert_eq!(setting("lr"), (5e-4.into(), "recipe"));
+    assert_eq!(setting("seed"), (42.into(), "default"));
+    assert_eq!(o["eval_every"], 5, "the recipe's cadence is the run's");
+    // 20 training images of 48x16 fit any machine's budget: caching turned itself on.
+    assert_eq!(setting("cache_images"), (true.into(), "machine"));
+    assert!(
+        st["cache_images"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("available")
+    );
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let native_bf16 = cpuinfo.contains("avx512_bf16") || cpuinfo.contains("amx_bf16");
+    assert_eq!(setting("amp"), (native_bf16.into(), "machine"));
+    // A resumed run keeps its settings: a flag that would change one is refused.
+    let out = bin()
+        .args(["train", "--batch", "16", "--resume"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("--batch cannot"), "{e}");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use sen_core::data::{Dataset, Split};
 use sen_core::synth::{SynthConfig, generate};
 use sen_core::{ClipTokenizer, PreprocessSpec, Preprocessor};
 use sen_train::optim::Recipe;
-use sen_train::trainer::{self, LossWeights, Outcome, TrainOptions};
+use sen_train::trainer::{self, Limits, LossWeights, Outcome, TrainOptions};
 use std::path::Path;
 use tch::Device;
 
@@ -36,7 +36,14 @@ fn options(data: &Path, epochs: usize) -> TrainOptions {
         workers: 2,
         cache_images: true,
         amp: false,
+        settings: Default::default(),
+        plan: None,
     }
+}
+
+/// No time limit.
+fn unlimited() -> Limits {
+    Limits::default()
 }
 
 fn losses(run: &Path) -> Vec<serde_json::Value> {
@@ -80,7 +87,7 @@ fn overfits_a_small_training_set() {
         ..LossWeights::default()
     };
     let (outcome, progress) =
-        trainer::train(&opts, run.path(), false, Device::Cpu, None, None, false).unwrap();
+        trainer::train(&opts, run.path(), false, Device::Cpu, &unlimited(), false).unwrap();
     assert_eq!(outcome, Outcome::Finished);
     assert!(progress.finished);
     let l = losses(run.path());
@@ -110,12 +117,15 @@ fn resume_continues_exactly() {
     // Straight: 3 epochs.
     let a = tempfile::tempdir().unwrap();
     let opts = options(d.path(), 3);
-    trainer::train(&opts, a.path(), false, Device::Cpu, None, None, false).unwrap();
+    trainer::train(&opts, a.path(), false, Device::Cpu, &unlimited(), false).unwrap();
     // Interrupted: stop after the first step (time limit 0), then resume twice
     // (first for one epoch, then to the end).
     let b = tempfile::tempdir().unwrap();
-    let (o, p) =
-        trainer::train(&opts, b.path(), false, Device::Cpu, Some(0.0), None, false).unwrap();
+    let stop_at_once = Limits {
+        max_minutes: Some(0.0),
+        ..unlimited()
+    };
+    let (o, p) = trainer::train(&opts, b.path(), false, Device::Cpu, &stop_at_once, false).unwrap();
     assert_eq!(o, Outcome::TimeLimit);
     assert_eq!((p.epoch, p.batch, p.global_step), (0, 1, 1));
     for f in [
@@ -128,13 +138,16 @@ fn resume_continues_exactly() {
         assert!(b.path().join("last").join(f).is_file(), "{f}");
     }
     let resumed_opts = trainer::read_options(b.path()).unwrap();
+    let one_epoch = Limits {
+        max_epochs: Some(1),
+        ..unlimited()
+    };
     let (o, p) = trainer::train(
         &resumed_opts,
         b.path(),
         true,
         Device::Cpu,
-        None,
-        Some(1),
+        &one_epoch,
         false,
     )
     .unwrap();
@@ -144,8 +157,7 @@ fn resume_continues_exactly() {
         b.path(),
         true,
         Device::Cpu,
-        None,
-        None,
+        &unlimited(),
         false,
     )
     .unwrap();
@@ -168,11 +180,11 @@ fn cpu_bf16_products_train_deterministically() {
     let d = data();
     let mut opts = options(d.path(), 1);
     let fp32 = tempfile::tempdir().unwrap();
-    trainer::train(&opts, fp32.path(), false, Device::Cpu, None, None, false).unwrap();
+    trainer::train(&opts, fp32.path(), false, Device::Cpu, &unlimited(), false).unwrap();
     opts.amp = true;
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     for run in [&a, &b] {
-        trainer::train(&opts, run.path(), false, Device::Cpu, None, None, false).unwrap();
+        trainer::train(&opts, run.path(), false, Device::Cpu, &unlimited(), false).unwrap();
     }
     let (la, lb, lf) = (losses(a.path()), losses(b.path()), losses(fp32.path()));
     assert_eq!(la, lb);
@@ -184,4 +196,105 @@ fn cpu_bf16_products_train_deterministically() {
         trainer::read_options(a.path()).unwrap().amp,
         "--amp is saved for resume"
     );
+}
+
+/// A time budget fits the schedule: the run plans fewer epochs than its cap from its
+/// first steps, records the plan, and finishes that schedule inside the budget instead
+/// of being cut off.
+#[test]
+fn a_time_budget_fits_the_schedule() {
+    let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let d = data();
+    let run = tempfile::tempdir().unwrap();
+    let mut opts = options(d.path(), 1000);
+    opts.recipe.warmup_epochs = 50;
+    opts.eval_every = 5;
+    let budget = Limits {
+        max_minutes: Some(20.0 / 60.0),
+        fit_schedule: true,
+        ..unlimited()
+    };
+    let t = std::time::Instant::now();
+    let (o, p) = trainer::train(&opts, run.path(), false, Device::Cpu, &budget, false).unwrap();
+    let took = t.elapsed().as_secs_f64();
+    let saved = trainer::read_options(run.path()).unwrap();
+    let plan = saved.plan.expect("the plan is recorded in train.json");
+    println!("{plan:?}; took {took:.1} s");
+    assert_eq!(
+        o,
+        Outcome::Finished,
+        "the fitted schedule finishes: {plan:?}"
+    );
+    assert!(p.finished && p.epoch == plan.epochs);
+    assert!(plan.epochs < 1000 && plan.epochs >= 2, "{plan:?}");
+    assert_eq!(saved.recipe.epochs, plan.epochs);
+    // Warm-up scaled with the epochs (50 of 1000 -> 5%).
+    let want = ((50.0 * plan.epochs as f64 / 1000.0).round() as usize).clamp(1, plan.epochs - 1);
+    assert_eq!(plan.warmup_epochs, want);
+    assert!(took < 20.0, "{took:.1} s");
+    assert_eq!(saved.settings["epochs"].source, trainer::Source::Plan);
+}
+
+/// `--resume` reuses the recorded plan (never re-measures), so a resumed run equals a
+/// straight run of the planned schedule.
+#[test]
+fn resume_keeps_the_recorded_plan() {
+    let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let d = data();
+    let opts = options(d.path(), 5);
+    let b = tempfile::tempdir().unwrap();
+    // Two epochs of a budgeted run: with these short epochs the plan is made at the
+    // end of the second, and saved.
+    let first = Limits {
+        max_minutes: Some(10.0),
+        max_epochs: Some(2),
+        fit_schedule: true,
+    };
+    trainer::train(&opts, b.path(), false, Device::Cpu, &first, false).unwrap();
+    // Pretend the measurement had allowed only 3 epochs: a resume must follow the
+    // recorded plan, not measure again.
+    let train_json = b.path().join("last/train.json");
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&train_json).unwrap()).unwrap();
+    assert!(j["options"]["plan"].is_object(), "plan recorded");
+    assert_eq!(
+        j["options"]["plan"]["epochs"], 5,
+        "10 minutes fit all 5 epochs"
+    );
+    j["options"]["plan"]["epochs"] = 3.into();
+    j["options"]["recipe"]["epochs"] = 3.into();
+    std::fs::write(&train_json, j.to_string()).unwrap();
+    let resumed = trainer::read_options(b.path()).unwrap();
+    let again = Limits {
+        max_minutes: Some(10.0),
+        ..first
+    };
+    let again = Limits {
+        max_epochs: None,
+        ..again
+    };
+    let (o, p) = trainer::train(&resumed, b.path(), true, Device::Cpu, &again, false).unwrap();
+    assert_eq!((o, p.epoch), (Outcome::Finished, 3));
+    assert_eq!(
+        trainer::read_options(b.path())
+            .unwrap()
+            .plan
+            .unwrap()
+            .epochs,
+        3
+    );
+    // A straight run of 3 epochs with the same warm-up gives the same weights.
+    let a = tempfile::tempdir().unwrap();
+    let mut straight = opts.clone();
+    straight.recipe.epochs = 3;
+    straight.recipe.warmup_epochs = resumed.recipe.warmup_epochs;
+    trainer::train(&straight, a.path(), false, Device::Cpu, &unlimited(), false).unwrap();
+    let (la, lb) = (losses(a.path()), losses(b.path()));
+    assert_eq!(
+        la, lb,
+        "resumed with the plan = straight run of the planned schedule"
+    );
+    let wa = std::fs::read(a.path().join("last/model.safetensors")).unwrap();
+    let wb = std::fs::read(b.path().join("last/model.safetensors")).unwrap();
+    assert!(wa == wb, "identical final weights");
 }

@@ -155,6 +155,24 @@ impl TrainPipeline {
         self.inner.sampler.batch_size()
     }
 
+    /// With `cache_images`, decode and resize every training image into the cache
+    /// now, in parallel (otherwise the first epoch fills it as it goes).
+    pub fn fill_cache(&self) -> Result<(), CoreError> {
+        use rayon::prelude::*;
+        if !self.inner.cfg.cache_images {
+            return Ok(());
+        }
+        (0..self.inner.set.images.len())
+            .into_par_iter()
+            .try_for_each(|i| self.inner.image(i).map(|_| ()))
+    }
+
+    /// Bytes the image cache holds once full: every training image resized to the
+    /// model's input, 3 bytes a pixel.
+    pub fn cache_bytes(set: &TrainSet, spec: &PreprocessSpec) -> u64 {
+        set.images.len() as u64 * spec.height as u64 * spec.width as u64 * 3
+    }
+
     /// The sample indices of every batch of `epoch`.
     pub fn plan(&self, epoch: u64) -> Vec<Vec<usize>> {
         self.inner.sampler.epoch(epoch)

@@ -22,39 +22,18 @@
 //! because it runs at memory speed: the rows of a 100k x 512 f32 index (205 MB) check
 //! in 6.2 ms here (`cargo bench -p sen-benches --bench search -- crc32`).
 
-use crate::error::RuntimeError;
+pub use crate::Storage;
+use crate::error::StoreError;
+use crate::format::{self, Preamble, bad};
 use crate::search::{Hit, Rows};
 use half::f16;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const MAGIC: &[u8; 8] = b"SENINDEX";
+pub use crate::format::MAGIC;
 pub const VERSION: u32 = 1;
-const PREAMBLE: usize = 64;
-const ALIGN: usize = 64;
-
-#[cfg(not(target_endian = "little"))]
-compile_error!(
-    "the index file is little-endian and mapped in place: big-endian targets are not supported"
-);
-
-/// How embeddings are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Storage {
-    F32,
-    F16,
-}
-
-impl Storage {
-    pub fn bytes(self) -> usize {
-        match self {
-            Storage::F32 => 4,
-            Storage::F16 => 2,
-        }
-    }
-}
+const REBUILD: &str = "rebuild it with `sen index`";
 
 /// The JSON header of an index file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,91 +62,14 @@ pub struct Index {
     data_offset: usize,
 }
 
-fn bad(path: &Path, msg: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Index(format!("{}: {msg}", path.display()))
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
 impl Index {
     /// Map `path` and verify it (magic, version, sizes, checksums, header consistency).
-    pub fn open(path: &Path) -> Result<Index, RuntimeError> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| bad(path, format!("cannot open the index: {e}")))?;
-        // SAFETY: the map is read-only; sen writes indexes by rename, never in place,
-        // so a concurrent `sen index` replaces the directory entry, not these pages.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| bad(path, format!("cannot map the index: {e}")))?;
+    pub fn open(path: &Path) -> Result<Index, StoreError> {
+        let map = format::map(path)?;
+        let (pre, hbytes) = Preamble::parse(path, &map, VERSION, "index", REBUILD)?;
+        let (data_offset, data_len, data_crc) = (pre.data_offset, pre.data_len, pre.crc_a);
+        let data_end = data_offset + data_len;
         let b = &map[..];
-        if b.len() < PREAMBLE || &b[..8] != MAGIC {
-            return Err(bad(
-                path,
-                "not a sen index (no SENINDEX magic); build one with `sen index`",
-            ));
-        }
-        let version = le_u32(b, 8);
-        if version != VERSION {
-            return Err(bad(
-                path,
-                format!(
-                    "index format version {version}, but this sen reads version {VERSION}; rebuild it with `sen index`"
-                ),
-            ));
-        }
-        let header_crc = le_u32(b, 12);
-        let header_len = le_u64(b, 16) as usize;
-        let data_offset = le_u64(b, 24) as usize;
-        let data_len = le_u64(b, 32) as usize;
-        let data_crc = le_u32(b, 40);
-        let truncated = |what: &str| {
-            bad(
-                path,
-                format!(
-                    "truncated: the {what} ends past the end of the file ({} bytes); rebuild the index",
-                    b.len()
-                ),
-            )
-        };
-        let header_end = PREAMBLE
-            .checked_add(header_len)
-            .ok_or_else(|| truncated("header"))?;
-        if header_end > b.len() {
-            return Err(truncated("header"));
-        }
-        if !data_offset.is_multiple_of(ALIGN) || data_offset < header_end {
-            return Err(bad(
-                path,
-                format!("data offset {data_offset} is invalid; the file is damaged"),
-            ));
-        }
-        let data_end = data_offset
-            .checked_add(data_len)
-            .ok_or_else(|| truncated("data"))?;
-        if data_end > b.len() {
-            return Err(truncated("data"));
-        }
-        if data_end != b.len() {
-            return Err(bad(
-                path,
-                format!(
-                    "{} bytes after the data; the file is damaged",
-                    b.len() - data_end
-                ),
-            ));
-        }
-        let hbytes = &b[PREAMBLE..header_end];
-        if crc32fast::hash(hbytes) != header_crc {
-            return Err(bad(
-                path,
-                "header checksum mismatch: the file is damaged; rebuild it with `sen index`",
-            ));
-        }
         let header: IndexHeader =
             serde_json::from_slice(hbytes).map_err(|e| bad(path, format!("header: {e}")))?;
         if header.paths.len() != header.count || header.pids.len() != header.count {
@@ -251,7 +153,7 @@ impl Index {
         &self,
         manifest: &sen_core::Manifest,
         bundle: &Path,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<(), StoreError> {
         let digest = manifest.encoder_digest(&manifest.io.image)?;
         if manifest.model.embed_dim != self.header.dim {
             return Err(bad(
@@ -280,32 +182,56 @@ impl Index {
     }
 
     /// Exact top-`k` rows for a query embedding (`dim` values).
-    pub fn search(
+    pub fn search(&self, query: &[f32], k: usize, threads: usize) -> Result<Vec<Hit>, StoreError> {
+        Ok(self
+            .search_many(&[query], k, threads)?
+            .pop()
+            .expect("one query"))
+    }
+
+    /// Exact top-`k` rows for each of `queries`, through the batched kernel
+    /// ([`crate::search::search_batch`]; one at a time below a few queries).
+    pub fn search_many(
         &self,
-        query: &[f32],
+        queries: &[&[f32]],
         k: usize,
         threads: usize,
-    ) -> Result<Vec<Hit>, RuntimeError> {
-        if query.len() != self.header.dim {
-            return Err(RuntimeError::Input(format!(
-                "query has {} values, the index {} holds {}-dim rows",
-                query.len(),
-                self.path.display(),
-                self.header.dim
-            )));
-        }
+    ) -> Result<Vec<Vec<Hit>>, StoreError> {
         if k == 0 {
-            return Err(RuntimeError::Input("-k must be at least 1".into()));
+            return Err(StoreError::Input("-k must be at least 1".into()));
         }
-        if let Some(i) = query.iter().position(|v| !v.is_finite()) {
-            return Err(RuntimeError::Input(format!(
-                "query value {i} is not finite"
-            )));
+        for (n, query) in queries.iter().enumerate() {
+            if query.len() != self.header.dim {
+                return Err(StoreError::Input(format!(
+                    "query {} has {} values, the index {} holds {}-dim rows",
+                    n + 1,
+                    query.len(),
+                    self.path.display(),
+                    self.header.dim
+                )));
+            }
+            if let Some(i) = query.iter().position(|v| !v.is_finite()) {
+                return Err(StoreError::Input(format!(
+                    "query {} value {i} is not finite",
+                    n + 1
+                )));
+            }
         }
-        Ok(crate::search::top_k(
-            query,
+        let kernel =
+            crate::search::Kernel::active().map_err(|e| StoreError::Input(e.to_string()))?;
+        let all = crate::search::RowFilter::All;
+        let batch: Vec<crate::search::BatchQuery> = queries
+            .iter()
+            .map(|q| crate::search::BatchQuery {
+                vector: q,
+                k,
+                filter: &all,
+            })
+            .collect();
+        Ok(crate::search::search_batch(
+            kernel,
+            &batch,
             self.rows(),
-            k,
             crate::search::threads_for(self.len(), threads),
         ))
     }
@@ -318,7 +244,7 @@ pub struct IndexBuilder {
 }
 
 impl IndexBuilder {
-    pub fn new(manifest: &sen_core::Manifest, dtype: Storage) -> Result<Self, RuntimeError> {
+    pub fn new(manifest: &sen_core::Manifest, dtype: Storage) -> Result<Self, StoreError> {
         Ok(IndexBuilder {
             header: IndexHeader {
                 dim: manifest.model.embed_dim,
@@ -364,16 +290,16 @@ impl IndexBuilder {
         path: String,
         pid: Option<i64>,
         embedding: &[f32],
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<(), StoreError> {
         if embedding.len() != self.header.dim {
-            return Err(RuntimeError::Input(format!(
+            return Err(StoreError::Input(format!(
                 "{path}: embedding has {} values, the index holds {}",
                 embedding.len(),
                 self.header.dim
             )));
         }
         if embedding.iter().any(|v| !v.is_finite()) {
-            return Err(RuntimeError::Input(format!(
+            return Err(StoreError::Input(format!(
                 "{path}: the image encoder returned a non-finite embedding"
             )));
         }
@@ -387,7 +313,7 @@ impl IndexBuilder {
     /// Write to `path` atomically (temporary sibling, then rename). Rows are encoded
     /// in chunks twice (once for the CRC the preamble needs, once to write), so
     /// writing needs no second copy of the gallery in memory.
-    pub fn write(&self, path: &Path) -> Result<(), RuntimeError> {
+    pub fn write(&self, path: &Path) -> Result<(), StoreError> {
         let header = serde_json::to_vec(&self.header).expect("header serialises");
         let dtype = self.header.dtype;
         let data_len = self.data.len() * dtype.bytes();
@@ -414,18 +340,10 @@ impl IndexBuilder {
             Ok(())
         })
         .expect("hashing cannot fail");
-        let data_offset = (PREAMBLE + header.len()).div_ceil(ALIGN) * ALIGN;
-        let mut pre = [0u8; PREAMBLE];
-        pre[..8].copy_from_slice(MAGIC);
-        pre[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        pre[12..16].copy_from_slice(&crc32fast::hash(&header).to_le_bytes());
-        pre[16..24].copy_from_slice(&(header.len() as u64).to_le_bytes());
-        pre[24..32].copy_from_slice(&(data_offset as u64).to_le_bytes());
-        pre[32..40].copy_from_slice(&(data_len as u64).to_le_bytes());
-        pre[40..44].copy_from_slice(&crc.finalize().to_le_bytes());
-        let pad = vec![0u8; data_offset - PREAMBLE - header.len()];
+        let pre = Preamble::new(VERSION, &header, data_len, crc.finalize(), 0);
+        let pad = pre.padding();
         sen_core::fsutil::write_atomic_with(path, |w| {
-            w.write_all(&pre)?;
+            w.write_all(&pre.to_bytes())?;
             w.write_all(&header)?;
             w.write_all(&pad)?;
             for_each_chunk(&mut |b| w.write_all(b))
@@ -437,6 +355,10 @@ impl IndexBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn le_u64(b: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+    }
 
     fn manifest(dim: usize) -> sen_core::Manifest {
         let d = tempfile::tempdir().unwrap();

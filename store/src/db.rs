@@ -1,0 +1,524 @@
+//! The store's SQLite database (`store.db`, WAL, `synchronous=FULL`,
+//! `secure_delete=ON`): identity, row metadata and checksums, crops, the rows not
+//! yet in a segment, the segment list, the change sequence and its consumers, the
+//! per-camera summary. Every statement of the store is here.
+
+use crate::error::StoreError;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::path::Path;
+
+pub const DB_FILE: &str = "store.db";
+/// Version of the store layout (database schema and segment format) this code uses.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE rows(
+    id INTEGER PRIMARY KEY,
+    camera TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    pid INTEGER,
+    attrs TEXT,
+    ingest_ms INTEGER NOT NULL,
+    crc INTEGER NOT NULL
+);
+CREATE INDEX rows_camera_time ON rows(camera, time_ms);
+CREATE INDEX rows_time ON rows(time_ms);
+CREATE TABLE crops(id INTEGER PRIMARY KEY, content_type TEXT NOT NULL, bytes BLOB NOT NULL);
+CREATE TABLE pending(id INTEGER PRIMARY KEY, embedding BLOB NOT NULL);
+CREATE TABLE dead(id INTEGER PRIMARY KEY);
+CREATE TABLE segments(
+    file TEXT PRIMARY KEY,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    crc_a INTEGER NOT NULL,
+    crc_b INTEGER NOT NULL
+);
+CREATE TABLE changes(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK(kind IN ('add', 'delete')),
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE TABLE consumers(name TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE TABLE cameras(
+    camera TEXT PRIMARY KEY,
+    rows INTEGER NOT NULL,
+    first_ms INTEGER,
+    last_ms INTEGER,
+    last_ingest_ms INTEGER
+);
+CREATE TABLE idempotency(key TEXT PRIMARY KEY, response TEXT NOT NULL, at_ms INTEGER NOT NULL);
+";
+
+pub(crate) fn err(ctx: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError::db(ctx.display(), e)
+}
+
+/// Open `dir/store.db` with the store's settings. `write`: read-write (the writer);
+/// else read-only (readers; WAL lets them read while the writer commits).
+pub fn open(dir: &Path, write: bool) -> Result<Connection, StoreError> {
+    let path = dir.join(DB_FILE);
+    let flags = if write {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let c = Connection::open_with_flags(&path, flags).map_err(err(&path))?;
+    c.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(err(&path))?;
+    if write {
+        // WAL: readers never block the writer; FULL: each commit is fsynced (WAL and,
+        // at checkpoints, the database) before it returns; secure_delete: deleted
+        // content is overwritten, not left in free pages.
+        c.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err(&path))?;
+        c.pragma_update(None, "synchronous", "FULL")
+            .map_err(err(&path))?;
+        c.pragma_update(None, "secure_delete", "ON")
+            .map_err(err(&path))?;
+    }
+    c.pragma_update(None, "foreign_keys", "OFF")
+        .map_err(err(&path))?;
+    Ok(c)
+}
+
+/// Create the schema and write the identity (a new store).
+pub fn init(c: &Connection, path: &Path, meta: &[(&str, String)]) -> Result<(), StoreError> {
+    c.execute_batch(SCHEMA).map_err(err(path))?;
+    let mut st = c
+        .prepare("INSERT INTO meta(key, value) VALUES (?1, ?2)")
+        .map_err(err(path))?;
+    for (k, v) in meta {
+        st.execute(params![k, v]).map_err(err(path))?;
+    }
+    Ok(())
+}
+
+/// Every meta entry.
+pub fn meta(c: &Connection, path: &Path) -> Result<Vec<(String, String)>, StoreError> {
+    let mut st = c.prepare("SELECT key, value FROM meta").map_err(|e| {
+        StoreError::Damaged(format!(
+            "{}: not a sen store database ({e}); create one with `sen store create`",
+            path.display()
+        ))
+    })?;
+    let rows = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(err(path))?
+        .collect::<Result<Vec<(String, String)>, _>>()
+        .map_err(err(path))?;
+    Ok(rows)
+}
+
+pub fn set_meta(c: &Connection, path: &Path, key: &str, value: &str) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )
+    .map_err(err(path))?;
+    Ok(())
+}
+
+/// One row's metadata as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowMeta {
+    pub id: u64,
+    pub camera: String,
+    pub time_ms: i64,
+    pub path: String,
+    pub pid: Option<i64>,
+    /// A JSON object, as text.
+    pub attrs: Option<String>,
+    pub ingest_ms: i64,
+    pub crc: u32,
+}
+
+/// The row checksum: CRC-32 over the id, metadata, embedding bytes (storage dtype)
+/// and crop. SQLite has no page checksums: this is what finds a damaged row.
+pub fn row_crc(m: &RowMeta, embedding: &[u8], crop: Option<(&str, &[u8])>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&m.id.to_le_bytes());
+    h.update(m.camera.as_bytes());
+    h.update(&[0]);
+    h.update(&m.time_ms.to_le_bytes());
+    h.update(m.path.as_bytes());
+    h.update(&[0]);
+    match m.pid {
+        Some(p) => {
+            h.update(&[1]);
+            h.update(&p.to_le_bytes());
+        }
+        None => h.update(&[0]),
+    }
+    h.update(m.attrs.as_deref().unwrap_or("").as_bytes());
+    h.update(&[0]);
+    h.update(&m.ingest_ms.to_le_bytes());
+    h.update(embedding);
+    if let Some((ct, b)) = crop {
+        h.update(ct.as_bytes());
+        h.update(&[0]);
+        h.update(b);
+    }
+    h.finalize()
+}
+
+fn row_meta(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowMeta> {
+    Ok(RowMeta {
+        id: r.get::<_, i64>(0)? as u64,
+        camera: r.get(1)?,
+        time_ms: r.get(2)?,
+        path: r.get(3)?,
+        pid: r.get(4)?,
+        attrs: r.get(5)?,
+        ingest_ms: r.get(6)?,
+        crc: r.get::<_, i64>(7)? as u32,
+    })
+}
+
+const ROW_COLUMNS: &str = "id, camera, time_ms, path, pid, attrs, ingest_ms, crc";
+
+pub fn row(c: &Connection, path: &Path, id: u64) -> Result<Option<RowMeta>, StoreError> {
+    c.prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM rows WHERE id = ?1"))
+        .map_err(err(path))?
+        .query_row([id as i64], row_meta)
+        .optional()
+        .map_err(err(path))
+}
+
+pub fn crop(c: &Connection, path: &Path, id: u64) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+    c.prepare_cached("SELECT content_type, bytes FROM crops WHERE id = ?1")
+        .map_err(err(path))?
+        .query_row([id as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(err(path))
+}
+
+/// Every row's metadata in id order, to `f` (verify).
+pub fn for_each_row(
+    c: &Connection,
+    path: &Path,
+    mut f: impl FnMut(RowMeta) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut st = c
+        .prepare(&format!("SELECT {ROW_COLUMNS} FROM rows ORDER BY id"))
+        .map_err(err(path))?;
+    let mut rows = st.query([]).map_err(err(path))?;
+    while let Some(r) = rows.next().map_err(err(path))? {
+        f(row_meta(r).map_err(err(path))?)?;
+    }
+    Ok(())
+}
+
+/// A row to insert (the embedding already in the storage dtype's bytes).
+pub struct Insert<'a> {
+    pub meta: &'a RowMeta,
+    pub embedding: &'a [u8],
+    pub crop: Option<(&'a str, &'a [u8])>,
+}
+
+/// Insert rows (their ids assigned by the caller), their pending embeddings and crops,
+/// one `add` change for the id range, and the camera summary. Inside the caller's
+/// transaction.
+pub fn insert_rows(
+    c: &Connection,
+    path: &Path,
+    rows: &[Insert<'_>],
+    now: i64,
+) -> Result<(), StoreError> {
+    let e = err(path);
+    {
+        let mut ins = c
+            .prepare_cached(
+                "INSERT INTO rows(id, camera, time_ms, path, pid, attrs, ingest_ms, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .map_err(&e)?;
+        let mut pend = c
+            .prepare_cached("INSERT INTO pending(id, embedding) VALUES (?1, ?2)")
+            .map_err(&e)?;
+        let mut crop = c
+            .prepare_cached("INSERT INTO crops(id, content_type, bytes) VALUES (?1, ?2, ?3)")
+            .map_err(&e)?;
+        for r in rows {
+            let m = r.meta;
+            ins.execute(params![
+                m.id as i64,
+                m.camera,
+                m.time_ms,
+                m.path,
+                m.pid,
+                m.attrs,
+                m.ingest_ms,
+                m.crc as i64
+            ])
+            .map_err(&e)?;
+            pend.execute(params![m.id as i64, r.embedding])
+                .map_err(&e)?;
+            if let Some((ct, b)) = r.crop {
+                crop.execute(params![m.id as i64, ct, b]).map_err(&e)?;
+            }
+        }
+    }
+    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+        c.prepare_cached(
+            "INSERT INTO changes(kind, first_id, last_id, at_ms) VALUES ('add', ?1, ?2, ?3)",
+        )
+        .map_err(&e)?
+        .execute(params![first.meta.id as i64, last.meta.id as i64, now])
+        .map_err(&e)?;
+    }
+    // Camera summary: count, first and last capture time, last ingest.
+    let mut per: std::collections::BTreeMap<&str, (i64, i64, i64)> = Default::default();
+    for r in rows {
+        let m = r.meta;
+        let s = per
+            .entry(m.camera.as_str())
+            .or_insert((0, i64::MAX, i64::MIN));
+        s.0 += 1;
+        s.1 = s.1.min(m.time_ms);
+        s.2 = s.2.max(m.time_ms);
+    }
+    let mut up = c
+        .prepare_cached(
+            "INSERT INTO cameras(camera, rows, first_ms, last_ms, last_ingest_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(camera) DO UPDATE SET rows = rows + excluded.rows,
+               first_ms = min(coalesce(first_ms, excluded.first_ms), excluded.first_ms),
+               last_ms = max(coalesce(last_ms, excluded.last_ms), excluded.last_ms),
+               last_ingest_ms = excluded.last_ingest_ms",
+        )
+        .map_err(&e)?;
+    for (cam, (n, lo, hi)) in per {
+        up.execute(params![cam, n, lo, hi, now]).map_err(&e)?;
+    }
+    Ok(())
+}
+
+/// Ids among `ids` that exist.
+pub fn existing(c: &Connection, path: &Path, ids: &[u64]) -> Result<Vec<u64>, StoreError> {
+    let mut st = c
+        .prepare_cached("SELECT 1 FROM rows WHERE id = ?1")
+        .map_err(err(path))?;
+    let mut out = vec![];
+    for &id in ids {
+        if st.exists([id as i64]).map_err(err(path))? {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// Ids selected by a camera or a time bound.
+pub fn ids_where(
+    c: &Connection,
+    path: &Path,
+    sql_where: &str,
+    arg: &dyn rusqlite::ToSql,
+) -> Result<Vec<u64>, StoreError> {
+    let mut st = c
+        .prepare(&format!(
+            "SELECT id FROM rows WHERE {sql_where} ORDER BY id"
+        ))
+        .map_err(err(path))?;
+    let ids = st
+        .query_map([arg], |r| r.get::<_, i64>(0))
+        .map_err(err(path))?
+        .map(|r| r.map(|v| v as u64))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err(path))?;
+    Ok(ids)
+}
+
+/// Delete rows (metadata, crops, pending embeddings), record their tombstones (one
+/// `delete` change each) and which of them are still in segments (`dead`, until
+/// compaction), and recount the cameras they were on. Inside the caller's transaction.
+pub fn delete_rows(
+    c: &Connection,
+    path: &Path,
+    ids: &[u64],
+    in_segment: &dyn Fn(u64) -> bool,
+    now: i64,
+) -> Result<(), StoreError> {
+    let e = err(path);
+    let mut cams: std::collections::BTreeSet<String> = Default::default();
+    {
+        let mut cam = c
+            .prepare_cached("SELECT camera FROM rows WHERE id = ?1")
+            .map_err(&e)?;
+        let mut del_row = c
+            .prepare_cached("DELETE FROM rows WHERE id = ?1")
+            .map_err(&e)?;
+        let mut del_crop = c
+            .prepare_cached("DELETE FROM crops WHERE id = ?1")
+            .map_err(&e)?;
+        let mut del_pend = c
+            .prepare_cached("DELETE FROM pending WHERE id = ?1")
+            .map_err(&e)?;
+        let mut dead = c
+            .prepare_cached("INSERT OR IGNORE INTO dead(id) VALUES (?1)")
+            .map_err(&e)?;
+        let mut tomb = c
+            .prepare_cached(
+                "INSERT INTO changes(kind, first_id, last_id, at_ms) VALUES ('delete', ?1, ?1, ?2)",
+            )
+            .map_err(&e)?;
+        for &id in ids {
+            let i = id as i64;
+            if let Some(name) = cam
+                .query_row([i], |r| r.get::<_, String>(0))
+                .optional()
+                .map_err(&e)?
+            {
+                cams.insert(name);
+            }
+            del_row.execute([i]).map_err(&e)?;
+            del_crop.execute([i]).map_err(&e)?;
+            del_pend.execute([i]).map_err(&e)?;
+            if in_segment(id) {
+                dead.execute([i]).map_err(&e)?;
+            }
+            tomb.execute(params![i, now]).map_err(&e)?;
+        }
+    }
+    for cam in cams {
+        recount_camera(c, path, &cam)?;
+    }
+    Ok(())
+}
+
+fn recount_camera(c: &Connection, path: &Path, cam: &str) -> Result<(), StoreError> {
+    let e = err(path);
+    let (n, lo, hi): (i64, Option<i64>, Option<i64>) = c
+        .prepare_cached("SELECT count(*), min(time_ms), max(time_ms) FROM rows WHERE camera = ?1")
+        .map_err(&e)?
+        .query_row([cam], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map_err(&e)?;
+    if n == 0 {
+        c.prepare_cached("DELETE FROM cameras WHERE camera = ?1")
+            .map_err(&e)?
+            .execute([cam])
+            .map_err(&e)?;
+    } else {
+        c.prepare_cached(
+            "UPDATE cameras SET rows = ?2, first_ms = ?3, last_ms = ?4 WHERE camera = ?1",
+        )
+        .map_err(&e)?
+        .execute(params![cam, n, lo, hi])
+        .map_err(&e)?;
+    }
+    Ok(())
+}
+
+/// One camera's summary: (camera, rows, first, last, last ingest).
+pub type CameraRow = (String, u64, Option<i64>, Option<i64>, Option<i64>);
+
+/// The per-camera summary, by name.
+pub fn cameras(c: &Connection, path: &Path) -> Result<Vec<CameraRow>, StoreError> {
+    let mut st = c
+        .prepare(
+            "SELECT camera, rows, first_ms, last_ms, last_ingest_ms FROM cameras ORDER BY camera",
+        )
+        .map_err(err(path))?;
+    let v = st
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
+        })
+        .map_err(err(path))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err(path))?;
+    Ok(v)
+}
+
+/// The segment records: (file, first id, last id, count, bytes, crc a, crc b), by first id.
+pub type SegmentRecord = (String, u64, u64, u64, u64, u32, u32);
+
+pub fn segments(c: &Connection, path: &Path) -> Result<Vec<SegmentRecord>, StoreError> {
+    let mut st = c
+        .prepare("SELECT file, first_id, last_id, count, bytes, crc_a, crc_b FROM segments ORDER BY first_id")
+        .map_err(err(path))?;
+    let v = st
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, i64>(3)? as u64,
+                r.get::<_, i64>(4)? as u64,
+                r.get::<_, i64>(5)? as u32,
+                r.get::<_, i64>(6)? as u32,
+            ))
+        })
+        .map_err(err(path))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err(path))?;
+    Ok(v)
+}
+
+/// One integer from `sql` (0 for no row or NULL).
+pub fn scalar(c: &Connection, path: &Path, sql: &str) -> Result<i64, StoreError> {
+    c.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+        .optional()
+        .map(|v| v.flatten().unwrap_or(0))
+        .map_err(err(path))
+}
+
+/// The ids an idempotency key's add got, if the key was recorded within the last day.
+pub fn idempotency(
+    c: &Connection,
+    path: &Path,
+    key: &str,
+    now: i64,
+) -> Result<Option<(u64, u64)>, StoreError> {
+    let r: Option<(String, i64)> = c
+        .prepare_cached("SELECT response, at_ms FROM idempotency WHERE key = ?1")
+        .map_err(err(path))?
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(err(path))?;
+    match r {
+        Some((resp, at)) if at >= now - 86_400_000 => {
+            let (a, b) = resp.split_once('-').ok_or_else(|| {
+                StoreError::Damaged(format!(
+                    "{}: idempotency record {key:?} is damaged",
+                    path.display()
+                ))
+            })?;
+            match (a.parse(), b.parse()) {
+                (Ok(a), Ok(b)) => Ok(Some((a, b))),
+                _ => Err(StoreError::Damaged(format!(
+                    "{}: idempotency record {key:?} is damaged",
+                    path.display()
+                ))),
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Record an idempotency key's ids (inside the add's transaction).
+pub fn remember(
+    c: &Connection,
+    path: &Path,
+    key: &str,
+    first: u64,
+    last: u64,
+    now: i64,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO idempotency(key, response, at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT(key) DO UPDATE SET response = excluded.response, at_ms = excluded.at_ms",
+    )
+    .map_err(err(path))?
+    .execute(params![key, format!("{first}-{last}"), now])
+    .map_err(err(path))?;
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! `sen-store`: the gallery an edge box keeps, with no ONNX Runtime and no HTTP
+//! (SPEC §10, §11).
+//!
+//! - [`store`]: the store directory ([`Store`]): rows with camera, capture time,
+//!   path, pid, attributes, embedding and crop; durable group commits; filtered
+//!   exact search on snapshots; deletion, retention, compaction; verification;
+//! - [`segment`]: immutable memory-mapped segment files (the index file's version 2);
+//! - [`db`]: the SQLite database (every statement of the store);
+//! - [`index`]: the single-file gallery index (version 1) of `sen index` / `sen search`;
+//! - [`search`]: exact top-k kernels (SIMD paths chosen at run time, batched queries,
+//!   row filters);
+//! - [`time`]: SPEC §11 times; [`io`]: durable file writes and the fault-injecting layer
+//!   tests use.
+
+pub mod db;
+pub mod error;
+pub mod format;
+pub mod index;
+pub mod io;
+pub mod search;
+pub mod segment;
+pub mod store;
+pub mod time;
+pub mod verify;
+
+pub use error::StoreError;
+pub use store::{
+    Added, CameraSummary, CompactReport, Crop, Found, Mode, NewRow, Options, Query, Selector,
+    Snapshot, Stats, Store, StoreConfig, StoreInfo,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// How embeddings are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    F32,
+    F16,
+}
+
+impl Storage {
+    pub fn bytes(self) -> usize {
+        match self {
+            Storage::F32 => 4,
+            Storage::F16 => 2,
+        }
+    }
+}
