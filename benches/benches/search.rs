@@ -6,7 +6,9 @@
 //! ids: tokenise, text encoder on the CPU, search 100k rows) with the vit-b16 bundle.
 //!
 //! Names: `search/{10k,100k,1m}-x512-{f32,f16}-{N}t`, `search/memory-read-100k-x512-f32-{N}t`,
-//! `index-open/crc32-100k-x512-f32`, `query-e2e/cpu-{fp32,int8}-vit-b16/100k-top10`.
+//! `search/simd-{path}-100k-x512-{f32,f16}-1t` (every kernel path this CPU runs),
+//! `index-open/crc32-100k-x512-f32`, `query-e2e/cpu-{fp32,int8,fp32-ctx77}-vit-b16/100k-top10`
+//! (`fp32-ctx77`: a format-1 bundle, always fed the whole context).
 //! Compare with faiss: `scripts/reference/faiss_search.py`.
 //! `cargo bench -p sen-benches --bench search [-- FILTER]`.
 
@@ -128,15 +130,17 @@ fn query_e2e(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(4));
     grp.throughput(Throughput::Elements(1));
     let mut rows: Option<Vec<f32>> = None;
-    for precision in ["fp32", "int8"] {
+    // "fp32-ctx77": the same weights as a format-1 bundle, which is always fed the
+    // whole 77-token context (the before of the dynamic sequence).
+    for precision in ["fp32", "int8", "fp32-ctx77"] {
         let id = format!("query-e2e/cpu-{precision}-vit-b16/100k-top10");
         if !wanted(std::slice::from_ref(&id)) {
             continue;
         }
-        let dir = if precision == "int8" {
-            sen_benches::calibrated("vit-b16")
-        } else {
-            sen_benches::exported("vit-b16", false)
+        let dir = match precision {
+            "int8" => sen_benches::calibrated("vit-b16"),
+            "fp32-ctx77" => sen_benches::exported_format_1("vit-b16"),
+            _ => sen_benches::exported("vit-b16", false),
         };
         let enc = sen_runtime::encoders::TextEncoder::load(
             &dir,

@@ -20,13 +20,35 @@ pub fn exported(preset: &str, fp16: bool) -> PathBuf {
         preset.to_string()
     });
     let cfg = ModelConfig::preset(preset).expect("preset");
-    if !sen_core::Manifest::load(&out).is_ok_and(|m| m.model == cfg) {
+    let current = |m: sen_core::Manifest| {
+        m.model == cfg && m.format_version == sen_core::manifest::MANIFEST_FORMAT_VERSION
+    };
+    if !sen_core::Manifest::load(&out).is_ok_and(current) {
         let tmp = tempfile::tempdir().expect("temp dir");
         sen_export::fixtures::random_checkpoint(&cfg, &tmp.path().join("ckpt"), 1)
             .expect("random checkpoint");
         let opts = sen_export::ExportOptions {
             force: true,
             fp16,
+            ..Default::default()
+        };
+        sen_export::export(&tmp.path().join("ckpt"), &out, &opts).expect("export");
+    }
+    out
+}
+
+/// `preset`'s fp32 random weights as a format-1 bundle (fixed text context, fed whole):
+/// the before of the dynamic sequence.
+pub fn exported_format_1(preset: &str) -> PathBuf {
+    let out = root().join(format!("{preset}-format1"));
+    let cfg = ModelConfig::preset(preset).expect("preset");
+    if !sen_core::Manifest::load(&out).is_ok_and(|m| m.model == cfg && m.format_version == 1) {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        sen_export::fixtures::random_checkpoint(&cfg, &tmp.path().join("ckpt"), 1)
+            .expect("random checkpoint");
+        let opts = sen_export::ExportOptions {
+            force: true,
+            format_version: 1,
             ..Default::default()
         };
         sen_export::export(&tmp.path().join("ckpt"), &out, &opts).expect("export");

@@ -104,6 +104,50 @@ pub fn image_content_type(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// Whether a JPEG's entropy-coded data reaches an end-of-image marker. JPEG decoders
+/// fill a truncated file's missing rows with grey instead of failing; this walks the
+/// marker segments (skipping APPn payloads such as an EXIF thumbnail, whose own EOI
+/// must not count) and the scan data (stuffed 0xFF00 bytes and restart markers are
+/// data) to the EOI. Bytes after the EOI (camera trailers) are allowed.
+pub fn jpeg_is_complete(b: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    while i + 1 < b.len() {
+        if b[i] != 0xFF {
+            return false;
+        }
+        let m = b[i + 1];
+        match m {
+            0xFF => i += 1, // fill byte
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => i += 2,
+            _ => {
+                if i + 3 >= b.len() {
+                    return false;
+                }
+                let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+                i += 2 + len;
+                if m == 0xDA {
+                    // Scan data up to the next marker that is not stuffing or a restart.
+                    loop {
+                        match b.get(i..).and_then(|r| r.iter().position(|&x| x == 0xFF)) {
+                            None => return false,
+                            Some(p) => {
+                                i += p;
+                                match b.get(i + 1) {
+                                    None => return false,
+                                    Some(0x00) | Some(0xD0..=0xD7) | Some(0xFF) => i += 1,
+                                    Some(_) => break,
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    false
+}
+
 /// Decode an image file to RGB8 (EXIF orientation applied, alpha dropped).
 pub fn load_rgb8(path: &Path) -> Result<Rgb8, CoreError> {
     let bytes = std::fs::read(path).map_err(|e| CoreError::io(path, e))?;
@@ -123,6 +167,11 @@ pub fn decode_rgb8(bytes: &[u8], name: &Path) -> Result<Rgb8, CoreError> {
         .with_guessed_format()
         .map_err(|e| err(e.to_string()))?;
     match reader.format() {
+        Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(bytes) => {
+            return Err(err(
+                "the JPEG is truncated (its data ends before the end-of-image marker)".into(),
+            ));
+        }
         Some(
             image::ImageFormat::Jpeg
             | image::ImageFormat::Png
@@ -368,6 +417,50 @@ impl Preprocessor {
                 Ok(())
             })?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod truncation_tests {
+    use super::*;
+
+    /// A truncated image of any supported format is an error, never a grey-filled picture.
+    #[test]
+    fn truncated_images_of_every_format_are_refused() {
+        let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(40, 90, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 2) as u8, ((x + y) * 3) as u8])
+        }));
+        for f in [
+            image::ImageFormat::Jpeg,
+            image::ImageFormat::Png,
+            image::ImageFormat::Bmp,
+            image::ImageFormat::WebP,
+        ] {
+            let mut buf = Cursor::new(Vec::new());
+            img.write_to(&mut buf, f).unwrap();
+            let whole = buf.into_inner();
+            decode_rgb8(&whole, Path::new("whole")).unwrap();
+            // Cuts inside the pixel data (and, for JPEG, just before the end marker; a
+            // PNG missing only its IEND chunk has every pixel and decodes).
+            let mut cuts = vec![whole.len() / 3, whole.len() * 2 / 3];
+            if f == image::ImageFormat::Jpeg {
+                cuts.push(whole.len() - 2);
+            }
+            for cut in cuts {
+                let e = decode_rgb8(&whole[..cut], Path::new("cut.img"));
+                assert!(
+                    e.is_err(),
+                    "{f:?} cut to {cut} of {} bytes decoded",
+                    whole.len()
+                );
+            }
+        }
+        // A JPEG with bytes after its end-of-image marker (a camera trailer) is fine.
+        let mut buf = Cursor::new(Vec::new());
+        img.write_to(&mut buf, image::ImageFormat::Jpeg).unwrap();
+        let mut trailer = buf.into_inner();
+        trailer.extend_from_slice(b"TRAILER DATA \xFF\xD8 more");
+        decode_rgb8(&trailer, Path::new("t.jpg")).unwrap();
     }
 }
 

@@ -133,29 +133,6 @@ impl Builder {
         out
     }
 
-    /// Add `op` with `outputs` outputs (Split); returns their names.
-    pub fn op_multi(
-        &mut self,
-        op: &str,
-        hint: &str,
-        inputs: &[&str],
-        outputs: usize,
-        attrs: Vec<AttributeProto>,
-    ) -> Vec<String> {
-        self.count += 1;
-        let base = format!("{hint}/{op}_{}", self.count);
-        let outs: Vec<String> = (0..outputs).map(|i| format!("{base}:{i}")).collect();
-        self.nodes.push(NodeProto {
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: outs.clone(),
-            name: base,
-            op_type: op.into(),
-            attribute: attrs,
-            ..Default::default()
-        });
-        outs
-    }
-
     /// Like [`Builder::op`], writing to a chosen output name (graph outputs).
     pub fn op_named(&mut self, op: &str, out: &str, inputs: &[&str], attrs: Vec<AttributeProto>) {
         self.nodes.push(NodeProto {

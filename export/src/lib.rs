@@ -71,8 +71,6 @@ pub struct ExportOptions {
     pub force: bool,
     /// How attention is written (recorded in the manifest's `tools.attention`).
     pub attention: Attention,
-    /// One packed q/k/v projection instead of three.
-    pub packed_qkv: bool,
     /// Bundle format: 2 (dynamic text sequence, the default) or 1 (fixed context, for
     /// boxes running a sen that predates format 2).
     pub format_version: u32,
@@ -87,7 +85,6 @@ impl Default for ExportOptions {
             external_data_threshold: PROTOBUF_LIMIT,
             force: false,
             attention: Attention::Standard,
-            packed_qkv: false,
             format_version: MANIFEST_FORMAT_VERSION,
         }
     }
@@ -293,7 +290,6 @@ pub fn export(
         compute,
         keep: islands,
         attention: opts.attention,
-        packed_qkv: opts.packed_qkv,
         dynamic_sequence: opts.format_version >= 2,
     };
 
@@ -334,9 +330,6 @@ pub fn export(
     tools.insert("onnx-opset".into(), opts.opset.to_string());
     tools.insert("onnx-ir-version".into(), ir_version(opts.opset).to_string());
     tools.insert("attention".into(), opts.attention.name().into());
-    if opts.packed_qkv {
-        tools.insert("qkv".into(), "packed".into());
-    }
     if opts.fp16 {
         tools.insert(
             "fp16-float32-islands".into(),

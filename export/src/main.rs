@@ -12,8 +12,13 @@ use std::path::PathBuf;
 )]
 struct Cli {
     /// Checkpoint directory, or a training run directory (its best/).
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[arg(long, required_unless_present = "random_weights")]
+    checkpoint: Option<PathBuf>,
+    /// Export seeded random weights of a preset (tiny or vit-b16) instead of a
+    /// checkpoint: for timing a box or a graph formulation (speed does not depend on
+    /// the weights); the manifest records the random checkpoint's hash like any other.
+    #[arg(long, value_name = "PRESET", conflicts_with = "checkpoint", value_parser = ["tiny", "vit-b16"])]
+    random_weights: Option<String>,
     /// Bundle directory to create.
     #[arg(long)]
     out: PathBuf,
@@ -29,9 +34,6 @@ struct Cli {
     /// manifest.
     #[arg(long, default_value = "standard")]
     attention: sen_export::encoders::Attention,
-    /// One packed [W, 3W] q/k/v projection per block instead of three [W, W] ones.
-    #[arg(long)]
-    packed_qkv: bool,
     /// Bundle format: 2 (the text encoder takes a dynamic sequence, trimmed to each
     /// batch's captions) or 1 (fixed context, for boxes running a sen from before
     /// format 2).
@@ -63,7 +65,6 @@ fn main() {
         opset: cli.opset,
         force: cli.force,
         attention: cli.attention,
-        packed_qkv: cli.packed_qkv,
         format_version: cli.format_version,
         ..Default::default()
     };
@@ -76,7 +77,32 @@ fn main() {
     if let Some(mib) = cli.external_data_mib {
         opts.external_data_threshold = mib * 1024 * 1024;
     }
-    match sen_export::export(&cli.checkpoint, &cli.out, &opts) {
+    let tmp;
+    let checkpoint = match (&cli.checkpoint, &cli.random_weights) {
+        (Some(c), _) => c.clone(),
+        (None, Some(preset)) => {
+            let made = tempfile::tempdir()
+                .map_err(|e| e.to_string())
+                .and_then(|d| {
+                    let cfg = sen_core::ModelConfig::preset(preset).map_err(|e| e.to_string())?;
+                    sen_export::fixtures::random_checkpoint(&cfg, &d.path().join("ckpt"), 1)
+                        .map_err(|e| e.to_string())?;
+                    Ok(d)
+                });
+            match made {
+                Ok(d) => {
+                    tmp = d;
+                    tmp.path().join("ckpt")
+                }
+                Err(e) => {
+                    eprintln!("error: --random-weights {preset}: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        (None, None) => unreachable!("clap requires --checkpoint or --random-weights"),
+    };
+    match sen_export::export(&checkpoint, &cli.out, &opts) {
         Ok(r) => {
             if cli.json {
                 println!(

@@ -1053,3 +1053,118 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------- serve
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// The bundle to serve (verified at start).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// The store directory; created (bound to the bundle) when missing or empty.
+    #[arg(long)]
+    store: PathBuf,
+    /// Address to listen on (loopback unless told otherwise; port 0 picks one and the
+    /// address is printed).
+    #[arg(long, default_value = "127.0.0.1:8750")]
+    listen: std::net::SocketAddr,
+    /// API keys: lines `read KEY`, `write KEY` or `SCOPE sha256:HEX` (`#` comments).
+    #[arg(long, value_name = "FILE")]
+    api_keys: Option<PathBuf>,
+    /// Require a key on /healthz, /readyz, /metrics and / too.
+    #[arg(long)]
+    auth_all: bool,
+    /// Serve a non-loopback address without --api-keys (logged at every start).
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// TLS certificate chain (PEM); with --tls-key serves HTTPS.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Requests per encoder batch (default: the profile's optimum; 1 turns encoder
+    /// batching off; the store's group commit stays on).
+    #[arg(long)]
+    max_batch: Option<usize>,
+    /// Longest a request waits for its batch to fill, in ms.
+    #[arg(long, default_value_t = 2.0)]
+    max_delay_ms: f64,
+    /// Requests waiting per queue before the server answers 429.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    #[arg(long, default_value_t = 1000)]
+    max_k: usize,
+    #[arg(long, default_value_t = 1000)]
+    max_text_chars: usize,
+    #[arg(long, default_value_t = 16)]
+    max_body_mib: usize,
+    /// Largest image accepted, in pixels (read from the header before decoding).
+    #[arg(long, default_value_t = 40_000_000)]
+    max_pixels: u64,
+    /// Seconds before a request is answered 504.
+    #[arg(long, default_value_t = 30.0)]
+    request_timeout: f64,
+    /// Seconds SIGTERM waits for queued work before closing.
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_timeout: f64,
+    /// Delete rows captured longer ago than this (`30d`, `12h`), at start and
+    /// periodically; compaction follows in the background.
+    #[arg(long)]
+    retention: Option<String>,
+    /// Threads of the search scan (default: one per core).
+    #[arg(long)]
+    search_threads: Option<usize>,
+    /// A new store stores float16 embeddings.
+    #[arg(long)]
+    f16: bool,
+    /// A new store keeps no crops.
+    #[arg(long)]
+    no_crops: bool,
+    #[command(flatten)]
+    provider: ProviderArgs,
+}
+
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let secs = |flag: &str, v: f64| -> Result<std::time::Duration> {
+        if !(v > 0.0 && v.is_finite()) {
+            bail!("{flag} {v}: must be a positive number of seconds");
+        }
+        Ok(std::time::Duration::from_secs_f64(v))
+    };
+    if !(a.max_delay_ms >= 0.0 && a.max_delay_ms.is_finite()) {
+        bail!("--max-delay-ms {}: must be 0 or more", a.max_delay_ms);
+    }
+    let cfg = sen_runtime::serve::ServeConfig {
+        bundle: a.bundle.clone(),
+        store: a.store.clone(),
+        listen: a.listen,
+        api_keys: a.api_keys.clone(),
+        auth_all: a.auth_all,
+        insecure_no_auth: a.insecure_no_auth,
+        tls: a.tls_cert.clone().zip(a.tls_key.clone()),
+        provider: a.provider.options(),
+        max_batch: a.max_batch,
+        max_delay: std::time::Duration::from_secs_f64(a.max_delay_ms / 1e3),
+        max_queue: a.max_queue,
+        max_k: a.max_k,
+        max_text_chars: a.max_text_chars,
+        max_body: a.max_body_mib << 20,
+        max_pixels: a.max_pixels,
+        request_timeout: secs("--request-timeout", a.request_timeout)?,
+        shutdown_timeout: secs("--shutdown-timeout", a.shutdown_timeout)?,
+        retention_ms: a
+            .retention
+            .as_deref()
+            .map(|r| sen_store::time::parse_period("--retention", r))
+            .transpose()?,
+        search_threads: a.search_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        f16: a.f16,
+        crops: !a.no_crops,
+        thumb_cache_bytes: 64 << 20,
+    };
+    sen_runtime::serve::run(cfg)
+}

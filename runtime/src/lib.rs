@@ -16,6 +16,8 @@ pub mod error;
 pub mod eval;
 pub mod onnxruntime;
 pub mod providers;
+pub mod results;
+pub mod serve;
 
 pub use sen_store::{index, search};
 

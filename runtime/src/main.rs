@@ -43,6 +43,8 @@ enum Command {
     BuildEngines(cli::BuildEnginesArgs),
     /// Latency percentiles and throughput of a bundle's encoders (or of the search) on this machine.
     Bench(cli::BenchArgs),
+    /// Serve retrieval over HTTP: ingest crops, search, delete; metrics, keys, limits.
+    Serve(Box<cli::ServeArgs>),
     /// The gallery store: create, add, search, delete, compact, stats, verify, snapshot, import.
     Store {
         #[command(subcommand)]
@@ -150,6 +152,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::BuildEngines(a) => cli::build_engines(a)?,
         Command::Bench(a) => cli::bench(a)?,
         Command::Store { command } => store_cli::run(command)?,
+        Command::Serve(a) => cli::serve(*a)?,
         Command::Tokenize {
             texts,
             json,

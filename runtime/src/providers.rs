@@ -297,6 +297,9 @@ pub struct ProviderOptions {
     /// on CUDA/TensorRT). Default: on for GPU providers, off on the CPU (where it
     /// only adds a copy).
     pub io_binding: bool,
+    /// CPU provider: rows per image sub-batch (None: from the model's size,
+    /// `encoders::cpu_chunk_rows`).
+    pub cpu_chunk: Option<usize>,
 }
 
 impl ProviderOptions {
@@ -310,6 +313,7 @@ impl ProviderOptions {
             tensorrt: TensorRtOptions::default(),
             optimized_model_dir: None,
             io_binding: kind != ProviderKind::Cpu,
+            cpu_chunk: None,
         }
     }
 

@@ -4,6 +4,7 @@ use crate::cli::{ProviderArgs, bar, list_images, log_sessions};
 use anyhow::{Context, Result, bail};
 use sen_core::Manifest;
 use sen_runtime::encoders::{ImageEncoder, TextEncoder};
+use sen_runtime::results::{result_json, stats_json};
 use sen_store::time::{self, TimeRange};
 use sen_store::{Crop, Mode, NewRow, Query, Selector, Storage, Store, StoreConfig};
 use std::io::{BufRead, Write};
@@ -478,30 +479,6 @@ fn add(a: AddArgs) -> Result<()> {
     Ok(())
 }
 
-/// The SPEC §11 result object of one query.
-pub fn result_json(
-    query: Option<&str>,
-    like: Option<u64>,
-    took_ms: f64,
-    found: &[sen_store::Found],
-) -> serde_json::Value {
-    serde_json::json!({
-        "query": query,
-        "like": like,
-        "took_ms": took_ms,
-        "results": found.iter().enumerate().map(|(i, f)| serde_json::json!({
-            "rank": i + 1,
-            "id": f.id,
-            "score": f.score,
-            "camera": f.camera,
-            "time": time::format(f.time_ms),
-            "path": f.path,
-            "pid": f.pid,
-            "attrs": f.attrs,
-        })).collect::<Vec<_>>(),
-    })
-}
-
 fn search(a: StoreSearchArgs) -> Result<()> {
     if a.k == 0 {
         bail!("-k must be at least 1");
@@ -711,29 +688,6 @@ fn stats(dir: &Path, json: bool) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// `sen store stats --json` (and the server's `/v1/stats`).
-pub fn stats_json(s: &sen_store::Stats) -> serde_json::Value {
-    let t = |v: Option<i64>| v.map(time::format);
-    serde_json::json!({
-        "uuid": s.info.uuid,
-        "format_version": s.info.format_version,
-        "rows": s.rows,
-        "deleted_pending": s.deleted_pending,
-        "unflushed": s.unflushed,
-        "segments": s.segments,
-        "cameras": s.cameras.iter().map(|c| serde_json::json!({
-            "camera": c.camera, "rows": c.rows, "first": t(c.first_ms), "last": t(c.last_ms),
-            "last_ingest": t(c.last_ingest_ms),
-        })).collect::<Vec<_>>(),
-        "bytes": s.bytes,
-        "encoder_sha256": s.info.image_encoder_sha256,
-        "dim": s.info.dim,
-        "storage": s.info.storage,
-        "crops": s.info.crops,
-        "change_seq": s.change_seq,
-    })
 }
 
 fn import(a: ImportArgs) -> Result<()> {

@@ -41,6 +41,9 @@ H, W, CTX = 384, 128, 77
 
 torch.manual_seed(0)
 model = open_clip.create_model("ViT-B-16", pretrained=None, force_image_size=(H, W)).eval()
+# nn.MultiheadAttention's inference fast path (`_native_multi_head_attention`) has no
+# ONNX export; the documented switch turns it off for the export.
+torch.backends.mha.set_fastpath_enabled(False)
 
 
 class Image(torch.nn.Module):

@@ -480,6 +480,7 @@ enum Job {
     Compact(Reply<CompactReport>),
     Flush(Reply<()>),
     Consumer(String, Option<i64>, Reply<i64>),
+    Ping(Reply<()>),
 }
 
 /// What an add did.
@@ -800,6 +801,11 @@ impl Store {
     /// Write every pending row to a segment now.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.job(Job::Flush)
+    }
+
+    /// Whether the writer answers and the database takes a write lock (readiness).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.job(Job::Ping)
     }
 
     /// Register (or move) a consumer's cursor; returns its sequence number. `None`
@@ -1401,6 +1407,12 @@ fn writer_loop(shared: Arc<Shared>, c: Connection, mut st: State, rx: Receiver<J
                 Job::Consumer(name, seq, reply) => {
                     let _ = reply.send(consumer(&c, &path, &name, seq));
                 }
+                Job::Ping(reply) => {
+                    let r = c
+                        .execute_batch("BEGIN IMMEDIATE; ROLLBACK")
+                        .map_err(db::err(&path));
+                    let _ = reply.send(r);
+                }
                 Job::Add(..) | Job::Delete(..) => unreachable!("partitioned"),
             }
         }
@@ -1538,6 +1550,9 @@ fn answer_all(jobs: Vec<Job>, err: &StoreError) {
                 let _ = r.send(Err(e()));
             }
             Job::Consumer(_, _, r) => {
+                let _ = r.send(Err(e()));
+            }
+            Job::Ping(r) => {
                 let _ = r.send(Err(e()));
             }
         }

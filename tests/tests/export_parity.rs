@@ -195,7 +195,7 @@ fn tiny_fp32_and_fp16_match_the_tch_model() {
     assert_eq!(m.model, cfg);
 }
 
-/// The other graph formulations (packed q/k/v, ONNX `Attention` at opset 23) and
+/// The other graph formulation (ONNX `Attention` at opset 23) and
 /// format 1 (fixed context, fed whole) give the tch model's rows too, at every
 /// sub-batch; the manifest records each.
 #[test]
@@ -209,13 +209,6 @@ fn graph_variants_and_format_1_match_the_tch_model() {
     let (ids, eot) = tokens(cfg.text.context_length);
     let (ri, rt) = reference(&model, &imgs, &ids, &eot);
     for (name, opts) in [
-        (
-            "packed-qkv",
-            ExportOptions {
-                packed_qkv: true,
-                ..Default::default()
-            },
-        ),
         (
             "onnx-attention-23",
             ExportOptions {

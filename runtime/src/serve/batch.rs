@@ -1,0 +1,165 @@
+//! Dynamic batching (Triton's dynamic batcher, as a small queue per model): requests
+//! wait in a bounded queue; a worker thread takes the first, then every request that
+//! arrives within `max_delay` of it, up to `max_batch`, and runs them as one call.
+//! Past `max_queue` waiting requests a submit fails at once (429), so the queue never
+//! grows without bound. A batch of one is `max_batch = 1` (no batching).
+
+use super::error::ApiError;
+use super::metrics::Metrics;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+/// How long a request waited and how long its batch ran (for the stage histograms).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    pub queued: Duration,
+    pub ran: Duration,
+    pub batch: usize,
+}
+
+struct Job<I, O> {
+    input: I,
+    enqueued: Instant,
+    reply: tokio::sync::oneshot::Sender<Result<(O, Timing), ApiError>>,
+}
+
+/// A batching queue in front of one model (or the search kernel).
+pub struct Batcher<I, O> {
+    name: &'static str,
+    tx: SyncSender<Job<I, O>>,
+    depth: Arc<AtomicUsize>,
+    max_queue: usize,
+}
+
+/// Batching settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    pub max_batch: usize,
+    pub max_delay: Duration,
+    pub max_queue: usize,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// Start the worker thread; `run` turns a batch of inputs into as many outputs
+    /// (an error fails every request of the batch).
+    pub fn start(
+        name: &'static str,
+        cfg: BatchConfig,
+        metrics: Arc<Metrics>,
+        run: impl Fn(Vec<I>) -> Result<Vec<O>, ApiError> + Send + 'static,
+    ) -> Self {
+        let (tx, rx) = sync_channel::<Job<I, O>>(cfg.max_queue.max(1));
+        let depth = Arc::new(AtomicUsize::new(0));
+        let d = depth.clone();
+        std::thread::Builder::new()
+            .name(format!("sen-batch-{name}"))
+            .spawn(move || worker(name, cfg, rx, d, metrics, run))
+            .expect("spawn batch worker");
+        Batcher {
+            name,
+            tx,
+            depth,
+            max_queue: cfg.max_queue,
+        }
+    }
+
+    /// Requests waiting now.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Queue `input` and wait for its output; 429 at once when the queue is full.
+    pub async fn submit(&self, input: I) -> Result<(O, Timing), ApiError> {
+        if self.depth.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::Overloaded(1));
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            input,
+            enqueued: Instant::now(),
+            reply,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.depth.fetch_sub(1, Ordering::SeqCst);
+                return Err(ApiError::Overloaded(1));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.depth.fetch_sub(1, Ordering::SeqCst);
+                return Err(ApiError::Unavailable(format!(
+                    "the {} worker has stopped",
+                    self.name
+                )));
+            }
+        }
+        rx.await
+            .map_err(|_| ApiError::Unavailable(format!("the {} worker has stopped", self.name)))?
+    }
+}
+
+fn worker<I, O>(
+    name: &'static str,
+    cfg: BatchConfig,
+    rx: Receiver<Job<I, O>>,
+    depth: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    run: impl Fn(Vec<I>) -> Result<Vec<O>, ApiError>,
+) {
+    while let Ok(first) = rx.recv() {
+        let deadline = first.enqueued + cfg.max_delay;
+        let mut jobs = vec![first];
+        while jobs.len() < cfg.max_batch.max(1) {
+            let now = Instant::now();
+            let next = if now >= deadline {
+                rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
+            } else {
+                rx.recv_timeout(deadline - now)
+            };
+            match next {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        depth.fetch_sub(jobs.len(), Ordering::SeqCst);
+        let started = Instant::now();
+        let n = jobs.len();
+        metrics
+            .batch_size
+            .with_label_values(&[name])
+            .observe(n as f64);
+        let (inputs, rest): (Vec<I>, Vec<(Instant, tokio::sync::oneshot::Sender<_>)>) = jobs
+            .into_iter()
+            .map(|j| (j.input, (j.enqueued, j.reply)))
+            .unzip();
+        let out = run(inputs);
+        let ran = started.elapsed();
+        match out {
+            Ok(outs) if outs.len() == n => {
+                for (o, (enq, reply)) in outs.into_iter().zip(rest) {
+                    let t = Timing {
+                        queued: started - enq,
+                        ran,
+                        batch: n,
+                    };
+                    let _ = reply.send(Ok((o, t)));
+                }
+            }
+            Ok(outs) => {
+                let e =
+                    ApiError::Internal(format!("{name}: {} outputs for {n} inputs", outs.len()));
+                for (_, reply) in rest {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in rest {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Prometheus metrics (prefix `sen_`), named after what they measure.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by route (the matched path), method and status.
+    pub requests: IntCounterVec,
+    /// Whole-request seconds by route.
+    pub duration: HistogramVec,
+    /// Seconds in each stage: queue, preprocess, inference, search.
+    pub stage: HistogramVec,
+    /// Requests waiting per queue (text, image, search).
+    pub queue_depth: IntGaugeVec,
+    /// Requests per batch per queue.
+    pub batch_size: HistogramVec,
+    pub ingested: IntCounter,
+    pub store_rows: IntGauge,
+    pub store_bytes: IntGauge,
+    pub retention_deleted: IntCounter,
+    /// Token positions and rows given to the text encoder (their ratio is the
+    /// average sequence length after trimming).
+    pub text_positions: IntCounter,
+    pub text_rows: IntCounter,
+    pub ready: IntGauge,
+    pub build_info: IntGaugeVec,
+}
+
+fn buckets() -> Vec<f64> {
+    vec![
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+    ]
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "sen_http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sen_http_request_duration_seconds",
+                "Whole request time by route",
+            )
+            .buckets(buckets()),
+            &["route"],
+        )
+        .expect("metric");
+        let stage = HistogramVec::new(
+            HistogramOpts::new(
+                "sen_stage_duration_seconds",
+                "Time per stage of a request: queue (waiting for a batch), preprocess (decode and resize), inference (the encoder's batch), search (the store's batch)",
+            )
+            .buckets(buckets()),
+            &["stage"],
+        )
+        .expect("metric");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("sen_queue_depth", "Requests waiting per batching queue"),
+            &["queue"],
+        )
+        .expect("metric");
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new("sen_batch_size", "Requests per batch per queue")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            &["queue"],
+        )
+        .expect("metric");
+        let ingested = IntCounter::new("sen_ingested_rows_total", "Rows acknowledged (durable)")
+            .expect("metric");
+        let store_rows = IntGauge::new("sen_store_rows", "Rows in the store").expect("metric");
+        let store_bytes =
+            IntGauge::new("sen_store_bytes", "Bytes of the store's files").expect("metric");
+        let retention_deleted = IntCounter::new(
+            "sen_retention_deleted_rows_total",
+            "Rows deleted by --retention",
+        )
+        .expect("metric");
+        let text_positions = IntCounter::new(
+            "sen_text_positions_total",
+            "Token positions given to the text encoder (after trimming to each batch's captions)",
+        )
+        .expect("metric");
+        let text_rows =
+            IntCounter::new("sen_text_rows_total", "Captions given to the text encoder")
+                .expect("metric");
+        let ready = IntGauge::new(
+            "sen_ready",
+            "1 when the bundle, engines and store are ready",
+        )
+        .expect("metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "sen_build_info",
+                "sen version, bundle image encoder sha256, provider and precision",
+            ),
+            &["version", "bundle_sha256", "provider", "precision"],
+        )
+        .expect("metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(stage.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(ingested.clone()),
+            Box::new(store_rows.clone()),
+            Box::new(store_bytes.clone()),
+            Box::new(retention_deleted.clone()),
+            Box::new(text_positions.clone()),
+            Box::new(text_rows.clone()),
+            Box::new(ready.clone()),
+            Box::new(build_info.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            stage,
+            queue_depth,
+            batch_size,
+            ingested,
+            store_rows,
+            store_bytes,
+            retention_deleted,
+            text_positions,
+            text_rows,
+            ready,
+            build_info,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = vec![];
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("metrics encode");
+        String::from_utf8(buf).expect("utf-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
