@@ -8,7 +8,7 @@ export SEN_CACHE
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: deps deps-cuda deps-ort-gpu test demo bench bench-baseline bench-check perf help
+.PHONY: deps deps-cuda deps-ort-gpu test demo bench bench-baseline bench-check perf store-perf crash-test load serve-demo screenshot help
 
 help:
 	@echo "make demo   - run the sen pipeline end to end (what exists so far)"
@@ -17,6 +17,11 @@ help:
 	@echo "make bench-baseline - run the benches and save them as baseline $(BENCH_BASELINE)"
 	@echo "make bench-check - run the benches; fail if any is > $(BENCH_THRESHOLD)% slower than the baseline"
 	@echo "make perf   - the README's performance tables: sen vs Python onnxruntime, PyTorch eager, faiss"
+	@echo "make store-perf - the gallery store's speed figures (ingest, 1M-row open/search/filters, compaction)"
+	@echo "make crash-test - $(CRASH_ROUNDS) SIGKILLs of a store writer, $(SERVE_CRASH_ROUNDS) of sen serve while clients ingest"
+	@echo "make load   - sen serve under a bounded load: QPS, p50, p99 (search, ingest, mixed; batching on/off)"
+	@echo "make serve-demo - sen serve on the demo's bundle and store (after make demo); prints the URL"
+	@echo "make screenshot - refresh docs/search-page.png from the browser test with the demo's bundle"
 	@echo "make deps   - fetch and verify native dependencies into $(SEN_CACHE)"
 	@echo "make deps-cuda - also the CUDA libraries libtorch_cuda loads (GPU machines only, ~2 GB)"
 	@echo "make deps-ort-gpu - ONNX Runtime's GPU build for sen --ort-lib (GPU machines only, ~255 MB)"
@@ -61,3 +66,33 @@ bench-check: deps
 
 perf: deps
 	@scripts/perf.sh
+
+# The gallery store's speed (README, Performance): one reported run, not a test.
+# STORE_ROWS sets the big store's size.
+STORE_ROWS ?= 1000000
+store-perf: deps
+	$(CARGO) run -q --release -p sen-benches --bin store-bench -- --rows $(STORE_ROWS)
+
+# Long crash runs (README, Durability): the tests `make test` runs with 20 store kills
+# and 3 server kills, here with many more. Each prints the number of kills it survived.
+CRASH_ROUNDS ?= 500
+SERVE_CRASH_ROUNDS ?= 50
+crash-test: deps
+	SEN_CRASH_ROUNDS=$(CRASH_ROUNDS) $(CARGO) test --release -p sen-store --test crash -- --nocapture kill
+	SEN_SERVE_CRASH_ROUNDS=$(SERVE_CRASH_ROUNDS) $(CARGO) test --release -p sen-runtime --test server -- --nocapture kill
+
+# sen serve under load (README, Serving): one reported run, not a test. LOAD_SECONDS per
+# cell (default 5), LOAD_CLIENTS (default 1,8,32).
+load: deps
+	@scripts/load.sh
+
+# The search page on the demo's gallery (after `make demo`): open the printed URL.
+SERVE_LISTEN ?= 127.0.0.1:8750
+serve-demo: deps
+	@test -f target/demo/store/store.db || { echo "make serve-demo: run \`make demo\` first (it builds target/demo/store)" >&2; exit 1; }
+	$(CARGO) build --release -q -p sen-runtime
+	@echo "open http://$(SERVE_LISTEN)/ (Ctrl-C stops the server)"
+	target/release/sen serve --bundle target/demo/bundle-fp32 --store target/demo/store --listen $(SERVE_LISTEN)
+
+screenshot: deps
+	@scripts/screenshot.sh

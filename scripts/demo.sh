@@ -2,7 +2,8 @@
 # `make demo`: the whole sen pipeline on this machine, on the embedded default (the
 # CPU provider): synthetic benchmark -> train the tiny preset -> export fp32 and
 # fp16 bundles -> calibrate an int8 bundle (three methods compared) -> index the
-# test gallery -> evaluate -> answer text queries.
+# test gallery -> evaluate -> answer text queries -> a gallery store with cameras and
+# times (filtered search, more like this, retention delete).
 #
 # SEN_DEMO_DIR (default target/demo) holds everything it writes;
 # SEN_DEMO_TRAIN_MINUTES (default 7) is training's budget (the schedule is fitted to
@@ -113,6 +114,9 @@ for line in open(sys.argv[2]):
         mark = " <- the described person" if want is not None and r["pid"] == want else ""
         print(f"  {r['rank']}. {r['score']:.3f}  pid {r['pid']:<5} {r['path']}{mark}")
 EOF
+
+stage "a live gallery store (sen store): cameras, capture times, filters, retention"
+scripts/demo_store.sh "$demo" "$provider"
 
 stage "demo done in $(((SECONDS - t_start) / 60)) min $(((SECONDS - t_start) % 60)) s"
 echo "bundles, indexes and results are in $demo/"

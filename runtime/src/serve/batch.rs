@@ -1,8 +1,13 @@
-//! Dynamic batching (Triton's dynamic batcher, as a small queue per model): requests
-//! wait in a bounded queue; a worker thread takes the first, then every request that
-//! arrives within `max_delay` of it, up to `max_batch`, and runs them as one call.
-//! Past `max_queue` waiting requests a submit fails at once (429), so the queue never
-//! grows without bound. A batch of one is `max_batch = 1` (no batching).
+//! Dynamic batching, a small queue per model: requests wait in a bounded queue; a
+//! worker thread takes the first, every request already waiting behind it, and (with
+//! `max_delay` > 0) every request that arrives within `max_delay` of the first, up to
+//! `max_batch`, and runs them as one call. With the default `max_delay` of 0 this is
+//! continuous batching: a batch is whatever queued while the previous one ran, so a
+//! lone request never waits and a busy server still fills its batches (Triton's
+//! fixed wait idles the worker for the delay: on two CPU cores that capped a paced
+//! search load below half the closed-loop maximum). Past `max_queue` waiting
+//! requests a submit fails at once (429), so the queue never grows without bound.
+//! A batch of one is `max_batch = 1` (no batching).
 
 use super::error::ApiError;
 use super::metrics::Metrics;

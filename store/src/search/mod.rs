@@ -167,6 +167,58 @@ impl RowFilter {
         }
     }
 
+    /// Boundaries `0 = b[0] <= .. <= b[t] = n` splitting the first `n` rows into `t`
+    /// ranges (`threads` clamped to 1..=n) with about as many allowed rows each: a
+    /// filter's rows may all sit in one end of the gallery (a time range), and an even
+    /// split by rows would leave one thread with all the work. Bitmap boundaries fall
+    /// on multiples of 64.
+    pub fn balanced_bounds(&self, n: usize, threads: usize) -> Vec<usize> {
+        let t = threads.clamp(1, n.max(1));
+        let even = |i: usize| (i * n.div_ceil(t)).min(n);
+        let mut b: Vec<usize> = match self {
+            RowFilter::All => (0..=t).map(even).collect(),
+            _ if t == 1 => vec![0, n],
+            RowFilter::Bitmap(w) => {
+                let total = self.count(n);
+                let mut out = vec![0];
+                let mut seen = 0;
+                for (i, x) in w.iter().enumerate().take(n.div_ceil(64)) {
+                    seen += x.count_ones() as usize;
+                    while out.len() < t && seen * t >= total * out.len() && total > 0 {
+                        out.push(((i + 1) * 64).min(n));
+                    }
+                }
+                out
+            }
+            RowFilter::Ranges(r) => {
+                let total = self.count(n);
+                let mut out = vec![0];
+                let mut seen = 0;
+                for x in r {
+                    let (a, e) = (x.start.min(n), x.end.min(n));
+                    let mut at = a;
+                    while at < e && out.len() < t {
+                        // Rows of this range still needed to reach the next boundary.
+                        let want = (total * out.len()).div_ceil(t).saturating_sub(seen);
+                        if want > e - at {
+                            break;
+                        }
+                        at += want.max(1);
+                        seen += want.max(1);
+                        out.push(at);
+                    }
+                    seen += e - at;
+                }
+                out
+            }
+        };
+        while b.len() < t + 1 {
+            b.push(n);
+        }
+        b[t] = n;
+        b
+    }
+
     /// Number of allowed rows among the first `n`.
     pub fn count(&self, n: usize) -> usize {
         match self {
@@ -297,7 +349,7 @@ fn top_k_gallery(
     if k == 0 {
         return vec![];
     }
-    let parts = split_rows(n, threads, |lo, hi| {
+    let parts = run_split(&filter.balanced_bounds(n, threads), |lo, hi| {
         let mut t = TopK::new(k);
         for (start, rows) in gallery.pieces(lo, hi) {
             scan(kernel, query, rows, start, filter, &mut t);
@@ -309,16 +361,20 @@ fn top_k_gallery(
 
 /// Run `f(lo, hi)` over contiguous row ranges, one per thread (at most one per row).
 fn split_rows<T: Send>(n: usize, threads: usize, f: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
-    let threads = threads.clamp(1, n.max(1));
-    if threads == 1 {
-        return vec![f(0, n)];
+    run_split(&RowFilter::All.balanced_bounds(n, threads), f)
+}
+
+/// Run `f(bounds[i], bounds[i + 1])` for each range, one thread each.
+fn run_split<T: Send>(bounds: &[usize], f: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
+    if bounds.len() <= 2 {
+        return vec![f(bounds[0], *bounds.last().expect("bounds"))];
     }
-    let per = n.div_ceil(threads);
     std::thread::scope(|s| {
         let f = &f;
-        let handles: Vec<_> = (0..threads)
-            .map(|i| {
-                let (lo, hi) = ((i * per).min(n), ((i + 1) * per).min(n));
+        let handles: Vec<_> = bounds
+            .windows(2)
+            .map(|w| {
+                let (lo, hi) = (w[0], w[1]);
                 s.spawn(move || f(lo, hi))
             })
             .collect();
@@ -394,7 +450,11 @@ fn scan(
                 }
             }
         } else {
-            // Few allowed: score runs of allowed rows only.
+            // Few allowed: score runs of allowed rows only, fetching the next run's
+            // rows from memory while this one is scored (a selective filter's rows are
+            // scattered, so the hardware prefetcher does not see them coming).
+            let mut runs = [(0usize, 0usize); BLOCK];
+            let mut nr = 0;
             let mut r = lo;
             while r < hi {
                 if !filter.allows(start + r) {
@@ -404,6 +464,14 @@ fn scan(
                 let mut e = r + 1;
                 while e < hi && filter.allows(start + e) {
                     e += 1;
+                }
+                runs[nr] = (r, e);
+                nr += 1;
+                r = e;
+            }
+            for (j, &(r, e)) in runs[..nr].iter().enumerate() {
+                if let Some(&(nr0, ne)) = runs[..nr].get(j + 1) {
+                    prefetch(rows, nr0 * d, (ne - nr0).min(2) * d);
                 }
                 let out = &mut scores[..e - r];
                 score_rows(r, e, out);
@@ -415,11 +483,32 @@ fn scan(
                         });
                     }
                 }
-                r = e;
             }
         }
         lo = hi;
     }
+}
+
+/// Ask the CPU to bring `len` values of `rows` from `at` into cache (x86-64; a
+/// no-op elsewhere, where the prefetch hint is not a stable intrinsic).
+#[inline]
+fn prefetch(rows: Rows<'_>, at: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (p, bytes) = match rows {
+            Rows::F32(g) => (g[at..at + len].as_ptr().cast::<i8>(), len * 4),
+            Rows::F16(g) => (g[at..at + len].as_ptr().cast::<i8>(), len * 2),
+        };
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: `off < bytes`, so the address lies inside the slice; a prefetch
+            // never faults and changes nothing but the cache.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.add(off))
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (rows, at, len);
 }
 
 /// One query of a batch: its vector, how many hits, and which rows it may return.
@@ -679,6 +768,33 @@ mod tests {
                 w.0
             );
         }
+    }
+
+    #[test]
+    fn balanced_bounds_share_the_allowed_rows() {
+        let n = 10_000;
+        // A time-like filter: every allowed row in the last tenth.
+        let tail = RowFilter::ranges(vec![9_000..10_000]);
+        let bits = RowFilter::from_rows(n, 9_000..10_000);
+        let sparse = RowFilter::from_rows(n, (0..n).filter(|r| r % 10 == 3));
+        for f in [&tail, &bits, &sparse, &RowFilter::All] {
+            for t in [1, 2, 3, 8] {
+                let b = f.balanced_bounds(n, t);
+                assert_eq!((b.len(), b[0], b[t]), (t + 1, 0, n), "{f:?} {t}");
+                assert!(b.windows(2).all(|w| w[0] <= w[1]), "{b:?}");
+                // Each range holds its share of the allowed rows, to within a word.
+                let total = f.count(n);
+                for w in b.windows(2) {
+                    let got = f.count(w[1]) - f.count(w[0]);
+                    assert!(
+                        got.abs_diff(total / t) <= 64 + t,
+                        "{t} threads, {w:?}: {got} of {total}"
+                    );
+                }
+            }
+        }
+        assert_eq!(RowFilter::from_rows(n, []).balanced_bounds(n, 2)[2], n);
+        assert_eq!(RowFilter::All.balanced_bounds(3, 8), vec![0, 1, 2, 3]);
     }
 
     #[test]

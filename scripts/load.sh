@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# `make load`: sen serve under a bounded load (benches/src/bin/serve-load.rs), with the
+# demo's tiny bundle: QPS, p50 and p99 for search, ingest and 90/10 mixed at 1, 8 and
+# 32 clients, with batching on and with --max-batch 1, then an open-loop run at half
+# the best search QPS. One reported run, not a test.
+#
+# Uses target/demo/bundle-fp32 and target/demo/synth when `make demo` made them;
+# otherwise a tiny bundle of seeded random weights (speed does not depend on the
+# weights) and a small synthetic dataset under target/load/.
+# LOAD_SECONDS (default 5) per cell, LOAD_CLIENTS (default 1,8,32), LOAD_ROUNDS (default 2:
+# each cell runs that many times on each server, interleaved, keeping the best).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=target/load
+mkdir -p "$out"
+cargo build --release -q -p sen-runtime -p sen-export -p sen-benches --bin sen --bin sen-export --bin serve-load
+bundle=target/demo/bundle-fp32
+data=target/demo/synth
+if [ ! -f "$bundle/manifest.json" ] || [ ! -f "$data/reid_raw.json" ]; then
+  bundle=$out/bundle-tiny
+  data=$out/synth
+  [ -f "$bundle/manifest.json" ] ||
+    target/release/sen-export --random-weights tiny --out "$bundle" --force > /dev/null
+  [ -f "$data/reid_raw.json" ] || target/release/sen synth --out "$data" --ids 130 > /dev/null
+  echo "(no target/demo: a tiny bundle of random weights and a 130-identity synthetic set)"
+fi
+target/release/serve-load --sen target/release/sen --bundle "$bundle" --dataset "$data" \
+  --seconds "${LOAD_SECONDS:-5}" --clients "${LOAD_CLIENTS:-1,8,32}" --rounds "${LOAD_ROUNDS:-2}" --work "$out/work" \
+  --json "$out/load.json"
+echo "JSON: $out/load.json"
