@@ -8,7 +8,7 @@ export SEN_CACHE
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: deps deps-cuda deps-ort-gpu test demo bench bench-baseline bench-check perf store-perf crash-test load serve-demo screenshot help
+.PHONY: deps deps-cuda deps-ort-gpu test demo bench bench-baseline bench-check perf store-perf crash-test load serve-demo screenshot test-aarch64 dist-aarch64 help
 
 help:
 	@echo "make demo   - run the sen pipeline end to end (what exists so far)"
@@ -22,13 +22,20 @@ help:
 	@echo "make load   - sen serve under a bounded load: QPS, p50, p99 (search, ingest, mixed; batching on/off)"
 	@echo "make serve-demo - sen serve on the demo's bundle and store (after make demo); prints the URL"
 	@echo "make screenshot - refresh docs/search-page.png from the browser test with the demo's bundle"
+	@echo "make test-aarch64 - build for aarch64 and run the tests under qemu (sets itself up)"
+	@echo "make dist-aarch64 - Jetson release tarball (glibc 2.31, cargo-zigbuild) in target/dist/"
 	@echo "make deps   - fetch and verify native dependencies into $(SEN_CACHE)"
 	@echo "make deps-cuda - also the CUDA libraries libtorch_cuda loads (GPU machines only, ~2 GB)"
-	@echo "make deps-ort-gpu - ONNX Runtime's GPU build for sen --ort-lib (GPU machines only, ~255 MB)"
+	@echo "make deps-ort-gpu - ONNX Runtime's GPU build for sen --ort-lib (~255 MB; make deps fetches it too)"
 
+# Besides the pinned set: ONNX Runtime 1.19.2, the oldest sen accepts, for the
+# version test (runtime/tests/ort_versions.rs), and the 1.31.1 GPU build (CUDA 13), whose
+# provider libraries the GPU preflight test reads (runtime/src/providers.rs).
 deps:
 	@command -v $(PYTHON) >/dev/null || { echo "make deps: $(PYTHON) is required to fetch wheels from PyPI" >&2; exit 1; }
 	@$(PYTHON) scripts/deps.py
+	@$(PYTHON) scripts/deps.py ort-oldest
+	@$(PYTHON) scripts/deps.py ort-gpu
 
 # GPU machines only: the CUDA libraries (cuDNN, cuBLAS, NCCL, ...) that libtorch_cuda
 # loads, for running `sen-train --device cuda` built with `--features cuda` without a
@@ -36,7 +43,7 @@ deps:
 deps-cuda: deps
 	@$(PYTHON) scripts/deps.py cuda
 
-# GPU machines only: ONNX Runtime 1.31.1's GPU build (CUDA and TensorRT providers) into
+# ONNX Runtime 1.31.1's GPU build (CUDA and TensorRT providers) into
 # $(SEN_CACHE)/onnxruntime-gpu/lib; run sen with --ort-lib (or ORT_DYLIB_PATH) pointing there.
 deps-ort-gpu:
 	@$(PYTHON) scripts/deps.py ort-gpu
@@ -96,3 +103,16 @@ serve-demo: deps
 
 screenshot: deps
 	@scripts/screenshot.sh
+
+# aarch64 (Jetson-class boxes): every crate that ships to a box, cross-compiled and
+# tested under qemu-user. Not built there, with the reason: sen-train (links libtorch,
+# which has no aarch64 build in the pinned set, and training does not ship to a box),
+# sen-tests (compares against libtorch). Skipped: the page's browser test (the page is
+# the same bytes on every architecture). scripts/test_aarch64.sh sets up the target,
+# cross compiler, qemu, the pinned aarch64 ONNX Runtime and the qemu sysroot.
+test-aarch64: deps
+	@scripts/test_aarch64.sh
+
+# Release binaries for JetPack 5 (glibc 2.31) and newer, checked against that bound.
+dist-aarch64: deps
+	@scripts/dist_aarch64.sh

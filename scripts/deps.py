@@ -33,9 +33,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # libtorch_cuda needs at run time, for GPU machines without a PyTorch install;
 # `deps.py ort-gpu` (make deps-ort-gpu) ONNX Runtime's GPU build for `sen --ort-lib`.
 SET = sys.argv[1] if len(sys.argv) > 1 else "cpu"
-LOCK = os.path.join(REPO, "deps", {"cpu": "wheels.json", "cuda": "wheels-cuda.json",
-                                   "ort-gpu": "wheels-ort-gpu.json"}[SET])
-STAMP_NAME = {"cpu": "deps.stamp", "cuda": "deps-cuda.stamp", "ort-gpu": "deps-ort-gpu.stamp"}[SET]
+# `deps.py aarch64` (make test-aarch64) ONNX Runtime's aarch64 build for the emulated
+# tests; `deps.py ort-oldest` (make deps) the oldest ONNX Runtime sen is tested against;
+# `deps.py zig` (make dist-aarch64) the zig toolchain for glibc-bounded release builds.
+SETS = {"cpu": "wheels.json", "cuda": "wheels-cuda.json", "ort-gpu": "wheels-ort-gpu.json",
+        "aarch64": "wheels-aarch64.json", "ort-oldest": "wheels-ort-oldest.json",
+        "zig": "wheels-zig.json"}
+if SET not in SETS:
+    print(f"make deps: unknown set {SET!r}; one of {', '.join(SETS)}", file=sys.stderr)
+    sys.exit(2)
+LOCK = os.path.join(REPO, "deps", SETS[SET])
+STAMP_NAME = "deps.stamp" if SET == "cpu" else f"deps-{SET}.stamp"
 # Files smaller than this are re-hashed on every run (the vocabulary, ONNX Runtime,
 # the CUDA runtime libraries, headers); the large libtorch libraries only have
 # their size checked unless SEN_DEPS_VERIFY=full.

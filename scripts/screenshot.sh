@@ -4,7 +4,7 @@
 # searching a caption written for a person the store holds (who should come first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-demo=${SEN_DEMO_DIR:-target/demo}
+demo=$(realpath -m "${SEN_DEMO_DIR:-target/demo}")
 for f in "$demo/bundle-fp32/manifest.json" "$demo/store/store.db" "$demo/synth/store-list.jsonl"; do
   [ -e "$f" ] || { echo "make screenshot: $f is missing; run \`make demo\` first" >&2; exit 1; }
 done

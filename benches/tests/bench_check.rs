@@ -2,7 +2,6 @@
 //! faster or equal one passes, and a missing baseline is a usage error.
 
 use std::path::Path;
-use std::process::Command;
 
 fn estimates(dir: &Path, which: &str, median_ns: f64, id: &str) {
     // The latest result must be newer than the baseline (mtime) to be compared.
@@ -18,7 +17,7 @@ fn estimates(dir: &Path, which: &str, median_ns: f64, id: &str) {
 }
 
 fn check(root: &Path, args: &[&str]) -> (i32, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_bench-check"))
+    let o = sen_core::process::command(env!("CARGO_BIN_EXE_bench-check"))
         .arg("--dir")
         .arg(root)
         .args(args)

@@ -11,7 +11,6 @@ use sen_core::Manifest;
 use sen_export::proto::{ModelProto, NodeProto, data_type};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn bundle(dir: &Path, seed: u64, fp16: bool) -> PathBuf {
     let ckpt = dir.join(format!("ckpt{seed}"));
@@ -394,7 +393,7 @@ fn command_line_runs_and_refuses_bad_flags() {
     let b = bundle(d.path(), 9, false);
     let out = d.path().join("int8");
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_sen-calibrate"))
+        sen_core::process::command(env!("CARGO_BIN_EXE_sen-calibrate"))
             .arg("--bundle")
             .arg(&b)
             .arg("--dataset")

@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod npy;
 pub mod preprocess;
+pub mod process;
 pub mod rng;
 pub mod synth;
 pub mod text;

@@ -254,7 +254,9 @@ fn ort_err(ctx: &Path, e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::onnx(ctx.display(), e)
 }
 
-/// A session builder with every graph optimisation and the configured CPU threads.
+/// A session builder with every graph optimisation (`ORT_ENABLE_ALL`, which includes
+/// the layout level and, unlike `Level3`, older ONNX Runtime releases accept) and the
+/// configured CPU threads.
 fn base_builder(
     ctx: &Path,
     opts: &ProviderOptions,
@@ -262,7 +264,7 @@ fn base_builder(
     let lib = crate::onnxruntime::init()?;
     let mut b = Session::builder(&lib.env)
         .map_err(|e| ort_err(ctx, e))?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| ort_err(ctx, ort::Error::<()>::from(e)))?;
     if let Some(t) = opts.threads {
         b = b

@@ -6,11 +6,14 @@
 //!   [`TextEncoder`](encoders::TextEncoder), batched and safe for concurrent callers;
 //! - [`index`], [`search`]: `sen-store`'s index file and exact top-k kernels, re-exported;
 //! - [`eval`]: SPEC §7 metrics of a bundle on a dataset split;
-//! - [`bench`]: latency percentiles and throughput of a bundle on this machine.
+//! - [`bench`]: latency percentiles and throughput of a bundle on this machine;
+//! - [`elf`]: the libraries and glibc versions a binary needs (GPU preflight, release checks);
+//! - [`serve`]: `sen serve`.
 //!
 //! Tokenizer, preprocessing, datasets and metrics are `sen-core`'s (the only copy).
 
 pub mod bench;
+pub mod elf;
 pub mod encoders;
 pub mod error;
 pub mod eval;

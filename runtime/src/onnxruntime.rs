@@ -55,6 +55,8 @@ pub fn init() -> Result<&'static OrtLibrary, RuntimeError> {
                 Some(p) => p.clone(),
                 None => sen_core::deps::onnxruntime_path().map_err(|e| e.to_string())?,
             };
+            let version = library_version(&path)?;
+            check_version(&version, &path)?;
             let builder = ort::init_from(&path).map_err(|e| {
                 format!(
                     "cannot load ONNX Runtime from {}: {e}; run `make deps` to restore it",
@@ -67,25 +69,86 @@ pub fn init() -> Result<&'static OrtLibrary, RuntimeError> {
                     path.display()
                 )
             })?;
-            let version = version_from_path(&path).unwrap_or_else(|| "unknown".into());
             Ok(OrtLibrary { path, version, env })
         })
         .as_ref()
         .map_err(|m| RuntimeError::Dependency(m.clone()))
 }
 
-/// `libonnxruntime.so.1.31.1` -> `1.31.1`.
-fn version_from_path(p: &std::path::Path) -> Option<String> {
-    let name = std::fs::canonicalize(p)
-        .ok()?
-        .file_name()?
-        .to_str()?
-        .to_string();
-    name.strip_prefix("libonnxruntime.so.").map(str::to_string)
+/// The oldest ONNX Runtime sen accepts: 1.19, the oldest PyPI wheel that ships the C
+/// library, which `make test` checks against the pinned 1.31.1 (tests/ort_versions.rs).
+/// sen is built against C API level 17 (ort's `api-17` feature), so 1.17 and 1.18 would
+/// load, but nothing here has run them; they are refused rather than trusted untested.
+pub const MIN_MINOR: u32 = 19;
+const _: () = assert!(
+    ort::MINOR_VERSION <= MIN_MINOR,
+    "the ort api-NN feature must not exceed MIN_MINOR"
+);
+
+/// The version the library reports (`OrtGetApiBase()->GetVersionString()`, present in
+/// every ONNX Runtime), read before ort asks for its API level.
+pub fn library_version(path: &std::path::Path) -> Result<String, String> {
+    // SAFETY: loading ONNX Runtime runs its initialisers, as ort's own loading would;
+    // `OrtGetApiBase` takes nothing and returns a static table whose
+    // `GetVersionString` returns a static NUL-terminated string.
+    unsafe {
+        let lib = libloading::Library::new(path).map_err(|e| {
+            format!(
+                "cannot load ONNX Runtime from {}: {e}; run `make deps` to restore it, or point \
+                 --ort-lib / ORT_DYLIB_PATH at a libonnxruntime.so",
+                path.display()
+            )
+        })?;
+        let base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+            lib.get(b"OrtGetApiBase").map_err(|_| {
+                format!(
+                    "{} is not ONNX Runtime's C library (no OrtGetApiBase); Python wheels before \
+                     1.19 carry only their Python module",
+                    path.display()
+                )
+            })?;
+        let b = base();
+        if b.is_null() {
+            return Err(format!("{}: OrtGetApiBase returned null", path.display()));
+        }
+        let v = ((*b).GetVersionString)();
+        let v = std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned();
+        // ONNX Runtime stays loaded for the process (ort loads it again, refcounted).
+        std::mem::forget(lib);
+        Ok(v)
+    }
+}
+
+/// Refuse a library older than [`MIN_MINOR`], naming the minimum.
+pub fn check_version(version: &str, path: &std::path::Path) -> Result<(), String> {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(1)), Some(Ok(minor))) if minor >= MIN_MINOR => Ok(()),
+        (Some(Ok(major)), Some(Ok(_))) if major > 1 => Ok(()),
+        _ => Err(format!(
+            "ONNX Runtime {version} at {} is older than 1.{MIN_MINOR}, the oldest sen runs on \
+             (the C API level it is built against); use ONNX Runtime 1.{MIN_MINOR} or newer",
+            path.display()
+        )),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_library_older_than_the_api_level_is_refused_by_name() {
+        let p = std::path::Path::new("/opt/ort/libonnxruntime.so");
+        let e = super::check_version("1.16.3", p).unwrap_err();
+        assert!(
+            e.contains("1.16.3") && e.contains(&format!("1.{}", super::MIN_MINOR)),
+            "{e}"
+        );
+        assert!(super::check_version("garbage", p).is_err());
+        assert!(super::check_version(&format!("1.{}.0", super::MIN_MINOR), p).is_ok());
+        assert!(super::check_version("1.31.1", p).is_ok());
+        assert!(super::check_version("2.0.0", p).is_ok());
+    }
+
     #[test]
     fn loads_the_pinned_library() {
         let lib = super::init().unwrap_or_else(|e| panic!("{e}"));

@@ -364,70 +364,96 @@ impl Preflight {
     }
 }
 
-/// Shared libraries a provider loads, each with how to get it. The versions are
-/// those the pinned ONNX Runtime 1.31.1 GPU build links (CUDA 13, cuDNN 9, TensorRT 10).
-pub fn required_libraries(kind: ProviderKind) -> &'static [(&'static str, &'static str)] {
-    const CUDA: &[(&str, &str)] = &[
-        (
-            "libcuda.so.1",
-            "the NVIDIA driver (no driver: is there an NVIDIA GPU?)",
-        ),
-        (
-            "libcudart.so.13",
-            "the CUDA 13 runtime (CUDA toolkit 13, or `pip install nvidia-cuda-runtime`), on LD_LIBRARY_PATH",
-        ),
-        (
-            "libcublas.so.13",
-            "cuBLAS for CUDA 13 (`pip install nvidia-cublas`), on LD_LIBRARY_PATH",
-        ),
-        (
-            "libcublasLt.so.13",
-            "cuBLASLt for CUDA 13 (`pip install nvidia-cublas`), on LD_LIBRARY_PATH",
-        ),
-        (
-            "libcurand.so.10",
-            "cuRAND for CUDA 13 (`pip install nvidia-curand`), on LD_LIBRARY_PATH",
-        ),
-        (
-            "libcudnn.so.9",
-            "cuDNN 9 for CUDA 13 (`pip install nvidia-cudnn-cu13`), on LD_LIBRARY_PATH",
-        ),
+pub use crate::elf::needed as elf_needed;
+
+/// Libraries every Linux system has (the C and C++ runtimes) or ONNX Runtime ships
+/// itself: not worth checking or explaining.
+fn is_system_library(name: &str) -> bool {
+    const SYSTEM: &[&str] = &[
+        "libc.so",
+        "libm.so",
+        "libdl.so",
+        "libpthread.so",
+        "librt.so",
+        "libstdc++.so",
+        "libgcc_s.so",
+        "ld-linux",
+        "libonnxruntime_providers_shared.so",
+        "libonnxruntime.so",
     ];
-    const TRT: &[(&str, &str)] = &[
-        (
-            "libcuda.so.1",
-            "the NVIDIA driver (no driver: is there an NVIDIA GPU?)",
+    SYSTEM.iter().any(|s| name.starts_with(s))
+}
+
+/// How to get a library a provider links, from its name and version (`libcudart.so.12`
+/// is CUDA 12's runtime, `libnvinfer.so.8` TensorRT 8): the provider library's own
+/// `DT_NEEDED` entries decide what is checked, so a JetPack 5 build (CUDA 11,
+/// TensorRT 8) is checked for what it needs, not for the CUDA 13 of the x86 wheel.
+pub fn how_to_get(lib: &str) -> String {
+    let (stem, ver) = match lib.split_once(".so") {
+        Some((stem, rest)) => (stem, rest.trim_start_matches('.').to_string()),
+        None => (lib, String::new()),
+    };
+    let major = ver.split('.').next().unwrap_or("").to_string();
+    let jetson = "on Jetson, JetPack installs it";
+    match stem {
+        "libcudart" => format!(
+            "the CUDA {major} runtime (CUDA toolkit {major}, or `pip install nvidia-cuda-runtime-cu{major}`; {jetson}), on LD_LIBRARY_PATH"
         ),
-        (
-            "libcudart.so.13",
-            "the CUDA 13 runtime (CUDA toolkit 13, or `pip install nvidia-cuda-runtime`), on LD_LIBRARY_PATH",
+        "libcublas" | "libcublasLt" => format!(
+            "cuBLAS {major} (CUDA toolkit {major}, or `pip install nvidia-cublas-cu{major}`; {jetson}), on LD_LIBRARY_PATH"
         ),
-        (
-            "libcublas.so.13",
-            "cuBLAS for CUDA 13 (`pip install nvidia-cublas`), on LD_LIBRARY_PATH",
+        "libcurand" => format!("cuRAND ({lib}: CUDA toolkit; {jetson}), on LD_LIBRARY_PATH"),
+        "libcufft" => format!("cuFFT ({lib}: CUDA toolkit; {jetson}), on LD_LIBRARY_PATH"),
+        "libcudnn" => format!(
+            "cuDNN {major} (NVIDIA's cuDNN {major} packages, or `pip install nvidia-cudnn-cu12`/`-cu13` for the matching CUDA; {jetson}), on LD_LIBRARY_PATH"
         ),
-        (
-            "libcudnn.so.9",
-            "cuDNN 9 for CUDA 13 (`pip install nvidia-cudnn-cu13`), on LD_LIBRARY_PATH",
+        "libnvinfer" | "libnvinfer_plugin" | "libnvonnxparser" => format!(
+            "TensorRT {major}.x ({lib}; NVIDIA's TensorRT {major} packages; {jetson}), on LD_LIBRARY_PATH"
         ),
-        (
-            "libnvinfer.so.10",
-            "TensorRT 10.x for CUDA 13 (NVIDIA's tar/deb packages or `pip install tensorrt-cu13-libs`), on LD_LIBRARY_PATH",
-        ),
-        (
-            "libnvonnxparser.so.10",
-            "TensorRT 10.x's ONNX parser (ships with TensorRT), on LD_LIBRARY_PATH",
-        ),
-    ];
-    match kind {
-        ProviderKind::TensorRt => TRT,
-        ProviderKind::Cuda => CUDA,
-        ProviderKind::Cpu => &[],
+        "libcuda" => "the NVIDIA driver (no driver: is there an NVIDIA GPU?)".to_string(),
+        _ => format!("{lib}, which the provider library links, on LD_LIBRARY_PATH"),
     }
 }
 
+/// The libraries to check for a provider whose library links `needed` (its `DT_NEEDED`
+/// entries): those, less the system's, ONNX Runtime's own and the driver (checked
+/// apart, see [`preflight`]), plus what the CUDA
+/// provider loads at run time instead of linking. ONNX Runtime's CUDA provider opens
+/// cuDNN with `dlopen` (the 1.31.1 build links cuBLAS, cuRAND and the CUDA runtime but
+/// not cuDNN; its TensorRT provider does link `libcudnn.so.9`): cuDNN 9 for a CUDA 12
+/// or newer build, cuDNN 8 for a CUDA 11 one, read from the CUDA runtime it links.
+pub fn provider_requirements(kind: ProviderKind, needed: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = needed
+        .iter()
+        // The driver is checked on its own (with Jetson's Tegra folders).
+        .filter(|n| !is_system_library(n) && !n.starts_with("libcuda.so"))
+        .cloned()
+        .collect();
+    if kind == ProviderKind::Cuda && !out.iter().any(|n| n.starts_with("libcudnn.so")) {
+        let cuda = out.iter().find_map(|n| {
+            n.strip_prefix("libcudart.so.")
+                .and_then(|v| v.split('.').next())
+                .and_then(|v| v.parse::<u32>().ok())
+        });
+        if let Some(cuda) = cuda {
+            out.push(format!("libcudnn.so.{}", if cuda >= 12 { 9 } else { 8 }));
+        }
+    }
+    out
+}
+
+/// Where the CUDA driver library may live: the loader's path, then Jetson's Tegra
+/// folders (L4T keeps `libcuda.so.1` under `/usr/lib/aarch64-linux-gnu/tegra`).
+const DRIVER_CANDIDATES: &[&str] = &[
+    "libcuda.so.1",
+    "/usr/lib/aarch64-linux-gnu/tegra/libcuda.so.1",
+    "/usr/lib/aarch64-linux-gnu/nvidia/libcuda.so.1",
+];
+
 /// Check everything `kind` needs, without starting it. `ort_lib` is the loaded
-/// `libonnxruntime.so` (its provider libraries sit beside it).
+/// `libonnxruntime.so` (its provider libraries sit beside it). What the provider
+/// links comes from its library's `DT_NEEDED` entries; each is loaded the way the
+/// dynamic loader would find it, and a missing one is named with how to get it.
 pub fn preflight(kind: ProviderKind, ort_lib: &Path, device_id: i32) -> Preflight {
     let mut p = Preflight {
         kind,
@@ -435,37 +461,72 @@ pub fn preflight(kind: ProviderKind, ort_lib: &Path, device_id: i32) -> Prefligh
         tensorrt: None,
         missing: vec![],
     };
-    if let Some(lib) = kind.ort_library() {
-        let dir = ort_lib.parent().unwrap_or(Path::new("."));
-        if !dir.join(lib).is_file() {
-            p.missing.push(format!(
-                "{lib}: the ONNX Runtime at {} is a build without the {kind} provider. Use a GPU \
-                 build (the onnxruntime-gpu 1.31.1 wheel's onnxruntime/capi/ folder, for CUDA 13; \
-                 `make deps-ort-gpu` fetches it) and point --ort-lib or ORT_DYLIB_PATH at its libonnxruntime.so",
-                ort_lib.display()
-            ));
+    let Some(lib) = kind.ort_library() else {
+        return p;
+    };
+    let dir = ort_lib.parent().unwrap_or(Path::new("."));
+    let provider = dir.join(lib);
+    let needed = if provider.is_file() {
+        match elf_needed(&provider) {
+            Ok(n) => n,
+            Err(e) => {
+                p.missing.push(format!("{lib}: {e}"));
+                vec![]
+            }
+        }
+    } else {
+        p.missing.push(format!(
+            "{lib}: the ONNX Runtime at {} is a build without the {kind} provider. Use a GPU \
+             build with the {kind} provider for this machine's CUDA (on x86-64 `make \
+             deps-ort-gpu` fetches onnxruntime-gpu 1.31.1 for CUDA 13; on Jetson see the \
+             README, \"Jetson\") and point --ort-lib or ORT_DYLIB_PATH at its libonnxruntime.so",
+            ort_lib.display()
+        ));
+        vec![]
+    };
+    // The driver first: the GPU's name and capability come from it.
+    let mut driver_err = None;
+    for cand in DRIVER_CANDIDATES {
+        // SAFETY: loading the driver runs its initialisers, as ONNX Runtime would.
+        match unsafe { libloading::Library::new(*cand) } {
+            Ok(l) => {
+                match unsafe { gpu_info_from(&l, device_id) } {
+                    Ok(info) => p.gpu = Some(info),
+                    Err(e) => p.missing.push(format!("a usable GPU {device_id}: {e}")),
+                }
+                // The driver stays loaded for the process (as ONNX Runtime keeps it).
+                std::mem::forget(l);
+                driver_err = None;
+                break;
+            }
+            Err(e) => {
+                driver_err.get_or_insert_with(|| {
+                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string())
+                });
+            }
         }
     }
-    for (lib, how) in required_libraries(kind) {
+    if let Some(why) = driver_err {
+        p.missing.push(format!(
+            "libcuda.so.1 cannot be loaded ({why}; also looked in the Tegra folders): install {}",
+            how_to_get("libcuda.so.1")
+        ));
+    }
+    for name in &provider_requirements(kind, &needed) {
         // SAFETY: loading a system library runs its initialisers, as ONNX Runtime would.
-        match unsafe { libloading::Library::new(*lib) } {
+        match unsafe { libloading::Library::new(name) } {
             Ok(l) => {
-                if *lib == "libcuda.so.1" {
-                    match unsafe { gpu_info_from(&l, device_id) } {
-                        Ok(info) => p.gpu = Some(info),
-                        Err(e) => p.missing.push(format!("a usable GPU {device_id}: {e}")),
-                    }
-                    // The driver stays loaded for the process (as ONNX Runtime keeps it).
-                    std::mem::forget(l);
-                } else if *lib == "libnvinfer.so.10" {
+                if name.starts_with("libnvinfer.so") {
                     p.tensorrt = unsafe { tensorrt_version_from(&l) };
                 }
             }
             Err(e) => {
                 let why =
                     std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-                p.missing
-                    .push(format!("{lib} cannot be loaded ({why}): install {how}"))
+                p.missing.push(format!(
+                    "{name} cannot be loaded ({why}), which {lib} needs: install {}",
+                    how_to_get(name)
+                ));
             }
         }
     }
@@ -1201,6 +1262,143 @@ mod tests {
     fn slugs() {
         assert_eq!(slug("NVIDIA GeForce RTX 4090"), "nvidia-geforce-rtx-4090");
         assert_eq!(slug("  A100-SXM4 (80GB) "), "a100-sxm4-80gb");
+    }
+
+    /// A shared library at `dir/file` with soname `soname`, linking `links` (so they
+    /// become its DT_NEEDED entries), built by the C compiler.
+    fn stub_library(dir: &Path, file: &str, soname: &str, links: &[&str]) {
+        let src = dir.join("stub.c");
+        std::fs::write(&src, "int sen_stub(void) { return 1; }\n").unwrap();
+        let out = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+            .arg("-shared")
+            .arg("-fPIC")
+            .arg("-o")
+            .arg(dir.join(file))
+            .arg(&src)
+            .arg(format!("-Wl,-soname,{soname}"))
+            .arg("-Wl,--no-as-needed")
+            .args(links.iter().map(|l| dir.join(l)))
+            .output()
+            .expect("a C compiler (cc) builds the stub libraries; the README lists it");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn what_to_check_comes_from_the_provider_librarys_own_dependencies() {
+        // A TensorRT provider library of the JetPack 6 / JetPack 5 kind: CUDA 12's
+        // runtime, cuDNN 8, TensorRT 8 (none of which this machine has on its path).
+        let d = tempfile::tempdir().unwrap();
+        for so in ["libcudart.so.12", "libcudnn.so.8", "libnvinfer.so.8"] {
+            stub_library(d.path(), so, so, &[]);
+        }
+        stub_library(
+            d.path(),
+            "libonnxruntime_providers_tensorrt.so",
+            "libonnxruntime_providers_tensorrt.so",
+            &["libcudart.so.12", "libcudnn.so.8", "libnvinfer.so.8"],
+        );
+        let needed = elf_needed(&d.path().join("libonnxruntime_providers_tensorrt.so")).unwrap();
+        for so in ["libcudart.so.12", "libcudnn.so.8", "libnvinfer.so.8"] {
+            assert!(needed.iter().any(|n| n == so), "{needed:?}");
+        }
+        let p = preflight(
+            ProviderKind::TensorRt,
+            &d.path().join("libonnxruntime.so.1.20.1"),
+            0,
+        );
+        let all = p.missing.join("\n");
+        assert!(
+            all.contains("libcudart.so.12") && all.contains("CUDA 12"),
+            "{all}"
+        );
+        assert!(
+            all.contains("libnvinfer.so.8") && all.contains("TensorRT 8"),
+            "{all}"
+        );
+        assert!(
+            all.contains("libcudnn.so.8") && all.contains("cuDNN 8"),
+            "{all}"
+        );
+        assert!(
+            !all.contains(".so.13"),
+            "nothing of CUDA 13 is asked for: {all}"
+        );
+        // Not an ELF file: a clear error naming it.
+        std::fs::write(
+            d.path().join("libonnxruntime_providers_cuda.so"),
+            b"not elf",
+        )
+        .unwrap();
+        let p = preflight(ProviderKind::Cuda, &d.path().join("libonnxruntime.so"), 0);
+        assert!(
+            p.missing
+                .iter()
+                .any(|m| m.contains("libonnxruntime_providers_cuda.so")
+                    && m.contains("not a 64-bit ELF")),
+            "{:?}",
+            p.missing
+        );
+        assert!(how_to_get("libcublasLt.so.11").contains("cuBLAS 11"));
+        // A CUDA 11 build of the CUDA provider (JetPack 5): cuDNN 8, from its runtime.
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            provider_requirements(
+                ProviderKind::Cuda,
+                &v(&["libcublas.so.11", "libcudart.so.11.0", "libc.so.6"])
+            ),
+            v(&["libcublas.so.11", "libcudart.so.11.0", "libcudnn.so.8"])
+        );
+        assert_eq!(
+            provider_requirements(ProviderKind::Cuda, &v(&["libcudart.so.12"])),
+            v(&["libcudart.so.12", "libcudnn.so.9"])
+        );
+    }
+
+    #[test]
+    fn the_cuda_13_provider_library_names_cuda_13() {
+        // The onnxruntime-gpu 1.31.1 build `make deps-ort-gpu` fetches (skipped when
+        // that optional set is not in the cache).
+        let dir = sen_core::deps::cache_dir().join("onnxruntime-gpu/lib");
+        let cuda = dir.join("libonnxruntime_providers_cuda.so");
+        if !cuda.is_file() {
+            println!(
+                "SKIPPED: {} is absent (make deps-ort-gpu fetches it)",
+                cuda.display()
+            );
+            return;
+        }
+        let needed = elf_needed(&cuda).unwrap();
+        for so in ["libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13"] {
+            assert!(needed.iter().any(|n| n == so), "{needed:?}");
+        }
+        // cuDNN is not linked but opened at run time: it is checked all the same.
+        assert!(
+            !needed.iter().any(|n| n.starts_with("libcudnn")),
+            "{needed:?}"
+        );
+        let check = provider_requirements(ProviderKind::Cuda, &needed);
+        assert!(check.iter().any(|n| n == "libcudnn.so.9"), "{check:?}");
+        assert!(!check.iter().any(|n| n.starts_with("libc.so")), "{check:?}");
+        // The preflight names every one of them the loader cannot find.
+        let p = preflight(ProviderKind::Cuda, &dir.join("libonnxruntime.so.1.31.1"), 0);
+        let all = p.missing.join("\n");
+        for name in &check {
+            // SAFETY: loading a library runs its initialisers, as the preflight does.
+            let loads = unsafe { libloading::Library::new(name) }.is_ok();
+            assert!(
+                loads || all.contains(name.as_str()),
+                "{name} not named: {all}"
+            );
+        }
+        let trt = elf_needed(&dir.join("libonnxruntime_providers_tensorrt.so")).unwrap();
+        assert!(
+            trt.iter().any(|n| n.starts_with("libnvinfer.so.10")),
+            "{trt:?}"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn sen() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sen"))
+    sen_core::process::command(env!("CARGO_BIN_EXE_sen"))
 }
 
 fn fixtures() -> PathBuf {

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const READ: &str = "page-reader-key-0123456789";
@@ -51,7 +51,7 @@ impl Drop for Server {
 }
 
 fn serve(bundle: &Path, store: &Path, keys: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sen"))
+    let mut child = sen_core::process::command(env!("CARGO_BIN_EXE_sen"))
         .args(["serve", "--listen", "127.0.0.1:0", "--api-keys"])
         .arg(keys)
         .arg("--bundle")
@@ -59,9 +59,20 @@ fn serve(bundle: &Path, store: &Path, keys: &Path) -> Server {
         .arg("--store")
         .arg(store)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The server's log, kept to say why it never became ready.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let l2 = log.clone();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while err.read_line(&mut line).is_ok_and(|n| n > 0) {
+            l2.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -81,9 +92,13 @@ fn serve(bundle: &Path, store: &Path, keys: &Path) -> Server {
         .unwrap_or(0)
         != 200
     {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("sen serve exited ({st}):\n{}", log.lock().unwrap());
+        }
         assert!(
             t.elapsed() < Duration::from_secs(60),
-            "not ready within a minute"
+            "not ready within a minute:\n{}",
+            log.lock().unwrap()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -140,6 +155,10 @@ fn api_ids_blocking(url: &str, body: Value) -> Vec<u64> {
 
 #[test]
 fn the_search_page_in_a_real_browser() {
+    if std::env::var_os("SEN_SKIP_BROWSER").is_some() {
+        println!("SKIPPED: SEN_SKIP_BROWSER is set (make test-aarch64 runs no browser)");
+        return;
+    }
     let Some(chrome) = chromium() else {
         if std::env::var_os("CI").is_some() {
             panic!(
@@ -280,7 +299,11 @@ fn the_search_page_in_a_real_browser() {
             until(&page, "document.getElementById('detail').open", "the detail dialog").await;
             let first = grid[0];
             assert_eq!(js(&page, "document.getElementById('detail-delete').hidden").await, json!(true), "no delete with a read key");
-            page.find_element("#detail-like").await.unwrap().click().await.unwrap();
+            // The buttons do not move when the crop arrives (the image has a fixed box).
+            let before = js(&page, "document.getElementById('detail-like').getBoundingClientRect().top").await;
+            until(&page, "document.getElementById('detail-img').complete && document.getElementById('detail-img').naturalWidth > 0", "the detail image").await;
+            assert_eq!(js(&page, "document.getElementById('detail-like').getBoundingClientRect().top").await, before, "layout shift in the detail dialog");
+            page.find_element("#detail-like").await.unwrap().focus().await.unwrap().press_key("Enter").await.unwrap();
             until(&page, &format!("document.getElementById('message').textContent.includes('like row {first}')"), "more like this").await;
             let grid: Vec<u64> = serde_json::from_value(js(&page, GRID).await).unwrap();
             assert_eq!(grid, api_ids(&s.url, json!({"like": first, "k": 24})));

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn sen() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sen"))
+    sen_core::process::command(env!("CARGO_BIN_EXE_sen"))
 }
 
 fn ok(out: Output) -> Output {
@@ -436,7 +436,7 @@ fn bench_reports_percentiles_per_encoder_and_batch_with_the_machine() {
     assert!(v["machine"]["logical_cores"].as_u64().unwrap() >= 1);
     let kernel = v["machine"]["search_kernel"].as_str().unwrap();
     assert!(
-        ["portable", "avx", "avx2", "avx512"].contains(&kernel),
+        ["portable", "avx", "avx2", "avx512", "neon"].contains(&kernel),
         "{kernel}"
     );
     let rows = v["results"].as_array().unwrap();

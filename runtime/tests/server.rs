@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn sen() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sen"))
+    sen_core::process::command(env!("CARGO_BIN_EXE_sen"))
 }
 
 /// A random-weight tiny bundle.
@@ -521,7 +521,10 @@ fn killed_while_ingesting_keeps_every_acknowledged_id() {
     for round in 0..rounds() {
         let s = Server::start(&b, &store, &[]);
         let got = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
-        let stop = Instant::now() + Duration::from_millis(300 + 150 * (round as u64 % 5));
+        // The kill comes 300-900 ms after the round's first acknowledgement (counted
+        // from then, not from the start, so a slow machine or emulator still kills
+        // mid-ingest rather than before anything was acknowledged).
+        let window = Duration::from_millis(300 + 150 * (round as u64 % 5));
         std::thread::scope(|sc| {
             for t in 0..4 {
                 let (imgs, got, url) = (imgs.clone(), got.clone(), s.url.clone());
@@ -547,9 +550,15 @@ fn killed_while_ingesting_keeps_every_acknowledged_id() {
                     }
                 });
             }
-            while Instant::now() < stop {
+            let t = Instant::now();
+            while got.lock().unwrap().is_empty() {
+                assert!(
+                    t.elapsed() < Duration::from_secs(120),
+                    "round {round}: no ingest acknowledged within 2 minutes"
+                );
                 std::thread::sleep(Duration::from_millis(10));
             }
+            std::thread::sleep(window);
             s.signal("-KILL");
         });
         let new = got.lock().unwrap().clone();
@@ -631,8 +640,15 @@ fn overload_is_429_and_sigterm_drains_and_exits_0() {
         "no 429 with Retry-After: {codes:?}"
     );
     assert!(codes.iter().all(|c| c.0 == 200 || c.0 == 429), "{codes:?}");
-    // SIGTERM: in-flight requests finish, the process exits 0.
-    let mut s = s;
+    drop(s);
+    // SIGTERM: in-flight requests finish, the process exits 0. A server whose text
+    // batches wait 3 s for company holds the request in its queue; SIGTERM goes only
+    // once /metrics shows it waiting (a fixed sleep was too short under emulation).
+    let mut s = Server::start(
+        &b,
+        &d.path().join("store2"),
+        &["--max-batch", "64", "--max-delay-ms", "3000"],
+    );
     let inflight = {
         let url = s.url.clone();
         std::thread::spawn(move || {
@@ -643,7 +659,25 @@ fn overload_is_429_and_sigterm_drains_and_exits_0() {
                 .map(|r| r.status().as_u16())
         })
     };
-    std::thread::sleep(Duration::from_millis(20));
+    let t = Instant::now();
+    let waiting = |body: &str| {
+        body.lines()
+            .any(|l| l.starts_with("sen_queue_depth{queue=\"text\"}") && !l.ends_with(" 0"))
+    };
+    while !waiting(
+        &client()
+            .get(s.at("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap(),
+    ) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the search never reached the text queue"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     s.signal("-TERM");
     let t = Instant::now();
     let status = loop {

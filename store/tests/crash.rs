@@ -17,7 +17,7 @@ use sen_store::{Mode, Options, Query, Selector, Storage, Store, StoreError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -153,7 +153,7 @@ fn killed_at_random_moments_loses_nothing_acknowledged() {
             added.clear();
             deleted.clear();
         }
-        let mut child = Command::new(&exe)
+        let mut child = sen_core::process::command(&exe)
             .args([
                 "--exact",
                 "crash_child",
@@ -601,7 +601,7 @@ fn a_file_size_limit_during_adds_loses_nothing_acknowledged() {
     let mut added: BTreeMap<u64, u64> = (first..=last).map(|id| (id, id - first)).collect();
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let limit = size(&dir.join("store.db")).max(size(&dir.join("store.db-wal"))) + 300_000;
-    let out = Command::new(std::env::current_exe().unwrap())
+    let out = sen_core::process::command(std::env::current_exe().unwrap())
         .args([
             "--exact",
             "fsize_child",

@@ -180,7 +180,7 @@ fn main() {
     store.compact().unwrap();
     report.insert("build_s".into(), t.elapsed().as_secs_f64().into());
     drop(store);
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
+    let child = sen_core::process::command(std::env::current_exe().unwrap())
         .args(["--open-only", dir.to_str().unwrap()])
         .output()
         .unwrap();

@@ -774,7 +774,7 @@ mod tests {
     fn balanced_bounds_share_the_allowed_rows() {
         let n = 10_000;
         // A time-like filter: every allowed row in the last tenth.
-        let tail = RowFilter::ranges(vec![9_000..10_000]);
+        let tail = RowFilter::ranges(std::iter::once(9_000..10_000).collect());
         let bits = RowFilter::from_rows(n, 9_000..10_000);
         let sparse = RowFilter::from_rows(n, (0..n).filter(|r| r % 10 == 3));
         for f in [&tail, &bits, &sparse, &RowFilter::All] {

@@ -7,12 +7,14 @@
 //! | `avx` | AVX, FMA, F16C | 256-bit FMA | F16C `vcvtph2ps` then 256-bit FMA |
 //! | `avx2` | AVX2, FMA, F16C | the `avx` kernels compiled with AVX2 on | likewise |
 //! | `avx512` | AVX-512F | 512-bit FMA | 512-bit `vcvtph2ps` then FMA |
+//! | `neon` | AArch64 Advanced SIMD (every AArch64 CPU) | 128-bit `fmla` | `fcvtl`/`fcvtl2` then `fmla` |
 //!
 //! 256-bit floating-point FMA is an AVX + FMA instruction, not an AVX2 one, so CPUs
 //! with FMA but without AVX2 (some AMD EPYC guests, AMD Piledriver) get the vector
 //! kernels too. The `avx` and `avx2` paths run the same floating-point instructions;
 //! `avx2` lets the compiler use 256-bit integer instructions in the code around them.
-//! `SEN_SIMD=portable|avx|avx2|avx512` forces a path (refused when this CPU lacks it).
+//! `SEN_SIMD=portable|avx|avx2|avx512|neon` forces a path (refused when this CPU lacks
+//! it).
 
 use half::f16;
 use std::sync::OnceLock;
@@ -24,6 +26,7 @@ pub enum SimdPath {
     Avx,
     Avx2,
     Avx512,
+    Neon,
 }
 
 /// `SEN_SIMD` names a path this CPU cannot run, or no path at all.
@@ -33,11 +36,12 @@ pub struct SimdError(pub String);
 
 impl SimdPath {
     /// Every path, portable first.
-    pub const ALL: [SimdPath; 4] = [
+    pub const ALL: [SimdPath; 5] = [
         SimdPath::Portable,
         SimdPath::Avx,
         SimdPath::Avx2,
         SimdPath::Avx512,
+        SimdPath::Neon,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +50,7 @@ impl SimdPath {
             SimdPath::Avx => "avx",
             SimdPath::Avx2 => "avx2",
             SimdPath::Avx512 => "avx512",
+            SimdPath::Neon => "neon",
         }
     }
 
@@ -56,6 +61,7 @@ impl SimdPath {
             SimdPath::Avx => "avx, fma and f16c",
             SimdPath::Avx2 => "avx2, fma and f16c",
             SimdPath::Avx512 => "avx512f",
+            SimdPath::Neon => "an AArch64 CPU with asimd",
         }
     }
 
@@ -75,6 +81,8 @@ impl SimdPath {
             }
             #[cfg(target_arch = "x86_64")]
             SimdPath::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "aarch64")]
+            SimdPath::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -118,7 +126,7 @@ impl SimdPath {
             .find(|p| p.name() == name)
             .ok_or_else(|| {
                 SimdError(format!(
-                    "SEN_SIMD={name}: not a kernel path; use one of portable, avx, avx2, avx512 \
+                    "SEN_SIMD={name}: not a kernel path; use one of portable, avx, avx2, avx512, neon \
                      (this CPU runs {})",
                     avail()
                 ))
@@ -184,6 +192,9 @@ impl Kernel {
             SimdPath::Avx2 => unsafe { x86_avx2::dots_f32(query, rows, out) },
             #[cfg(target_arch = "x86_64")]
             SimdPath::Avx512 => unsafe { x86_avx512::dots_f32(query, rows, out) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "aarch64")]
+            SimdPath::Neon => unsafe { neon::dots_f32(query, rows, out) },
             #[allow(unreachable_patterns)]
             _ => unreachable!("Kernel::new refuses paths of other architectures"),
         }
@@ -201,6 +212,9 @@ impl Kernel {
             SimdPath::Avx2 => unsafe { x86_avx2::dots_f16(query, rows, out) },
             #[cfg(target_arch = "x86_64")]
             SimdPath::Avx512 => unsafe { x86_avx512::dots_f16(query, rows, out) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "aarch64")]
+            SimdPath::Neon => unsafe { neon::dots_f16(query, rows, out) },
             #[allow(unreachable_patterns)]
             _ => unreachable!("Kernel::new refuses paths of other architectures"),
         }
@@ -232,7 +246,7 @@ impl Kernel {
     pub fn tile_rows(self) -> usize {
         match self.path {
             SimdPath::Portable => 4,
-            SimdPath::Avx | SimdPath::Avx2 => 6,
+            SimdPath::Avx | SimdPath::Avx2 | SimdPath::Neon => 6,
             SimdPath::Avx512 => 8,
         }
     }
@@ -241,7 +255,7 @@ impl Kernel {
     /// multiple of this.
     pub fn query_block(self) -> usize {
         match self.path {
-            SimdPath::Portable => 8,
+            SimdPath::Portable | SimdPath::Neon => 8,
             SimdPath::Avx | SimdPath::Avx2 => 16,
             SimdPath::Avx512 => 32,
         }
@@ -272,6 +286,9 @@ impl Kernel {
             SimdPath::Avx2 => unsafe { x86_avx2::tile(rows, d, qt, qpad, out) },
             #[cfg(target_arch = "x86_64")]
             SimdPath::Avx512 => unsafe { x86_avx512::tile(rows, d, qt, qpad, out) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "aarch64")]
+            SimdPath::Neon => unsafe { neon::tile(rows, d, qt, qpad, out) },
             #[allow(unreachable_patterns)]
             _ => unreachable!("Kernel::new refuses paths of other architectures"),
         }
@@ -295,6 +312,9 @@ impl Kernel {
                     }
                 }
             }
+            // SAFETY: `Kernel` exists only for supported paths.
+            #[cfg(target_arch = "aarch64")]
+            SimdPath::Neon => unsafe { neon::halves(src, dst) },
             _ => {
                 for (d, s) in dst.iter_mut().zip(src) {
                     *d = f16_to_f32(*s);
@@ -711,6 +731,164 @@ mod x86_avx512 {
     }
 }
 
+/// The AArch64 kernels (Advanced SIMD, which every AArch64 CPU has). Half-to-float
+/// conversion is `fcvtl`/`fcvtl2` through `asm!`: the f16 NEON intrinsics are stable
+/// only from Rust 1.94, and this workspace builds with 1.90.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use half::f16;
+    use std::arch::aarch64::*;
+    use std::arch::asm;
+
+    /// 8 halves at `p` as two vectors of 4 floats.
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> (float32x4_t, float32x4_t) {
+        // SAFETY: the caller keeps 8 halves readable at `p`; `fcvtl`/`fcvtl2` only
+        // convert registers (`out` operands never share the input's register).
+        unsafe {
+            let h = vld1q_u16(p as *const u16);
+            let (lo, hi): (float32x4_t, float32x4_t);
+            asm!(
+                "fcvtl {lo:v}.4s, {h:v}.4h",
+                "fcvtl2 {hi:v}.4s, {h:v}.8h",
+                h = in(vreg) h,
+                lo = out(vreg) lo,
+                hi = out(vreg) hi,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+            (lo, hi)
+        }
+    }
+
+    /// Four rows at a time, two accumulators each; the `d % 8` tail in scalar code.
+    pub unsafe fn dots_f32(query: &[f32], rows: &[f32], out: &mut [f32]) {
+        let d = query.len();
+        let body = d - d % 8;
+        let q = query.as_ptr();
+        let n = out.len();
+        let mut i = 0;
+        while i + 4 <= n {
+            // SAFETY: rows i..i + 4 lie within `rows` (len n * d); every load reads 4
+            // values below `body`.
+            unsafe {
+                let r = rows.as_ptr().add(i * d);
+                let mut acc = [[vdupq_n_f32(0.0); 2]; 4];
+                let mut j = 0;
+                while j < body {
+                    let (q0, q1) = (vld1q_f32(q.add(j)), vld1q_f32(q.add(j + 4)));
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        let rk = r.add(k * d + j);
+                        a[0] = vfmaq_f32(a[0], q0, vld1q_f32(rk));
+                        a[1] = vfmaq_f32(a[1], q1, vld1q_f32(rk.add(4)));
+                    }
+                    j += 8;
+                }
+                for (k, a) in acc.iter().enumerate() {
+                    out[i + k] = vaddvq_f32(vaddq_f32(a[0], a[1]));
+                }
+            }
+            i += 4;
+        }
+        while i < n {
+            // SAFETY: as above, for one row.
+            unsafe {
+                let r = rows.as_ptr().add(i * d);
+                let (mut a0, mut a1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+                let mut j = 0;
+                while j < body {
+                    a0 = vfmaq_f32(a0, vld1q_f32(q.add(j)), vld1q_f32(r.add(j)));
+                    a1 = vfmaq_f32(a1, vld1q_f32(q.add(j + 4)), vld1q_f32(r.add(j + 4)));
+                    j += 8;
+                }
+                out[i] = vaddvq_f32(vaddq_f32(a0, a1));
+            }
+            i += 1;
+        }
+        if body < d {
+            for (o, r) in out.iter_mut().zip(rows.chunks_exact(d)) {
+                *o += query[body..]
+                    .iter()
+                    .zip(&r[body..])
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>();
+            }
+        }
+    }
+
+    /// One row at a time, 8 halves per step into two accumulators.
+    pub unsafe fn dots_f16(query: &[f32], rows: &[f16], out: &mut [f32]) {
+        let d = query.len();
+        let body = d - d % 8;
+        let q = query.as_ptr();
+        for (i, o) in out.iter_mut().enumerate() {
+            // SAFETY: row i lies within `rows`; each load reads 8 halves below `body`.
+            unsafe {
+                let r = rows.as_ptr().add(i * d);
+                let (mut a0, mut a1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+                let mut j = 0;
+                while j < body {
+                    let (lo, hi) = load8(r.add(j));
+                    a0 = vfmaq_f32(a0, vld1q_f32(q.add(j)), lo);
+                    a1 = vfmaq_f32(a1, vld1q_f32(q.add(j + 4)), hi);
+                    j += 8;
+                }
+                *o = vaddvq_f32(vaddq_f32(a0, a1));
+            }
+            let row = &rows[i * d + body..(i + 1) * d];
+            for (a, b) in query[body..].iter().zip(row) {
+                *o += a * super::f16_to_f32(*b);
+            }
+        }
+    }
+
+    /// `dst = src as f32`, 8 at a time.
+    pub unsafe fn halves(src: &[f16], dst: &mut [f32]) {
+        let n = src.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n for both slices (equal lengths).
+            unsafe {
+                let (lo, hi) = load8(src.as_ptr().add(i));
+                vst1q_f32(dst.as_mut_ptr().add(i), lo);
+                vst1q_f32(dst.as_mut_ptr().add(i + 4), hi);
+            }
+            i += 8;
+        }
+        for j in i..n {
+            dst[j] = super::f16_to_f32(src[j]);
+        }
+    }
+
+    /// The batched kernel: 6 rows x 8 queries (12 accumulators of the 32 registers).
+    pub unsafe fn tile(rows: &[f32], d: usize, qt: &[f32], qpad: usize, out: &mut [f32]) {
+        const R: usize = 6;
+        let (rp, qp, op) = (rows.as_ptr(), qt.as_ptr(), out.as_mut_ptr());
+        let mut q0 = 0;
+        while q0 < qpad {
+            // SAFETY: the caller checked rows (R x d), qt (d x qpad) and out (R x qpad);
+            // q0 + 8 <= qpad.
+            unsafe {
+                let mut acc = [[vdupq_n_f32(0.0); 2]; R];
+                for k in 0..d {
+                    let q = qp.add(k * qpad + q0);
+                    let (qa, qb) = (vld1q_f32(q), vld1q_f32(q.add(4)));
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let x = vdupq_n_f32(*rp.add(r * d + k));
+                        a[0] = vfmaq_f32(a[0], x, qa);
+                        a[1] = vfmaq_f32(a[1], x, qb);
+                    }
+                }
+                for (r, a) in acc.iter().enumerate() {
+                    let o = op.add(r * qpad + q0);
+                    vst1q_f32(o, a[0]);
+                    vst1q_f32(o.add(4), a[1]);
+                }
+            }
+            q0 += 8;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -810,11 +988,32 @@ mod tests {
     }
 
     #[test]
+    fn every_paths_half_conversion_matches_the_portable_one() {
+        // All 65,536 halves, then a length with a tail below every vector width.
+        let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+        for &p in &SimdPath::available() {
+            let k = Kernel::new(p).unwrap();
+            for src in [&all[..], &all[1000..1013]] {
+                let mut got = vec![0f32; src.len()];
+                k.halves_to_f32(src, &mut got);
+                for (h, g) in src.iter().zip(&got) {
+                    let want = f16_to_f32(*h);
+                    assert!(
+                        want.to_bits() == g.to_bits() || (want.is_nan() && g.is_nan()),
+                        "{p}: {:#06x}: {g} vs {want}",
+                        h.to_bits()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn forcing_a_path_names_what_is_missing() {
         assert_eq!(SimdPath::forced("portable"), Ok(SimdPath::Portable));
         let e = SimdPath::forced("sse9").unwrap_err().0;
         assert!(
-            e.contains("SEN_SIMD=sse9") && e.contains("portable, avx, avx2, avx512"),
+            e.contains("SEN_SIMD=sse9") && e.contains("portable, avx, avx2, avx512, neon"),
             "{e}"
         );
         for p in SimdPath::ALL {
