@@ -35,10 +35,15 @@ cargo zigbuild --release --target "aarch64-unknown-linux-gnu.$GLIBC" \
   -p sen-runtime -p sen-export -p sen-calibrate --bin sen --bin sen-export --bin sen-calibrate
 
 rel=target/aarch64-unknown-linux-gnu/release
-stage=target/dist/$name
+stage=$PWD/target/dist/$name
 rm -rf "$stage"
 mkdir -p "$stage"
-cp "$rel/sen" "$rel/sen-export" "$rel/sen-calibrate" "$stage/"
+# Without the DWARF line tables (the release profile keeps them for profiling):
+# the symbol table stays, so backtraces still name functions.
+for b in sen sen-export sen-calibrate; do
+  zig objcopy --strip-debug "$rel/$b" "$stage/$b"
+  chmod 0755 "$stage/$b"
+done
 cp LICENSE "$stage/LICENSE"
 cp deploy/sen.service "$stage/"
 # Third-party licences: every crate the three binaries link, from cargo metadata.

@@ -221,6 +221,21 @@ impl Kernel {
     }
 }
 
+/// The vector kernels' scalar tail: `out[i] += <query[body..], row_i[body..]>`.
+#[inline]
+fn add_tail_f32(query: &[f32], rows: &[f32], body: usize, out: &mut [f32]) {
+    let d = query.len();
+    if body < d {
+        for (o, r) in out.iter_mut().zip(rows.chunks_exact(d)) {
+            *o += query[body..]
+                .iter()
+                .zip(&r[body..])
+                .map(|(a, b)| a * b)
+                .sum::<f32>();
+        }
+    }
+}
+
 /// `f16 -> f32` without a per-value CPU-feature check (`half`'s scalar conversion
 /// asks for F16C on every call): exact for every half, subnormals, infinities and
 /// NaN included (F. Giesen's `half_to_float_fast`).
@@ -463,15 +478,7 @@ macro_rules! avx256_kernels {
                     }
                     i += 1;
                 }
-                if body < d {
-                    for (o, r) in out.iter_mut().zip(rows.chunks_exact(d)) {
-                        *o += query[body..]
-                            .iter()
-                            .zip(&r[body..])
-                            .map(|(a, b)| a * b)
-                            .sum::<f32>();
-                    }
-                }
+                super::add_tail_f32(query, rows, body, out);
             }
 
             /// `dst = src as f32`, 8 at a time.
@@ -804,15 +811,7 @@ mod neon {
             }
             i += 1;
         }
-        if body < d {
-            for (o, r) in out.iter_mut().zip(rows.chunks_exact(d)) {
-                *o += query[body..]
-                    .iter()
-                    .zip(&r[body..])
-                    .map(|(a, b)| a * b)
-                    .sum::<f32>();
-            }
-        }
+        super::add_tail_f32(query, rows, body, out);
     }
 
     /// One row at a time, 8 halves per step into two accumulators.
