@@ -108,7 +108,8 @@ screenshot: deps
 # tested under qemu-user. Not built there, with the reason: sen-train (links libtorch,
 # which has no aarch64 build in the pinned set, and training does not ship to a box),
 # sen-tests (compares against libtorch). Skipped: the page's browser test (the page is
-# the same bytes on every architecture). scripts/test_aarch64.sh sets up the target,
+# the same bytes on every architecture), and the ONNX Runtime 1.19.2 comparison (its
+# pinned library is x86-64's). scripts/test_aarch64.sh sets up the target,
 # cross compiler, qemu, the pinned aarch64 ONNX Runtime and the qemu sysroot.
 test-aarch64: deps
 	@scripts/test_aarch64.sh
