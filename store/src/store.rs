@@ -1784,11 +1784,7 @@ fn flush(shared: &Shared, c: &Connection, path: &Path, st: &mut State) -> Result
         c.execute_batch("COMMIT").map_err(&e)
     })();
     if let Err(err) = r {
-        let _ = c.execute_batch("ROLLBACK");
-        for w in &written {
-            let _ = shared.fs.remove(&w.path);
-        }
-        return Err(err);
+        return Err(undo_segments(shared, c, &written, err));
     }
     st.chunks.clear();
     for w in written {
@@ -1797,6 +1793,21 @@ fn flush(shared: &Shared, c: &Connection, path: &Path, st: &mut State) -> Result
     }
     publish(shared, st);
     Ok(())
+}
+
+/// A transaction that would have referred to `written` failed: roll it back and remove
+/// the new segment files (nothing refers to them), then hand back `err`.
+fn undo_segments(
+    shared: &Shared,
+    c: &Connection,
+    written: &[Written],
+    err: StoreError,
+) -> StoreError {
+    let _ = c.execute_batch("ROLLBACK");
+    for w in written {
+        let _ = shared.fs.remove(&w.path);
+    }
+    err
 }
 
 struct Written {
@@ -2070,11 +2081,7 @@ fn compact(
         c.execute_batch("COMMIT").map_err(&e)
     })();
     if let Err(err) = r {
-        let _ = c.execute_batch("ROLLBACK");
-        for w in &written {
-            let _ = shared.fs.remove(&w.path);
-        }
-        return Err(err);
+        return Err(undo_segments(shared, c, &written, err));
     }
     // Committed: swap, then remove the old files (a crash before this leaves strays
     // that the next open removes).

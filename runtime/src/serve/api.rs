@@ -512,15 +512,18 @@ async fn prepare(
 
 async fn embed(app: &S, l: &Loaded, x: ndarray::Array3<f32>) -> Result<Vec<f32>, ApiError> {
     let (v, t) = l.image.submit(x).await?;
-    app.metrics
-        .stage
-        .with_label_values(&["queue"])
-        .observe(t.queued.as_secs_f64());
-    app.metrics
-        .stage
-        .with_label_values(&["inference"])
-        .observe(t.ran.as_secs_f64());
+    observe_encoder(app, &t);
     Ok(v)
+}
+
+/// An encoder request's queue and inference time, into the stage histogram.
+fn observe_encoder(app: &S, t: &super::batch::Timing) {
+    for (stage, d) in [("queue", t.queued), ("inference", t.ran)] {
+        app.metrics
+            .stage
+            .with_label_values(&[stage])
+            .observe(d.as_secs_f64());
+    }
 }
 
 fn parse_time(what: &str, v: Option<&serde_json::Value>) -> Result<i64, ApiError> {
@@ -974,14 +977,7 @@ fn check_text(app: &App, t: &str, what: &str) -> Result<(), ApiError> {
 
 async fn encode_text(app: &S, l: &Loaded, t: String) -> Result<Vec<f32>, ApiError> {
     let (v, tm) = l.text.submit(t).await?;
-    app.metrics
-        .stage
-        .with_label_values(&["queue"])
-        .observe(tm.queued.as_secs_f64());
-    app.metrics
-        .stage
-        .with_label_values(&["inference"])
-        .observe(tm.ran.as_secs_f64());
+    observe_encoder(app, &tm);
     Ok(v)
 }
 
