@@ -73,15 +73,8 @@ fn serve(bundle: &Path, store: &Path, keys: &Path) -> Server {
             line.clear();
         }
     });
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    std::thread::spawn(move || for _ in out.lines() {});
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let url = sen_runtime::serve::listening_url(&mut child)
+        .unwrap_or_else(|e| panic!("{e}:\n{}", log.lock().unwrap()));
     let _ = rustls::crypto::ring::default_provider().install_default();
     let c = reqwest::blocking::Client::new();
     let t = Instant::now();

@@ -5,7 +5,7 @@
 
 use reqwest::blocking::{Client, multipart};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -97,16 +97,7 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("{line:?}"))
-            .to_string();
-        // Keep reading stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in out.lines() {});
+        let url = sen_runtime::serve::listening_url(&mut child).unwrap();
         let s = Server { child, url };
         let t = Instant::now();
         loop {
@@ -752,7 +743,9 @@ fn keys_and_scopes() {
     assert_eq!(call("DELETE", "/v1/images/1", wk), 204);
     // A non-loopback address without keys is refused unless --insecure-no-auth.
     let out = sen()
-        .args(["serve", "--listen", "0.0.0.0:0", "--bundle"])
+        // TEST-NET-1 (RFC 5737): not loopback, and not an address this machine has, so
+        // even a server that failed to refuse could not bind it.
+        .args(["serve", "--listen", "192.0.2.1:0", "--bundle"])
         .arg(&b)
         .arg("--store")
         .arg(d.path().join("s2"))
@@ -794,6 +787,13 @@ fn every_status_of_the_mapping() {
         let st = r.status().as_u16();
         let v: Value = r.json().unwrap_or(Value::Null);
         (st, v["error"]["code"].as_str().unwrap_or("").to_string())
+    };
+    let post_image = |path: &str, content_type: &str, body: Vec<u8>| {
+        c.post(s.at(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .unwrap()
     };
     let js = |body: &str| {
         c.post(s.at("/v1/search"))
@@ -853,13 +853,7 @@ fn every_status_of_the_mapping() {
     );
     let big = vec![0u8; 2 << 20];
     assert_eq!(
-        code(
-            c.post(s.at("/v1/images"))
-                .header("content-type", "image/jpeg")
-                .body(big)
-                .send()
-                .unwrap()
-        ),
+        code(post_image("/v1/images", "image/jpeg", big)),
         (413, "too_large".into())
     );
     // One pixel more than --max-pixels allows, checked from the header.
@@ -868,64 +862,36 @@ fn every_status_of_the_mapping() {
         .write_to(&mut png, image::ImageFormat::Png)
         .unwrap();
     assert_eq!(
-        code(
-            c.post(s.at("/v1/images"))
-                .header("content-type", "image/png")
-                .body(png.into_inner())
-                .send()
-                .unwrap()
-        ),
+        code(post_image("/v1/images", "image/png", png.into_inner())),
         (413, "image_too_large".into())
     );
     let truncated = img[..img.len() / 3].to_vec();
     assert_eq!(
-        code(
-            c.post(s.at("/v1/images"))
-                .header("content-type", "image/jpeg")
-                .body(truncated)
-                .send()
-                .unwrap()
-        ),
+        code(post_image("/v1/images", "image/jpeg", truncated)),
         (422, "bad_image".into())
     );
     assert_eq!(
-        code(
-            c.post(s.at("/v1/images"))
-                .header("content-type", "image/jpeg")
-                .body(b"not an image".to_vec())
-                .send()
-                .unwrap()
-        ),
+        code(post_image(
+            "/v1/images",
+            "image/jpeg",
+            b"not an image".to_vec()
+        )),
         (422, "bad_image".into())
     );
     assert_eq!(
-        code(
-            c.post(s.at("/v1/images"))
-                .header("content-type", "image/gif")
-                .body(img.clone())
-                .send()
-                .unwrap()
-        ),
+        code(post_image("/v1/images", "image/gif", img.clone())),
         (415, "unsupported_media_type".into())
     );
     assert_eq!(
-        code(
-            c.post(s.at("/v1/images?time=1795961002"))
-                .header("content-type", "image/jpeg")
-                .body(img.clone())
-                .send()
-                .unwrap()
-        ),
+        code(post_image(
+            "/v1/images?time=1795961002",
+            "image/jpeg",
+            img.clone()
+        )),
         (422, "invalid_argument".into())
     );
     assert_eq!(
-        code(
-            c.post(s.at("/v1/images?camera="))
-                .header("content-type", "image/jpeg")
-                .body(img.clone())
-                .send()
-                .unwrap()
-        ),
+        code(post_image("/v1/images?camera=", "image/jpeg", img.clone())),
         (422, "invalid_argument".into())
     );
     assert_eq!(
@@ -982,15 +948,7 @@ fn timeout_and_unavailable() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let url = sen_runtime::serve::listening_url(&mut child).unwrap();
     let c = client();
     assert_eq!(
         c.get(format!("{url}/healthz")).send().unwrap().status(),

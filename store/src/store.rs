@@ -1771,16 +1771,7 @@ fn flush(shared: &Shared, c: &Connection, path: &Path, st: &mut State) -> Result
     let e = db::err(path);
     c.execute_batch("BEGIN IMMEDIATE").map_err(&e)?;
     let r = (|| -> Result<(), StoreError> {
-        for w in &written {
-            record_segment(c, path, w)?;
-        }
-        if let (Some(lo), Some(hi)) = (flushed.first(), flushed.last()) {
-            c.execute(
-                "DELETE FROM pending WHERE id BETWEEN ?1 AND ?2",
-                rusqlite::params![*lo as i64, *hi as i64],
-            )
-            .map_err(&e)?;
-        }
+        record_segments(c, path, &written, &flushed)?;
         c.execute_batch("COMMIT").map_err(&e)
     })();
     if let Err(err) = r {
@@ -1816,6 +1807,27 @@ struct Written {
     bytes: u64,
     crc_a: u32,
     crc_b: u32,
+}
+
+/// Inside the caller's transaction: record the new segments, and drop the rows they
+/// now hold (`moved`, ascending ids) from the pending log.
+fn record_segments(
+    c: &Connection,
+    path: &Path,
+    written: &[Written],
+    moved: &[u64],
+) -> Result<(), StoreError> {
+    for w in written {
+        record_segment(c, path, w)?;
+    }
+    if let (Some(lo), Some(hi)) = (moved.first(), moved.last()) {
+        c.execute(
+            "DELETE FROM pending WHERE id BETWEEN ?1 AND ?2",
+            rusqlite::params![*lo as i64, *hi as i64],
+        )
+        .map_err(db::err(path))?;
+    }
+    Ok(())
 }
 
 fn record_segment(c: &Connection, path: &Path, w: &Written) -> Result<(), StoreError> {
@@ -2052,16 +2064,7 @@ fn compact(
             )
             .map_err(&e)?;
         }
-        for w in &written {
-            record_segment(c, path, w)?;
-        }
-        if let (Some(lo), Some(hi)) = (pending.first(), pending.last()) {
-            c.execute(
-                "DELETE FROM pending WHERE id BETWEEN ?1 AND ?2",
-                rusqlite::params![*lo as i64, *hi as i64],
-            )
-            .map_err(&e)?;
-        }
+        record_segments(c, path, &written, &pending)?;
         // Tombstones (and add records) every consumer has passed: with no consumer,
         // all of them.
         let keep_from: Option<i64> = c

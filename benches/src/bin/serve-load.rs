@@ -20,7 +20,7 @@
 use anyhow::{Context, Result, bail};
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -154,15 +154,7 @@ fn start(a: &Args, store: &Path, extra: &[&str]) -> Result<Server> {
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", a.sen.display()))?;
-    let mut out = BufReader::new(child.stdout.take().context("stdout")?);
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .with_context(|| format!("sen serve printed {line:?}"))?
-        .to_string();
-    std::thread::spawn(move || for _ in out.lines() {});
+    let url = sen_runtime::serve::listening_url(&mut child).map_err(anyhow::Error::msg)?;
     let s = Server { child, url };
     let c = client();
     let t = Instant::now();

@@ -95,6 +95,31 @@ impl App {
     }
 }
 
+/// What `sen serve` prints as its first stdout line once bound, before the URL.
+const LISTENING: &str = "listening on ";
+
+/// For whatever starts `sen serve` with stdout piped (tests, `make load`): read the
+/// child's first stdout line and return the URL it serves, then drain the rest of
+/// stdout on a thread so the child never blocks on a full pipe.
+pub fn listening_url(child: &mut std::process::Child) -> Result<String, String> {
+    use std::io::BufRead;
+    let out = child
+        .stdout
+        .take()
+        .ok_or("sen serve was started without a piped stdout")?;
+    let mut out = std::io::BufReader::new(out);
+    let mut line = String::new();
+    out.read_line(&mut line)
+        .map_err(|e| format!("reading sen serve's stdout: {e}"))?;
+    let url = line
+        .trim()
+        .strip_prefix(LISTENING)
+        .ok_or_else(|| format!("sen serve printed {line:?}, not \"{LISTENING}URL\""))?
+        .to_string();
+    std::thread::spawn(move || for _ in out.lines() {});
+    Ok(url)
+}
+
 fn is_loopback(a: &SocketAddr) -> bool {
     a.ip().is_loopback()
 }
@@ -166,8 +191,9 @@ async fn serve(app: Arc<App>) -> Result<()> {
     } else {
         "http"
     };
-    // Tests and scripts read the bound address (with --listen 127.0.0.1:0) from here.
-    println!("listening on {scheme}://{addr}");
+    // Launchers read the bound address (with --listen 127.0.0.1:0) from here:
+    // `listening_url`.
+    println!("{LISTENING}{scheme}://{addr}");
     tracing::info!("listening on {scheme}://{addr}; loading the bundle and the store");
     {
         use std::io::Write;
