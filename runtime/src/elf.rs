@@ -6,6 +6,15 @@
 use object::read::elf::{Dyn, ElfFile64};
 use std::path::Path;
 
+/// The file mapped, not read: a CUDA provider library is about 280 MB and only its
+/// headers, dynamic section and version tables are looked at.
+fn map(path: &Path) -> Result<memmap2::Mmap, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: the mapping is read-only and dropped before returning to the caller; a
+    // library file replaced while it is read at worst fails to parse (an error).
+    unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("{}: {e}", path.display()))
+}
+
 fn parse<'a>(path: &Path, data: &'a [u8]) -> Result<ElfFile64<'a, object::Endianness>, String> {
     ElfFile64::<object::Endianness>::parse(data)
         .map_err(|e| format!("{}: not a 64-bit ELF file ({e})", path.display()))
@@ -13,7 +22,7 @@ fn parse<'a>(path: &Path, data: &'a [u8]) -> Result<ElfFile64<'a, object::Endian
 
 /// The shared libraries an ELF file names (its `DT_NEEDED` entries), in order.
 pub fn needed(path: &Path) -> Result<Vec<String>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let data = map(path)?;
     let elf = parse(path, &data)?;
     let endian = elf.endian();
     let sections = elf.elf_section_table();
@@ -41,7 +50,7 @@ pub fn needed(path: &Path) -> Result<Vec<String>, String> {
 /// Every `GLIBC_x.y[.z]` version the file requires, as (major, minor, patch), highest
 /// last (what `objdump -T` lists as `GLIBC_2.34` and so on).
 pub fn glibc_versions(path: &Path) -> Result<Vec<(u32, u32, u32)>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let data = map(path)?;
     let elf = parse(path, &data)?;
     let endian = elf.endian();
     let sections = elf.elf_section_table();
