@@ -9,6 +9,17 @@
 use std::io::Write;
 use std::path::Path;
 
+/// Whether `dir` is missing or an empty folder: where a new store or a snapshot may go.
+pub fn missing_or_empty(dir: &Path) -> Result<bool, crate::StoreError> {
+    if !dir.exists() {
+        return Ok(true);
+    }
+    Ok(std::fs::read_dir(dir)
+        .map_err(|e| crate::StoreError::io(dir, e))?
+        .next()
+        .is_none())
+}
+
 /// File operations with explicit durability.
 pub trait Durable: Send + Sync + std::fmt::Debug {
     /// Create (or truncate) `path`, write the slices in order and fsync the file.

@@ -598,12 +598,7 @@ impl Store {
                 dir.display()
             )));
         }
-        if dir.exists()
-            && std::fs::read_dir(dir)
-                .map_err(|e| StoreError::io(dir, e))?
-                .next()
-                .is_some()
-        {
+        if !crate::io::missing_or_empty(dir)? {
             return Err(StoreError::Input(format!(
                 "{}: not empty; a new store needs a missing or empty folder",
                 dir.display()

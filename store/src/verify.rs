@@ -202,12 +202,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, StoreError> {
 /// then the segment files that copy refers to (hard links where possible). If a
 /// compaction removed one of them meanwhile, the copy starts again.
 pub fn snapshot(dir: &Path, out: &Path) -> Result<(), StoreError> {
-    if out.exists()
-        && std::fs::read_dir(out)
-            .map_err(|e| StoreError::io(out, e))?
-            .next()
-            .is_some()
-    {
+    if !crate::io::missing_or_empty(out)? {
         return Err(StoreError::Input(format!(
             "{}: not empty; a snapshot needs a missing or empty folder",
             out.display()

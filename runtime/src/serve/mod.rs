@@ -289,11 +289,8 @@ fn load(app: &Arc<App>) -> Result<Loaded> {
     let manifest = sen_core::Manifest::load(&cfg.bundle)
         .with_context(|| format!("--bundle {}", cfg.bundle.display()))?;
     let digest = manifest.encoder_digest(&manifest.io.image)?;
-    let empty = !cfg.store.exists()
-        || std::fs::read_dir(&cfg.store)
-            .with_context(|| format!("--store {}", cfg.store.display()))?
-            .next()
-            .is_none();
+    let empty = sen_store::io::missing_or_empty(&cfg.store)
+        .with_context(|| format!("--store {}", cfg.store.display()))?;
     let store = if empty {
         tracing::info!(
             "{}: creating a store bound to {}",
