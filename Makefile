@@ -8,7 +8,7 @@ export SEN_CACHE
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: deps deps-cuda deps-ort-gpu test demo bench bench-baseline bench-check perf store-perf crash-test load serve-demo screenshot test-aarch64 dist-aarch64 help
+.PHONY: deps deps-cuda deps-ort-gpu test demo bench bench-baseline bench-check perf store-perf crash-test load serve-demo screenshot test-aarch64 dist-aarch64 test-milvus milvus-perf help
 
 help:
 	@echo "make demo   - run the sen pipeline end to end (what exists so far)"
@@ -23,6 +23,8 @@ help:
 	@echo "make serve-demo - sen serve on the demo's bundle and store (after make demo); prints the URL"
 	@echo "make screenshot - refresh docs/search-page.png from the browser test with the demo's bundle"
 	@echo "make test-aarch64 - build for aarch64 and run the tests under qemu (sets itself up)"
+	@echo "make test-milvus - replication into and search through Milvus, against milvus-lite (installs it into the cache)"
+	@echo "make milvus-perf - replication rows/s and search latency/recall through milvus-lite (FLAT, HNSW) vs the local store"
 	@echo "make dist-aarch64 - Jetson release tarball (glibc 2.31, cargo-zigbuild) in target/dist/"
 	@echo "make deps   - fetch and verify native dependencies into $(SEN_CACHE)"
 	@echo "make deps-cuda - also the CUDA libraries libtorch_cuda loads (GPU machines only, ~2 GB)"
@@ -113,6 +115,19 @@ screenshot: deps
 # cross compiler, qemu, the pinned aarch64 ONNX Runtime and the qemu sysroot.
 test-aarch64: deps
 	@scripts/test_aarch64.sh
+
+# Milvus replication and search against milvus-lite on free loopback ports (README,
+# Many boxes); `scripts/deps.py milvus` installs it, hash-checked, into the cache.
+test-milvus: deps
+	@scripts/test_milvus.sh
+
+# Replication rows/s into milvus-lite and search latency and recall@10 through it
+# (FLAT, HNSW) next to the local store, for MILVUS_PERF_ROWS rows (one reported run).
+MILVUS_PERF_ROWS ?= 100000
+milvus-perf: deps
+	@$(PYTHON) scripts/deps.py milvus
+	SEN_MILVUS_LITE=$(SEN_CACHE)/milvus-lite/venv/bin/milvus-lite SEN_MILVUS_PERF_ROWS=$(MILVUS_PERF_ROWS) \
+	  $(CARGO) run --release -q -p sen-milvus --example speed
 
 # Release binaries for JetPack 5 (glibc 2.31) and newer, checked against that bound.
 dist-aarch64: deps

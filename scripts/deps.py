@@ -36,13 +36,17 @@ SET = sys.argv[1] if len(sys.argv) > 1 else "cpu"
 # `deps.py aarch64` (make test-aarch64) ONNX Runtime's aarch64 build for the emulated
 # tests; `deps.py ort-oldest` (make deps) the oldest ONNX Runtime sen is tested against;
 # `deps.py zig` (make dist-aarch64) the zig toolchain for glibc-bounded release builds.
+# `deps.py milvus` (make test-milvus) milvus-lite in a virtual environment: a Python
+# program, so its lock is a pip requirements file with a sha256 per wheel.
+if len(sys.argv) > 1 and sys.argv[1] == "milvus":
+    SET = "milvus"
 SETS = {"cpu": "wheels.json", "cuda": "wheels-cuda.json", "ort-gpu": "wheels-ort-gpu.json",
         "aarch64": "wheels-aarch64.json", "ort-oldest": "wheels-ort-oldest.json",
         "zig": "wheels-zig.json"}
-if SET not in SETS:
+if SET not in SETS and SET != "milvus":
     print(f"make deps: unknown set {SET!r}; one of {', '.join(SETS)}", file=sys.stderr)
     sys.exit(2)
-LOCK = os.path.join(REPO, "deps", SETS[SET])
+LOCK = os.path.join(REPO, "deps", SETS.get(SET, "milvus-lite.txt"))
 STAMP_NAME = "deps.stamp" if SET == "cpu" else f"deps-{SET}.stamp"
 # Files smaller than this are re-hashed on every run (the vocabulary, ONNX Runtime,
 # the CUDA runtime libraries, headers); the large libtorch libraries only have
@@ -195,7 +199,65 @@ def link_checkout(cache):
     os.replace(tmp, LINK)
 
 
+def milvus():
+    """milvus-lite and its dependencies, every wheel hash-checked by pip, in a venv
+    built beside the stamp and moved into place whole."""
+    cache = cache_dir()
+    root = os.path.join(cache, "milvus-lite")
+    venv = os.path.join(root, "venv")
+    stamp_path = os.path.join(cache, STAMP_NAME)
+    want = lock_hash()
+    try:
+        with open(stamp_path) as f:
+            ok = json.load(f).get("lock_sha256") == want
+    except (OSError, ValueError):
+        ok = False
+    exe = os.path.join(venv, "bin", "milvus-lite")
+    if ok and os.access(exe, os.X_OK):
+        print(f"deps: ok (milvus-lite in {venv})")
+        return
+    print(f"deps: installing milvus-lite into {venv} (about 110 MB of wheels)")
+    os.makedirs(root, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".staging-", dir=root)
+    try:
+        # The venv's paths are absolute: build it at its final path's sibling, then
+        # rename the folder (and fix nothing: scripts use `python -m`).
+        subprocess.run([sys.executable, "-m", "venv", staging], check=True)
+        r = subprocess.run([os.path.join(staging, "bin", "python"), "-m", "pip", "install", "--quiet",
+                            "--disable-pip-version-check", "--require-hashes", "--no-deps",
+                            "--only-binary=:all:", "-r", LOCK])
+        if r.returncode != 0:
+            die(f"pip could not install {LOCK} (hash-checked); see above")
+        if os.path.lexists(venv):
+            shutil.rmtree(venv)
+        os.replace(staging, venv)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    # Console scripts carry the staging path in their #! line; rewrite them.
+    bindir = os.path.join(venv, "bin")
+    for name in os.listdir(bindir):
+        p = os.path.join(bindir, name)
+        if os.path.islink(p) or not os.path.isfile(p):
+            continue
+        with open(p, "rb") as f:
+            data = f.read()
+        if staging.encode() in data:
+            with open(p, "wb") as f:
+                f.write(data.replace(staging.encode(), venv.encode()))
+    r = subprocess.run([os.path.join(venv, "bin", "python"), "-c", "import milvus_lite, pymilvus"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        die(f"milvus-lite installed but does not import: {r.stderr.strip()}")
+    tmp = stamp_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"lock_sha256": want, "venv": venv}, f)
+    os.replace(tmp, stamp_path)
+    print(f"deps: ok (milvus-lite in {venv})")
+
+
 def main():
+    if SET == "milvus":
+        return milvus()
     full = os.environ.get("SEN_DEPS_VERIFY") == "full"
     cache = cache_dir()
     os.makedirs(cache, exist_ok=True)

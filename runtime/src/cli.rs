@@ -1062,8 +1062,31 @@ pub struct ServeArgs {
     #[arg(long)]
     bundle: PathBuf,
     /// The store directory; created (bound to the bundle) when missing or empty.
-    #[arg(long)]
-    store: PathBuf,
+    #[arg(long, required_unless_present = "search_backend")]
+    store: Option<PathBuf>,
+    /// Also follow the store into a Milvus collection, milvus://HOST:PORT/COLLECTION
+    /// (store-and-forward: the box keeps working while Milvus is away). Credentials,
+    /// TLS and timeouts from SEN_MILVUS_* variables.
+    #[arg(long, value_name = "URI", requires = "store")]
+    replicate: Option<String>,
+    #[command(flatten)]
+    replica: crate::store_cli::ReplicaArgs,
+    /// Run a central search node instead of a box: search this replicated collection
+    /// (milvus://HOST:PORT/COLLECTION); no store, ingest routes answer 404.
+    #[arg(long, value_name = "URI", conflicts_with_all = ["store", "retention", "replicate"])]
+    search_backend: Option<String>,
+    /// On a central node: the boxes to fetch crops from, a JSON object
+    /// {"BOX": {"url": "...", "key_file": "...", "ca_cert": "..."}}.
+    #[arg(long, value_name = "FILE", requires = "search_backend")]
+    boxes: Option<PathBuf>,
+    /// On a central node: a search parameter of the collection's index (ef=N for
+    /// hnsw, nprobe=N for ivf_flat); repeat.
+    #[arg(
+        long = "search-param",
+        value_name = "KEY=VALUE",
+        requires = "search_backend"
+    )]
+    search_params: Vec<String>,
     /// Address to listen on (loopback unless told otherwise; port 0 picks one and the
     /// address is printed).
     #[arg(long, default_value = "127.0.0.1:8750")]
@@ -1141,9 +1164,24 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if !(a.max_delay_ms >= 0.0 && a.max_delay_ms.is_finite()) {
         bail!("--max-delay-ms {}: must be 0 or more", a.max_delay_ms);
     }
+    let central = match &a.search_backend {
+        Some(uri) => Some(sen_runtime::serve::CentralConfig {
+            target: sen_milvus::Target::parse(uri).context("--search-backend")?,
+            settings: sen_milvus::Settings::from_env()?,
+            boxes: a.boxes.clone(),
+            search_params: a.search_params.clone(),
+        }),
+        None => None,
+    };
+    let replicate = match &a.replicate {
+        Some(uri) => Some(a.replica.replication(uri).context("--replicate")?),
+        None => None,
+    };
     let cfg = sen_runtime::serve::ServeConfig {
         bundle: a.bundle.clone(),
         store: a.store.clone(),
+        central,
+        replicate,
         listen: a.listen,
         api_keys: a.api_keys.clone(),
         auth_all: a.auth_all,

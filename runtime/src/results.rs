@@ -9,20 +9,51 @@ pub fn result_json(
     took_ms: f64,
     found: &[sen_store::Found],
 ) -> serde_json::Value {
+    results_object(query, like, took_ms, found.iter().map(|f| (f, None)))
+}
+
+/// The SPEC §11 result object of a query through a replicated collection: each
+/// result also names its `box`.
+pub fn boxed_result_json(
+    query: Option<&str>,
+    like: Option<u64>,
+    took_ms: f64,
+    hits: &[sen_milvus::BoxHit],
+) -> serde_json::Value {
+    results_object(
+        query,
+        like,
+        took_ms,
+        hits.iter().map(|h| (&h.found, Some(h.box_name.as_str()))),
+    )
+}
+
+fn results_object<'a>(
+    query: Option<&str>,
+    like: Option<u64>,
+    took_ms: f64,
+    rows: impl Iterator<Item = (&'a sen_store::Found, Option<&'a str>)>,
+) -> serde_json::Value {
     serde_json::json!({
         "query": query,
         "like": like,
         "took_ms": took_ms,
-        "results": found.iter().enumerate().map(|(i, f)| serde_json::json!({
-            "rank": i + 1,
-            "id": f.id,
-            "score": f.score,
-            "camera": f.camera,
-            "time": time::format(f.time_ms),
-            "path": f.path,
-            "pid": f.pid,
-            "attrs": f.attrs,
-        })).collect::<Vec<_>>(),
+        "results": rows.enumerate().map(|(i, (f, b))| {
+            let mut r = serde_json::json!({
+                "rank": i + 1,
+                "id": f.id,
+                "score": f.score,
+                "camera": f.camera,
+                "time": time::format(f.time_ms),
+                "path": f.path,
+                "pid": f.pid,
+                "attrs": f.attrs,
+            });
+            if let Some(b) = b {
+                r["box"] = b.into();
+            }
+            r
+        }).collect::<Vec<_>>(),
     })
 }
 

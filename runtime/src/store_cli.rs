@@ -47,6 +47,68 @@ pub enum StoreCommand {
     },
     /// Add the rows of a `sen index` file (embeddings, paths, pids; no re-encoding).
     Import(ImportArgs),
+    /// Copy the store's rows and deletes into a Milvus collection, up to now (resumes
+    /// where the last replication to it stopped; `sen serve --replicate` follows).
+    Replicate(ReplicateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReplicateArgs {
+    dir: PathBuf,
+    /// The collection: milvus://HOST:PORT/COLLECTION (milvus+tls:// for TLS;
+    /// credentials and timeouts from SEN_MILVUS_* variables).
+    #[arg(long, value_name = "URI")]
+    to: String,
+    #[command(flatten)]
+    replica: ReplicaArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+/// How a box replicates (`sen store replicate`, `sen serve --replicate`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReplicaArgs {
+    /// This box's name in the collection (default: the host name).
+    #[arg(long)]
+    pub box_name: Option<String>,
+    /// The vector index a new collection gets: flat (exact), hnsw or ivf_flat.
+    #[arg(long, default_value = "flat")]
+    pub index: String,
+    /// An index parameter, KEY=VALUE (hnsw: M, efConstruction; ivf_flat: nlist); repeat.
+    #[arg(long = "index-param", value_name = "KEY=VALUE")]
+    pub index_params: Vec<String>,
+    /// Rows per upsert call.
+    #[arg(long, default_value_t = 512)]
+    pub replicate_batch: usize,
+}
+
+impl ReplicaArgs {
+    /// The replication these flags describe, to `uri`.
+    pub fn replication(&self, uri: &str) -> Result<sen_milvus::Replication> {
+        let target = sen_milvus::Target::parse(uri)?;
+        let box_name = self.box_name.clone().unwrap_or_else(sen_milvus::host_name);
+        sen_milvus::check_box_name(&box_name)?;
+        if self.replicate_batch == 0 || self.replicate_batch > 10_000 {
+            bail!(
+                "--replicate-batch {}: give 1 to 10000 rows",
+                self.replicate_batch
+            );
+        }
+        Ok(sen_milvus::Replication {
+            target,
+            settings: sen_milvus::Settings::from_env()?,
+            box_name,
+            index: sen_milvus::IndexSpec::parse(&self.index, &self.index_params)?,
+            batch: self.replicate_batch,
+        })
+    }
+}
+
+/// A runtime for the Milvus calls of one command.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 #[derive(clap::Args, Debug)]
@@ -97,6 +159,7 @@ pub struct AddArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct StoreSearchArgs {
+    /// A store directory, or a replicated collection: milvus://HOST:PORT/COLLECTION.
     dir: PathBuf,
     #[arg(long)]
     bundle: PathBuf,
@@ -125,6 +188,16 @@ pub struct StoreSearchArgs {
     /// Threads for the scan (default: one per core).
     #[arg(long)]
     search_threads: Option<usize>,
+    /// Only rows of this box (a milvus:// collection; repeat the flag).
+    #[arg(long = "box")]
+    boxes: Vec<String>,
+    /// With --like on a milvus:// collection: the box the row belongs to.
+    #[arg(long, requires = "like")]
+    like_box: Option<String>,
+    /// A search parameter of the collection's index (ef=N for hnsw, nprobe=N for
+    /// ivf_flat); repeat.
+    #[arg(long = "search-param", value_name = "KEY=VALUE")]
+    search_params: Vec<String>,
     #[command(flatten)]
     provider: ProviderArgs,
 }
@@ -226,7 +299,50 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
             Ok(())
         }
         StoreCommand::Import(a) => import(a),
+        StoreCommand::Replicate(a) => replicate(a),
     }
+}
+
+fn replicate(a: ReplicateArgs) -> Result<()> {
+    let r = a.replica.replication(&a.to)?;
+    let store = Store::open(&a.dir, Mode::Writer).with_context(|| {
+        format!(
+            "replicating {} (sen serve --replicate replicates a store it serves)",
+            a.dir.display()
+        )
+    })?;
+    let status = sen_milvus::Status::default();
+    let sp = crate::cli::spinner(format!("replicating {} to {}", a.dir.display(), r.target));
+    let report = runtime()?.block_on(r.catch_up(&store, &status));
+    sp.finish_and_clear();
+    let report = report?;
+    let rate = report.rows_upserted as f64 / report.seconds.max(1e-9);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "target": r.target.to_string(),
+                "box": r.box_name,
+                "rows_upserted": report.rows_upserted,
+                "rows_deleted": report.rows_deleted,
+                "cursor": report.cursor,
+                "seconds": report.seconds,
+                "rows_per_second": rate,
+            })
+        );
+    } else {
+        println!(
+            "{} -> {} (box {:?}): {} rows upserted, {} deleted, cursor at change {}, {:.1} s ({rate:.0} rows/s)",
+            a.dir.display(),
+            r.target,
+            r.box_name,
+            report.rows_upserted,
+            report.rows_deleted,
+            report.cursor,
+            report.seconds
+        );
+    }
+    Ok(())
 }
 
 fn create(a: CreateArgs) -> Result<()> {
@@ -496,6 +612,15 @@ fn search(a: StoreSearchArgs) -> Result<()> {
             .map(|t| time::parse("--to", t))
             .transpose()?;
     let range = TimeRange::new(from, to).map_err(|e| anyhow::anyhow!("--from/--to: {e}"))?;
+    if let Some(uri) = a.dir.to_str().filter(|s| sen_milvus::Target::is_uri(s)) {
+        return search_milvus(&a, uri, range);
+    }
+    if !a.boxes.is_empty() || a.like_box.is_some() || !a.search_params.is_empty() {
+        bail!(
+            "--box, --like-box and --search-param are for a replicated collection (milvus://HOST:PORT/COLLECTION); {} is a store directory",
+            a.dir.display()
+        );
+    }
     let store = Store::open(&a.dir, Mode::Reader)?;
     let threads = a
         .search_threads
@@ -585,6 +710,133 @@ fn search(a: StoreSearchArgs) -> Result<()> {
     }
 }
 
+/// `sen store search milvus://...`: the same search through a replicated collection.
+fn search_milvus(a: &StoreSearchArgs, uri: &str, range: TimeRange) -> Result<()> {
+    use sen_milvus::collection::search_params;
+    let target = sen_milvus::Target::parse(uri)?;
+    let settings = sen_milvus::Settings::from_env()?;
+    for b in &a.boxes {
+        sen_milvus::check_box_name(b)?;
+    }
+    let m = Manifest::load(&a.bundle)?;
+    let encoder = sen_milvus::Encoder {
+        sha256: m.encoder_digest(&m.io.image)?,
+        dim: m.model.embed_dim,
+    };
+    let rt = runtime()?;
+    let mut coll = rt.block_on(sen_milvus::Collection::connect(&target, &settings))?;
+    rt.block_on(coll.open(Some(&encoder)))?;
+    let params = search_params(coll.index(), a.k, &a.search_params)?;
+    let mut filter = sen_milvus::SearchFilter {
+        cameras: (!a.cameras.is_empty()).then(|| a.cameras.clone()),
+        time: range,
+        boxes: (!a.boxes.is_empty()).then(|| a.boxes.clone()),
+        exclude: None,
+    };
+    if let Some(id) = a.like {
+        let b = a.like_box.clone().ok_or_else(|| {
+            anyhow::anyhow!("--like {id} on {target}: give --like-box NAME (ids are per box)")
+        })?;
+        let t = Instant::now();
+        let v = rt.block_on(coll.embedding(&b, id))?;
+        filter.exclude = Some((b, id));
+        let hits = rt
+            .block_on(coll.search(vec![v], a.k, &filter, params))?
+            .pop()
+            .unwrap_or_default();
+        return print_hits(
+            None,
+            Some(id),
+            t.elapsed().as_secs_f64() * 1e3,
+            &hits,
+            a.json,
+        );
+    }
+    let enc = TextEncoder::load(&a.bundle, &a.provider.options())?;
+    log_sessions(&enc.reports);
+    let answer = |texts: &[String], json: bool| -> Result<()> {
+        let t = Instant::now();
+        let e = enc.encode(texts)?;
+        let vs: Vec<Vec<f32>> = e.rows().into_iter().map(|r| r.to_vec()).collect();
+        let hits = rt.block_on(coll.search(vs, a.k, &filter, params.clone()))?;
+        let took = t.elapsed().as_secs_f64() * 1e3 / texts.len() as f64;
+        for (q, h) in texts.iter().zip(&hits) {
+            print_hits(Some(q), None, took, h, json)?;
+        }
+        Ok(())
+    };
+    match (&a.text, &a.queries) {
+        (Some(t), _) => answer(std::slice::from_ref(t), a.json),
+        (None, Some(src)) => {
+            let text = if src == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(src).with_context(|| format!("--queries {src}"))?
+            };
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string)
+                .collect();
+            for batch in lines.chunks(64) {
+                answer(batch, true)?;
+            }
+            Ok(())
+        }
+        (None, None) => bail!("give a description, --like ID or --queries FILE"),
+    }
+}
+
+fn print_hits(
+    query: Option<&str>,
+    like: Option<u64>,
+    took_ms: f64,
+    hits: &[sen_milvus::BoxHit],
+    json: bool,
+) -> Result<()> {
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    if json {
+        writeln!(
+            out,
+            "{}",
+            sen_runtime::results::boxed_result_json(query, like, took_ms, hits)
+        )?;
+        return Ok(());
+    }
+    heading(&mut out, query, like, hits.len())?;
+    for (i, h) in hits.iter().enumerate() {
+        row_line(&mut out, i, &h.found, Some(&h.box_name))?;
+    }
+    writeln!(out, "({took_ms:.2} ms)")?;
+    Ok(())
+}
+
+fn heading(out: &mut impl Write, query: Option<&str>, like: Option<u64>, n: usize) -> Result<()> {
+    match (query, like) {
+        (Some(q), _) => writeln!(out, "{q:?}: top {n}")?,
+        (None, Some(id)) => writeln!(out, "like row {id}: top {n}")?,
+        _ => {}
+    }
+    Ok(())
+}
+
+fn row_line(out: &mut impl Write, i: usize, f: &sen_store::Found, b: Option<&str>) -> Result<()> {
+    writeln!(
+        out,
+        "{:>4}. {:.4}  {}id {:<8} {:<16} {}  {}{}",
+        i + 1,
+        f.score,
+        b.map(|b| format!("box {b}  ")).unwrap_or_default(),
+        f.id,
+        f.camera,
+        time::format(f.time_ms),
+        f.path,
+        f.pid.map(|p| format!("  pid {p}")).unwrap_or_default()
+    )?;
+    Ok(())
+}
+
 fn print_found(
     query: Option<&str>,
     like: Option<u64>,
@@ -597,23 +849,9 @@ fn print_found(
     if json {
         writeln!(out, "{}", result_json(query, like, took_ms, found))?;
     } else {
-        match (query, like) {
-            (Some(q), _) => writeln!(out, "{q:?}: top {}", found.len())?,
-            (None, Some(id)) => writeln!(out, "like row {id}: top {}", found.len())?,
-            _ => {}
-        }
+        heading(&mut out, query, like, found.len())?;
         for (i, f) in found.iter().enumerate() {
-            writeln!(
-                out,
-                "{:>4}. {:.4}  id {:<8} {:<16} {}  {}{}",
-                i + 1,
-                f.score,
-                f.id,
-                f.camera,
-                time::format(f.time_ms),
-                f.path,
-                f.pid.map(|p| format!("  pid {p}")).unwrap_or_default()
-            )?;
+            row_line(&mut out, i, f, None)?;
         }
         writeln!(out, "({took_ms:.2} ms)")?;
     }

@@ -25,8 +25,8 @@ pub mod verify;
 
 pub use error::StoreError;
 pub use store::{
-    Added, CameraSummary, CompactReport, Crop, Found, Mode, NewRow, Options, Query, Selector,
-    Snapshot, Stats, Store, StoreConfig, StoreInfo,
+    Added, CameraSummary, Change, CompactReport, Crop, Found, Mode, NewRow, Options, Query,
+    Selector, Snapshot, Stats, Store, StoreConfig, StoreInfo,
 };
 
 use serde::{Deserialize, Serialize};

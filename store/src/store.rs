@@ -107,6 +107,18 @@ pub struct Query {
     pub exclude: Option<u64>,
 }
 
+/// One entry of the change sequence: rows `first_id..=last_id` added, or row
+/// `first_id` deleted (SPEC §11).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub seq: i64,
+    pub delete: bool,
+    pub first_id: u64,
+    pub last_id: u64,
+    /// When the change was committed (Unix ms).
+    pub at_ms: i64,
+}
+
 /// One result row.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Found {
@@ -1067,20 +1079,37 @@ impl Store {
         })
     }
 
-    /// Changes after `seq` (at most `limit`): (seq, kind, first id, last id).
-    pub fn changes_since(
-        &self,
-        seq: i64,
-        limit: usize,
-    ) -> Result<Vec<(i64, String, u64, u64)>, StoreError> {
+    /// The newest change's sequence number (0 for none yet).
+    pub fn change_seq(&self) -> Result<i64, StoreError> {
+        self.with_reader(|c| {
+            let path = self.shared.dir.join(db::DB_FILE);
+            db::scalar(
+                c,
+                &path,
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)",
+            )
+        })
+    }
+
+    /// Changes after `seq`, oldest first, at most `limit` (a replication cursor reads
+    /// these; SPEC §11).
+    pub fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
         self.with_reader(|c| {
             let path = self.shared.dir.join(db::DB_FILE);
             let mut st = c
-                .prepare_cached("SELECT seq, kind, first_id, last_id FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .prepare_cached(
+                    "SELECT seq, kind, first_id, last_id, at_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )
                 .map_err(db::err(&path))?;
             let v = st
                 .query_map(rusqlite::params![seq, limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64))
+                    Ok(Change {
+                        seq: r.get(0)?,
+                        delete: r.get::<_, String>(1)? == "delete",
+                        first_id: r.get::<_, i64>(2)? as u64,
+                        last_id: r.get::<_, i64>(3)? as u64,
+                        at_ms: r.get(4)?,
+                    })
                 })
                 .map_err(db::err(&path))?
                 .collect::<Result<Vec<_>, _>>()
@@ -1089,13 +1118,35 @@ impl Store {
         })
     }
 
+    /// The rows of these ids with their embeddings (as f32), each checked against its
+    /// checksum; ids no longer live are left out (replication reads an add change's
+    /// rows with this; a later delete change covers those left out).
+    pub fn rows_with_embeddings(&self, ids: &[u64]) -> Result<Vec<(Found, Vec<f32>)>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let (found, emb) = match (self.row(id), self.embedding(id)) {
+                (Ok(f), Ok(e)) => (f, e),
+                (Err(StoreError::NotFound(_)), _) | (_, Err(StoreError::NotFound(_))) => continue,
+                (Err(e), _) | (_, Err(e)) => return Err(e),
+            };
+            out.push((found, emb));
+        }
+        Ok(out)
+    }
+
     /// Live ids in `[first, last]` (replication reads rows by the add changes).
     pub fn live_ids(&self, first: u64, last: u64) -> Vec<u64> {
         let snap = self.snapshot();
         let mut out = vec![];
+        // Parts are in id order, and so are the ids within each part.
         for p in &snap.parts {
-            for (i, &id) in p.ids().iter().enumerate() {
-                if id >= first && id <= last && !p.is_dead(i) {
+            let ids = p.ids();
+            let (a, b) = (
+                ids.partition_point(|&id| id < first),
+                ids.partition_point(|&id| id <= last),
+            );
+            for (i, &id) in ids.iter().enumerate().take(b).skip(a) {
+                if !p.is_dead(i) {
                     out.push(id);
                 }
             }

@@ -90,6 +90,13 @@ pub const ROUTES: &[RouteSpec] = &[
         handler: || get(get_image),
     },
     RouteSpec {
+        method: "GET",
+        path: "/v1/images/{box}/{id}",
+        scope: Scope::Read,
+        summary: "On a central search node: a crop fetched from its box (URL and key from --boxes); ?size=thumb as on the box",
+        handler: || get(get_box_image),
+    },
+    RouteSpec {
         method: "DELETE",
         path: "/v1/images/{id}",
         scope: Scope::Write,
@@ -379,8 +386,11 @@ async fn healthz() -> &'static str {
 async fn readyz(State(app): State<S>) -> Response {
     match loaded(&app) {
         Ok(l) => {
+            // A central node: loaded means the collection answered and is loaded.
+            let Some(store) = l.store.clone() else {
+                return Json(serde_json::json!({"ready": true})).into_response();
+            };
             // Writable: the writer thread answers and takes the database's write lock.
-            let store = l.store.clone();
             match tokio::task::spawn_blocking(move || store.ping()).await {
                 Ok(Ok(_)) => Json(serde_json::json!({"ready": true})).into_response(),
                 Ok(Err(e)) => {
@@ -403,12 +413,30 @@ async fn metrics(State(app): State<S>) -> Response {
             .queue_depth
             .with_label_values(&["image"])
             .set(l.image.depth() as i64);
-        app.metrics
-            .queue_depth
-            .with_label_values(&["search"])
-            .set(l.search.depth() as i64);
-        let store = l.store.clone();
-        if let Ok(Ok(s)) = tokio::task::spawn_blocking(move || store.stats()).await {
+        if let Some(q) = &l.search {
+            app.metrics
+                .queue_depth
+                .with_label_values(&["search"])
+                .set(q.depth() as i64);
+        }
+        if let Some(r) = &l.replication {
+            let (m, st) = (&app.metrics, &r.status);
+            m.replication_lag_changes.set(st.lag_changes());
+            m.replication_lag_seconds.set(st.lag_seconds());
+            m.replication_rows
+                .with_label_values(&["upsert"])
+                .set(st.rows_upserted.load(Ordering::Relaxed) as i64);
+            m.replication_rows
+                .with_label_values(&["delete"])
+                .set(st.rows_deleted.load(Ordering::Relaxed) as i64);
+            m.replication_errors
+                .set(st.errors.load(Ordering::Relaxed) as i64);
+            m.replication_up
+                .set(st.connected.load(Ordering::Relaxed) as i64);
+        }
+        if let Some(store) = l.store.clone()
+            && let Ok(Ok(s)) = tokio::task::spawn_blocking(move || store.stats()).await
+        {
             app.metrics.store_rows.set(s.rows as i64);
             app.metrics
                 .store_bytes
@@ -683,7 +711,7 @@ async fn add_images(
         });
     }
     let n = rows.len();
-    let store = l.store.clone();
+    let store = l.store()?.clone();
     if !store.info().crops {
         rows.iter_mut().for_each(|r| r.crop = None);
     }
@@ -767,20 +795,11 @@ async fn get_image(
 ) -> Result<Response, ApiError> {
     let l = loaded(&app)?;
     let id = parse_id(&id)?;
-    let p: ImageParams = query(&uri)?;
-    let thumb = match p.size.as_deref() {
-        None => false,
-        Some("thumb") => true,
-        Some(s) => {
-            return Err(ApiError::Invalid(format!(
-                "size {s:?}: only `thumb` (a JPEG of at most 256 px)"
-            )));
-        }
-    };
+    let thumb = wants_thumb(&uri)?;
     if thumb && let Some(b) = app.thumbs.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
         return Ok(image_response("image/jpeg", b));
     }
-    let store = l.store.clone();
+    let store = l.store()?.clone();
     let crop = tokio::task::spawn_blocking(move || store.crop(id))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??
@@ -802,7 +821,35 @@ async fn get_image(
     Ok(image_response("image/jpeg", b))
 }
 
-fn image_response(ct: &str, b: Bytes) -> Response {
+/// `?size=thumb` (a JPEG of at most 256 px) or nothing.
+fn wants_thumb(uri: &axum::http::Uri) -> Result<bool, ApiError> {
+    let p: ImageParams = query(uri)?;
+    match p.size.as_deref() {
+        None => Ok(false),
+        Some("thumb") => Ok(true),
+        Some(s) => Err(ApiError::Invalid(format!(
+            "size {s:?}: only `thumb` (a JPEG of at most 256 px)"
+        ))),
+    }
+}
+
+async fn get_box_image(
+    State(app): State<S>,
+    Path((bx, id)): Path<(String, String)>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let l = loaded(&app)?;
+    let c = l.central.as_ref().ok_or_else(|| {
+        ApiError::NotFound(
+            "this box serves its own crops at /v1/images/{id}; /v1/images/{box}/{id} is a central node's (--search-backend)".into(),
+        )
+    })?;
+    let id = parse_id(&id)?;
+    let thumb = wants_thumb(&uri)?;
+    super::central::proxy_image(&c.boxes, &bx, id, thumb).await
+}
+
+pub(super) fn image_response(ct: &str, b: Bytes) -> Response {
     (
         [
             (
@@ -892,7 +939,7 @@ impl ThumbCache {
 async fn delete_image(State(app): State<S>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let l = loaded(&app)?;
     let id = parse_id(&id)?;
-    let store = l.store.clone();
+    let store = l.store()?.clone();
     tokio::task::spawn_blocking(move || store.delete(Selector::Ids(vec![id])))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
@@ -933,7 +980,7 @@ async fn delete_rows(
         Selector::Ids(v) => v.clone(),
         _ => vec![],
     };
-    let store = l.store.clone();
+    let store = l.store()?.clone();
     let n = tokio::task::spawn_blocking(move || store.delete(sel))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
@@ -953,6 +1000,10 @@ async fn delete_rows(
 struct SearchBody {
     text: Option<String>,
     like: Option<u64>,
+    /// On a central node: the box of the `like` row.
+    like_box: Option<String>,
+    /// On a central node: only rows of these boxes.
+    boxes: Option<Vec<String>>,
     k: Option<usize>,
     cameras: Option<Vec<String>>,
     from: Option<serde_json::Value>,
@@ -1011,13 +1062,21 @@ async fn search(
             camera_of(Some(c.clone()))?;
         }
     }
+    if let Some(c) = &l.central {
+        return search_central(&app, l, c, b, k, range, t0).await;
+    }
+    if b.like_box.is_some() || b.boxes.is_some() {
+        return Err(ApiError::Invalid(
+            "like_box and boxes are for a central search node (--search-backend); this box searches its own store".into(),
+        ));
+    }
     let (vector, exclude) = match (&b.text, b.like) {
         (Some(t), None) => {
             check_text(&app, t, "text")?;
             (encode_text(&app, l, t.clone()).await?, None)
         }
         (None, Some(id)) => {
-            let store = l.store.clone();
+            let store = l.store()?.clone();
             let v = tokio::task::spawn_blocking(move || store.embedding(id))
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))??;
@@ -1032,7 +1091,11 @@ async fn search(
         time: range,
         exclude,
     };
-    let (found, tm) = l.search.submit(q).await?;
+    let queue = l
+        .search
+        .as_ref()
+        .ok_or_else(|| ApiError::Internal("no search queue".into()))?;
+    let (found, tm) = queue.submit(q).await?;
     app.metrics
         .stage
         .with_label_values(&["queue"])
@@ -1043,6 +1106,64 @@ async fn search(
         .observe(tm.ran.as_secs_f64());
     let took = t0.elapsed().as_secs_f64() * 1e3;
     Ok(Json(result_json(b.text.as_deref(), b.like, took, &found)).into_response())
+}
+
+/// A search on a central node: through the replicated collection, results with `box`.
+async fn search_central(
+    app: &S,
+    l: &Loaded,
+    c: &super::Central,
+    b: SearchBody,
+    k: usize,
+    range: TimeRange,
+    t0: Instant,
+) -> Result<Response, ApiError> {
+    for name in b.boxes.iter().flatten().chain(b.like_box.iter()) {
+        sen_milvus::check_box_name(name).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    }
+    let (vector, exclude) = match (&b.text, b.like, &b.like_box) {
+        (Some(t), None, None) => {
+            check_text(app, t, "text")?;
+            (encode_text(app, l, t.clone()).await?, None)
+        }
+        (None, Some(id), Some(bx)) => (c.coll.embedding(bx, id).await?, Some((bx.clone(), id))),
+        (None, Some(_), None) => {
+            return Err(ApiError::Invalid(
+                "like on a central node needs like_box: row ids are per box".into(),
+            ));
+        }
+        _ => {
+            return Err(ApiError::Invalid(
+                "give exactly one of text or like (with like_box)".into(),
+            ));
+        }
+    };
+    let filter = sen_milvus::SearchFilter {
+        cameras: b.cameras.clone(),
+        time: range,
+        boxes: b.boxes.clone(),
+        exclude,
+    };
+    let params = sen_milvus::collection::search_params(c.coll.index(), k, &c.search_params)?;
+    let t = Instant::now();
+    let hits = c
+        .coll
+        .search(vec![vector], k, &filter, params)
+        .await?
+        .pop()
+        .unwrap_or_default();
+    app.metrics
+        .stage
+        .with_label_values(&["search"])
+        .observe(t.elapsed().as_secs_f64());
+    let took = t0.elapsed().as_secs_f64() * 1e3;
+    Ok(Json(crate::results::boxed_result_json(
+        b.text.as_deref(),
+        b.like,
+        took,
+        &hits,
+    ))
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -1110,12 +1231,31 @@ async fn stats(
     scope: Option<axum::Extension<KeyScope>>,
 ) -> Result<Response, ApiError> {
     let l = loaded(&app)?;
-    let store = l.store.clone();
-    let s = tokio::task::spawn_blocking(move || store.stats())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let mut v = stats_json(&s);
+    let mut v = match &l.central {
+        // A central node: the collection's rows and identity, the boxes it knows.
+        Some(c) => {
+            let enc = c.coll.encoder();
+            serde_json::json!({
+                "backend": c.coll.target.to_string(),
+                "rows": c.coll.count("").await?,
+                "index": c.coll.index(),
+                "encoder_sha256": enc.sha256,
+                "dim": enc.dim,
+                "boxes": c.boxes.keys().collect::<Vec<_>>(),
+            })
+        }
+        None => {
+            let store = l.store()?.clone();
+            let s = tokio::task::spawn_blocking(move || store.stats())
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??;
+            stats_json(&s)
+        }
+    };
     let obj = v.as_object_mut().expect("object");
+    if let Some(r) = &l.replication {
+        obj.insert("replication".into(), r.status.json(&r.spec));
+    }
     obj.insert(
         "bundle".into(),
         serde_json::json!({"sha256": l.bundle_sha256, "precision": l.precision}),
@@ -1136,7 +1276,7 @@ async fn stats(
 
 async fn cameras(State(app): State<S>) -> Result<Response, ApiError> {
     let l = loaded(&app)?;
-    let store = l.store.clone();
+    let store = l.store()?.clone();
     let s = tokio::task::spawn_blocking(move || store.stats())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;

@@ -28,6 +28,8 @@ pub enum ApiError {
     Timeout(String),
     /// The disk is full: nothing of the request was stored.
     InsufficientStorage(String),
+    /// A box or the Milvus server behind a central node failed or is unreachable.
+    BadGateway(String),
     Internal(String),
 }
 
@@ -46,6 +48,7 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Timeout(_) => "timeout",
             ApiError::InsufficientStorage(_) => "insufficient_storage",
+            ApiError::BadGateway(_) => "bad_gateway",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -86,6 +90,7 @@ impl ApiError {
             | ApiError::Unavailable(m)
             | ApiError::Timeout(m)
             | ApiError::InsufficientStorage(m)
+            | ApiError::BadGateway(m)
             | ApiError::Internal(m) => m.clone(),
         }
     }
@@ -137,6 +142,18 @@ impl From<sen_store::StoreError> for ApiError {
             S::UnknownIds(_) | S::NotFound(_) => ApiError::NotFound(e.to_string()),
             S::Closed(m) => ApiError::Unavailable(m),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<sen_milvus::MilvusError> for ApiError {
+    fn from(e: sen_milvus::MilvusError) -> Self {
+        use sen_milvus::MilvusError as M;
+        match e {
+            M::Input(m) => ApiError::Invalid(m),
+            M::Expr { .. } => ApiError::Invalid(e.to_string()),
+            M::Store(s) => s.into(),
+            other => ApiError::BadGateway(other.to_string()),
         }
     }
 }

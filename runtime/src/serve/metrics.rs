@@ -27,6 +27,13 @@ pub struct Metrics {
     pub text_rows: IntCounter,
     pub ready: IntGauge,
     pub build_info: IntGaugeVec,
+    /// Replication (`--replicate`): changes not yet in Milvus, the age of the oldest
+    /// of them, rows upserted and deleted there, failed attempts, connected or not.
+    pub replication_lag_changes: IntGauge,
+    pub replication_lag_seconds: prometheus::Gauge,
+    pub replication_rows: IntGaugeVec,
+    pub replication_errors: IntGauge,
+    pub replication_up: IntGauge,
 }
 
 fn buckets() -> Vec<f64> {
@@ -37,6 +44,34 @@ fn buckets() -> Vec<f64> {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        let replication_lag_changes = IntGauge::new(
+            "sen_replication_lag_changes",
+            "Store changes (adds, deletes) not yet acknowledged by Milvus",
+        )
+        .expect("metric");
+        let replication_lag_seconds = prometheus::Gauge::new(
+            "sen_replication_lag_seconds",
+            "Age of the oldest store change not yet in Milvus (0 when caught up)",
+        )
+        .expect("metric");
+        let replication_rows = IntGaugeVec::new(
+            Opts::new(
+                "sen_replication_rows",
+                "Rows replicated since start, by operation (upsert, delete)",
+            ),
+            &["op"],
+        )
+        .expect("metric");
+        let replication_errors = IntGauge::new(
+            "sen_replication_errors",
+            "Failed replication attempts since start (each retried with backoff)",
+        )
+        .expect("metric");
+        let replication_up = IntGauge::new(
+            "sen_replication_up",
+            "1 while connected to the Milvus collection",
+        )
+        .expect("metric");
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
@@ -120,6 +155,11 @@ impl Metrics {
             Box::new(text_rows.clone()),
             Box::new(ready.clone()),
             Box::new(build_info.clone()),
+            Box::new(replication_lag_changes.clone()),
+            Box::new(replication_lag_seconds.clone()),
+            Box::new(replication_rows.clone()),
+            Box::new(replication_errors.clone()),
+            Box::new(replication_up.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -138,6 +178,11 @@ impl Metrics {
             text_rows,
             ready,
             build_info,
+            replication_lag_changes,
+            replication_lag_seconds,
+            replication_rows,
+            replication_errors,
+            replication_up,
         }
     }
 

@@ -17,6 +17,7 @@
 pub mod api;
 pub mod auth;
 pub mod batch;
+pub mod central;
 pub mod error;
 pub mod metrics;
 
@@ -34,7 +35,12 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub bundle: PathBuf,
-    pub store: PathBuf,
+    /// The store (None on a central search node).
+    pub store: Option<PathBuf>,
+    /// `--search-backend`: search a replicated collection instead of a store.
+    pub central: Option<CentralConfig>,
+    /// `--replicate`: follow the store into a Milvus collection.
+    pub replicate: Option<sen_milvus::Replication>,
     pub listen: SocketAddr,
     pub api_keys: Option<PathBuf>,
     pub auth_all: bool,
@@ -60,15 +66,65 @@ pub struct ServeConfig {
     pub thumb_cache_bytes: usize,
 }
 
+/// A central search node's backend (`--search-backend`, `--boxes`).
+#[derive(Debug, Clone)]
+pub struct CentralConfig {
+    pub target: sen_milvus::Target,
+    pub settings: sen_milvus::Settings,
+    pub boxes: Option<PathBuf>,
+    /// `--search-param KEY=VALUE` for the collection's index.
+    pub search_params: Vec<String>,
+}
+
+/// A central node's open collection and the boxes it fetches crops from.
+pub struct Central {
+    pub coll: sen_milvus::Collection,
+    pub boxes: std::collections::BTreeMap<String, central::BoxEntry>,
+    pub search_params: Vec<String>,
+}
+
+/// A running `--replicate`.
+pub struct Replicating {
+    pub spec: sen_milvus::Replication,
+    pub status: Arc<sen_milvus::Status>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Replicating {
+    /// Stop after the step in flight (its acknowledged part is kept by the cursor).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// What is loaded once the service is ready.
 pub struct Loaded {
-    pub store: Arc<Store>,
+    /// The store (None on a central node).
+    pub store: Option<Arc<Store>>,
+    pub central: Option<Central>,
+    pub replication: Option<Replicating>,
     pub enc: Arc<Encoders>,
     pub text: batch::Batcher<String, Vec<f32>>,
     pub image: batch::Batcher<ndarray::Array3<f32>, Vec<f32>>,
-    pub search: batch::Batcher<sen_store::Query, Vec<sen_store::Found>>,
+    /// The local store's search queue (None on a central node: Milvus batches).
+    pub search: Option<batch::Batcher<sen_store::Query, Vec<sen_store::Found>>>,
     pub bundle_sha256: String,
     pub precision: String,
+}
+
+impl Loaded {
+    /// The store, or 404 on a central node (its rows live on the boxes).
+    pub fn store(&self) -> Result<&Arc<Store>, error::ApiError> {
+        self.store.as_ref().ok_or_else(|| {
+            error::ApiError::NotFound(
+                "this is a central search node (--search-backend): it holds no store; add, delete and read rows on their box (crops: GET /v1/images/BOX/ID)".into(),
+            )
+        })
+    }
 }
 
 /// The shared state of every request.
@@ -257,9 +313,13 @@ async fn serve(app: Arc<App>) -> Result<()> {
                 .await?;
         }
     }
-    // Connections are closed; queued batches were answered by their workers. Close the
-    // store (its writer thread finishes and joins).
+    // Connections are closed; queued batches were answered by their workers. Stop
+    // replicating (after the step in flight), then close the store (its writer thread
+    // finishes and joins).
     let _ = loader.await;
+    if let Some(r) = app.loaded.get().and_then(|l| l.replication.as_ref()) {
+        tokio::task::block_in_place(|| r.stop());
+    }
     if let Some(e) = app
         .load_error
         .lock()
@@ -289,36 +349,11 @@ fn load(app: &Arc<App>) -> Result<Loaded> {
     let manifest = sen_core::Manifest::load(&cfg.bundle)
         .with_context(|| format!("--bundle {}", cfg.bundle.display()))?;
     let digest = manifest.encoder_digest(&manifest.io.image)?;
-    let empty = sen_store::io::missing_or_empty(&cfg.store)
-        .with_context(|| format!("--store {}", cfg.store.display()))?;
-    let store = if empty {
-        tracing::info!(
-            "{}: creating a store bound to {}",
-            cfg.store.display(),
-            cfg.bundle.display()
-        );
-        Store::create(
-            &cfg.store,
-            &sen_store::StoreConfig {
-                image_encoder_sha256: digest.clone(),
-                dim: manifest.model.embed_dim,
-                dtype: if cfg.f16 {
-                    sen_store::Storage::F16
-                } else {
-                    sen_store::Storage::F32
-                },
-                crops: cfg.crops,
-                bundle_precision: manifest.precision.to_string(),
-            },
-        )?
-    } else {
-        Store::open(&cfg.store, Mode::Writer)?
+    let (store, central) = match (&cfg.store, &cfg.central) {
+        (Some(dir), None) => (Some(open_store(cfg, dir, &manifest, &digest)?), None),
+        (None, Some(c)) => (None, Some(open_central(cfg, c, &manifest, &digest)?)),
+        _ => bail!("give --store DIR (a box) or --search-backend milvus://... (a central node)"),
     };
-    store.check_encoder(
-        &digest,
-        manifest.model.embed_dim,
-        &cfg.bundle.display().to_string(),
-    )?;
     let enc = Encoders::load(&cfg.bundle, &cfg.provider)?;
     // One warm-up run per encoder at its optimum, so the first request is not the first run.
     let p = &enc.image.manifest.preprocess;
@@ -326,7 +361,7 @@ fn load(app: &Arc<App>) -> Result<Loaded> {
         ndarray::Array4::<f32>::zeros((enc.image.profile.opt, 3, p.height, p.width)).view(),
     )?;
     enc.text.encode(&vec!["a person"; enc.text.profile.opt])?;
-    let store = Arc::new(store);
+    let store = store.map(Arc::new);
     let enc = Arc::new(enc);
     let m = app.metrics.clone();
     let qcfg = |opt: usize| batch::BatchConfig {
@@ -365,8 +400,7 @@ fn load(app: &Arc<App>) -> Result<Loaded> {
             },
         )
     };
-    let search = {
-        let store = store.clone();
+    let search = store.clone().map(|store| {
         let threads = cfg.search_threads;
         batch::Batcher::start(
             "search",
@@ -378,6 +412,10 @@ fn load(app: &Arc<App>) -> Result<Loaded> {
             app.metrics.clone(),
             move |qs: Vec<sen_store::Query>| Ok(store.search(&qs, threads)?),
         )
+    });
+    let replication = match (&cfg.replicate, &store) {
+        (Some(r), Some(store)) => Some(start_replication(r, store.clone())?),
+        _ => None,
     };
     app.metrics
         .build_info
@@ -390,12 +428,111 @@ fn load(app: &Arc<App>) -> Result<Loaded> {
         .set(1);
     Ok(Loaded {
         store,
+        central,
+        replication,
         enc,
         text,
         image,
         search,
         bundle_sha256: digest,
         precision: manifest.precision.to_string(),
+    })
+}
+
+/// Open (or create, bound to the bundle) the box's store.
+fn open_store(
+    cfg: &ServeConfig,
+    dir: &std::path::Path,
+    manifest: &sen_core::Manifest,
+    digest: &str,
+) -> Result<Store> {
+    let empty = sen_store::io::missing_or_empty(dir)
+        .with_context(|| format!("--store {}", dir.display()))?;
+    let store = if empty {
+        tracing::info!(
+            "{}: creating a store bound to {}",
+            dir.display(),
+            cfg.bundle.display()
+        );
+        Store::create(
+            dir,
+            &sen_store::StoreConfig {
+                image_encoder_sha256: digest.to_string(),
+                dim: manifest.model.embed_dim,
+                dtype: if cfg.f16 {
+                    sen_store::Storage::F16
+                } else {
+                    sen_store::Storage::F32
+                },
+                crops: cfg.crops,
+                bundle_precision: manifest.precision.to_string(),
+            },
+        )?
+    } else {
+        Store::open(dir, Mode::Writer)?
+    };
+    store.check_encoder(
+        digest,
+        manifest.model.embed_dim,
+        &cfg.bundle.display().to_string(),
+    )?;
+    Ok(store)
+}
+
+/// Connect to the replicated collection (refusing one of another encoder) and read
+/// `--boxes`.
+fn open_central(
+    cfg: &ServeConfig,
+    c: &CentralConfig,
+    manifest: &sen_core::Manifest,
+    digest: &str,
+) -> Result<Central> {
+    let rt = tokio::runtime::Handle::current();
+    let mut coll = rt.block_on(sen_milvus::Collection::connect(&c.target, &c.settings))?;
+    rt.block_on(coll.open(Some(&sen_milvus::Encoder {
+        sha256: digest.to_string(),
+        dim: manifest.model.embed_dim,
+    })))?;
+    sen_milvus::collection::search_params(coll.index(), 1, &c.search_params)?;
+    let boxes = match &c.boxes {
+        Some(p) => central::read_boxes(p, cfg.request_timeout)?,
+        None => Default::default(),
+    };
+    tracing::info!(
+        "central search node on {} (index {}); crops from {} boxes",
+        c.target,
+        coll.index(),
+        boxes.len()
+    );
+    Ok(Central {
+        coll,
+        boxes,
+        search_params: c.search_params.clone(),
+    })
+}
+
+/// Start following the store into Milvus on its own thread.
+fn start_replication(r: &sen_milvus::Replication, store: Arc<Store>) -> Result<Replicating> {
+    let status = Arc::new(sen_milvus::Status::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (r, status, stop) = (r.clone(), status.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("sen-replicate".into())
+            .spawn(move || r.follow(store, status, stop))
+            .context("starting the replication thread")?
+    };
+    tracing::info!(
+        "replicating to {} as box {:?} (new collections get index {})",
+        r.target,
+        r.box_name,
+        r.index.describe()
+    );
+    Ok(Replicating {
+        spec: r.clone(),
+        status,
+        stop,
+        thread: Mutex::new(Some(thread)),
     })
 }
 
@@ -409,7 +546,9 @@ async fn retention_loop(app: Arc<App>, ms: i64) {
             return;
         }
         if let Some(l) = app.loaded.get() {
-            let store = l.store.clone();
+            let Some(store) = l.store.clone() else {
+                return;
+            };
             let app2 = app.clone();
             let r = tokio::task::spawn_blocking(move || -> Result<(), sen_store::StoreError> {
                 let cutoff = sen_store::time::now_ms() - ms;

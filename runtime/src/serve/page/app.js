@@ -7,6 +7,7 @@ const KEY = "sen.apiKey";
 let objectUrls = [];
 let keyScope = null;
 let detailId = null;
+let detailBox = null;
 
 function key() {
   return sessionStorage.getItem(KEY) || "";
@@ -69,8 +70,10 @@ function rfc3339(local) {
   return isNaN(d) ? null : d.toISOString();
 }
 
-async function imageUrl(id, thumb) {
-  const r = await fetch("/v1/images/" + encodeURIComponent(id) + (thumb ? "?size=thumb" : ""), { headers: headers() });
+// A result from a central node names its box; its crop is fetched through the node.
+async function imageUrl(x, thumb) {
+  const path = (x.box !== undefined ? encodeURIComponent(x.box) + "/" : "") + encodeURIComponent(x.id);
+  const r = await fetch("/v1/images/" + path + (thumb ? "?size=thumb" : ""), { headers: headers() });
   if (!r.ok) return null;
   const url = URL.createObjectURL(await r.blob());
   objectUrls.push(url);
@@ -156,7 +159,7 @@ async function run(body) {
     b.addEventListener("click", () => openDetail(x));
     li.appendChild(b);
     ol.appendChild(li);
-    imageUrl(x.id, true).then((u) => { if (u) img.src = u; });
+    imageUrl(x, true).then((u) => { if (u) img.src = u; });
   }
 }
 
@@ -174,6 +177,7 @@ function search() {
 
 async function openDetail(x) {
   detailId = x.id;
+  detailBox = x.box === undefined ? null : x.box;
   $("detail-title").textContent = "Row " + x.id + " (#" + x.rank + ")";
   $("detail-message").textContent = "";
   const dl = $("detail-meta");
@@ -181,6 +185,7 @@ async function openDetail(x) {
   const rows = [["Score", x.score.toFixed(4)], ["Camera", x.camera], ["Captured", localTime(x.time)],
     ["Path", x.path], ["Person id", x.pid === null ? "-" : String(x.pid)],
     ["Attributes", x.attrs === null ? "-" : JSON.stringify(x.attrs)]];
+  if (detailBox !== null) rows.splice(1, 0, ["Box", detailBox]);
   for (const [k, v] of rows) {
     const dt = document.createElement("dt");
     dt.textContent = k;
@@ -188,12 +193,13 @@ async function openDetail(x) {
     dd.textContent = v;
     dl.append(dt, dd);
   }
-  $("detail-delete").hidden = keyScope !== "write";
+  // Rows are deleted on their box, not through a central node.
+  $("detail-delete").hidden = keyScope !== "write" || detailBox !== null;
   const img = $("detail-img");
   img.removeAttribute("src");
   img.alt = "Crop " + x.id + " from camera " + x.camera;
   $("detail").showModal();
-  const u = await imageUrl(x.id, false);
+  const u = await imageUrl(x, false);
   if (u && detailId === x.id) img.src = u;
 }
 
@@ -231,7 +237,9 @@ function init() {
   $("detail-like").addEventListener("click", () => {
     const id = detailId;
     $("detail").close();
-    run({ like: id, k: Number($("k").value) || 24 });
+    const body = { like: id, k: Number($("k").value) || 24 };
+    if (detailBox !== null) body.like_box = detailBox;
+    run(body);
   });
   $("detail-delete").addEventListener("click", deleteCurrent);
   refreshStatus();
