@@ -1175,7 +1175,17 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     };
     let replicate = match &a.replicate {
         Some(uri) => Some(a.replica.replication(uri).context("--replicate")?),
-        None => None,
+        None => {
+            if a.replica.box_name.is_some()
+                || a.replica.index != "flat"
+                || !a.replica.index_params.is_empty()
+            {
+                bail!(
+                    "--box-name, --index and --index-param describe a replication: give --replicate milvus://HOST:PORT/COLLECTION too"
+                );
+            }
+            None
+        }
     };
     let cfg = sen_runtime::serve::ServeConfig {
         bundle: a.bundle.clone(),
