@@ -220,8 +220,8 @@ def milvus():
     os.makedirs(root, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".staging-", dir=root)
     try:
-        # The venv's paths are absolute: build it at its final path's sibling, then
-        # rename the folder (and fix nothing: scripts use `python -m`).
+        # Built beside its final path and renamed into place whole, so a failed
+        # install never leaves a half venv; the scripts' absolute paths are fixed below.
         subprocess.run([sys.executable, "-m", "venv", staging], check=True)
         r = subprocess.run([os.path.join(staging, "bin", "python"), "-m", "pip", "install", "--quiet",
                             "--disable-pip-version-check", "--require-hashes", "--no-deps",

@@ -311,7 +311,7 @@ impl Collection {
                 return Err(e);
             }
         }
-        self.open(Some(encoder)).await
+        self.open_existing(Some(encoder)).await
     }
 
     /// Open an existing collection (to search it), checking its identity; `encoder`:
@@ -323,6 +323,11 @@ impl Collection {
                 self.target
             )));
         }
+        self.open_existing(encoder).await
+    }
+
+    /// Describe a collection known to exist, check its identity, load it.
+    async fn open_existing(&mut self, encoder: Option<&Encoder>) -> Result<(), MilvusError> {
         let d = self
             .client
             .describe_collection(on_collection!(self, DescribeCollectionRequest))

@@ -282,11 +282,7 @@ impl Replication {
             self.target
         );
         for chunk in ids.chunks(self.batch.max(1)) {
-            let rows = replicas(store, chunk)?;
-            coll.upsert(&uuid, &self.box_name, &rows).await?;
-            status
-                .rows_upserted
-                .fetch_add(rows.len() as u64, Ordering::Relaxed);
+            self.upsert(coll, store, status, &uuid, chunk).await?;
         }
         // A copy interrupted earlier (a restart, an outage) may have written rows
         // deleted since: their delete changes are all in the log (the consumer has
@@ -309,10 +305,7 @@ impl Replication {
             }
             seen = last;
         }
-        coll.delete(&uuid, &deleted).await?;
-        status
-            .rows_deleted
-            .fetch_add(deleted.len() as u64, Ordering::Relaxed);
+        self.delete(coll, status, &uuid, &deleted).await?;
         if head > 0 {
             store.consumer(&name, Some(head))?;
         }
@@ -358,12 +351,7 @@ impl Replication {
             }
         }
         self.upsert(coll, store, status, &uuid, &ids).await?;
-        if !deleted.is_empty() {
-            coll.delete(&uuid, &deleted).await?;
-            status
-                .rows_deleted
-                .fetch_add(deleted.len() as u64, Ordering::Relaxed);
-        }
+        self.delete(coll, status, &uuid, &deleted).await?;
         // Acknowledged by Milvus: now (and only now) the cursor moves, durably.
         store.consumer(&consumer_name(&self.target), Some(last))?;
         status.cursor.store(last, Ordering::Relaxed);
@@ -384,11 +372,32 @@ impl Replication {
         if ids.is_empty() {
             return Ok(());
         }
-        let rows = replicas(store, ids)?;
+        let rows: Vec<Replica> = store
+            .rows_with_embeddings(ids)?
+            .into_iter()
+            .map(|(found, embedding)| Replica { found, embedding })
+            .collect();
         coll.upsert(uuid, &self.box_name, &rows).await?;
         status
             .rows_upserted
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn delete(
+        &self,
+        coll: &Collection,
+        status: &Status,
+        uuid: &str,
+        ids: &[u64],
+    ) -> Result<(), MilvusError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        coll.delete(uuid, ids).await?;
+        status
+            .rows_deleted
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -405,12 +414,4 @@ fn refresh_lag(store: &Store, status: &Status) {
             .map_or(0, |c| (sen_store::time::now_ms() - c.at_ms).max(0));
         status.lag_ms.store(lag, Ordering::Relaxed);
     }
-}
-
-fn replicas(store: &Store, ids: &[u64]) -> Result<Vec<Replica>, MilvusError> {
-    Ok(store
-        .rows_with_embeddings(ids)?
-        .into_iter()
-        .map(|(found, embedding)| Replica { found, embedding })
-        .collect())
 }

@@ -28,7 +28,8 @@ pub fn boxed_result_json(
     )
 }
 
-fn results_object<'a>(
+/// The SPEC §11 result object from rows, each with its box when it has one.
+pub fn results_object<'a>(
     query: Option<&str>,
     like: Option<u64>,
     took_ms: f64,

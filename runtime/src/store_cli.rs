@@ -4,7 +4,7 @@ use crate::cli::{ProviderArgs, bar, list_images, log_sessions};
 use anyhow::{Context, Result, bail};
 use sen_core::Manifest;
 use sen_runtime::encoders::{ImageEncoder, TextEncoder};
-use sen_runtime::results::{result_json, stats_json};
+use sen_runtime::results::{results_object, stats_json};
 use sen_store::time::{self, TimeRange};
 use sen_store::{Crop, Mode, NewRow, Query, Selector, Storage, Store, StoreConfig};
 use std::io::{BufRead, Write};
@@ -678,6 +678,15 @@ fn search(a: StoreSearchArgs) -> Result<()> {
         }
         Ok(())
     };
+    answer_queries(&a, answer)
+}
+
+/// Answer the description, or every line of `--queries FILE|-` (JSON lines, 64 per
+/// batch; empty lines are skipped with a warning).
+fn answer_queries(
+    a: &StoreSearchArgs,
+    answer: impl Fn(&[String], bool) -> Result<()>,
+) -> Result<()> {
     match (&a.text, &a.queries) {
         (Some(t), _) => answer(std::slice::from_ref(t), a.json),
         (None, Some(src)) => {
@@ -706,7 +715,7 @@ fn search(a: StoreSearchArgs) -> Result<()> {
             }
             Ok(())
         }
-        (None, None) => unreachable!("checked above"),
+        (None, None) => bail!("give a description, --like ID or --queries FILE"),
     }
 }
 
@@ -765,51 +774,7 @@ fn search_milvus(a: &StoreSearchArgs, uri: &str, range: TimeRange) -> Result<()>
         }
         Ok(())
     };
-    match (&a.text, &a.queries) {
-        (Some(t), _) => answer(std::slice::from_ref(t), a.json),
-        (None, Some(src)) => {
-            let text = if src == "-" {
-                std::io::read_to_string(std::io::stdin())?
-            } else {
-                std::fs::read_to_string(src).with_context(|| format!("--queries {src}"))?
-            };
-            let lines: Vec<String> = text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_string)
-                .collect();
-            for batch in lines.chunks(64) {
-                answer(batch, true)?;
-            }
-            Ok(())
-        }
-        (None, None) => bail!("give a description, --like ID or --queries FILE"),
-    }
-}
-
-fn print_hits(
-    query: Option<&str>,
-    like: Option<u64>,
-    took_ms: f64,
-    hits: &[sen_milvus::BoxHit],
-    json: bool,
-) -> Result<()> {
-    let out = std::io::stdout();
-    let mut out = out.lock();
-    if json {
-        writeln!(
-            out,
-            "{}",
-            sen_runtime::results::boxed_result_json(query, like, took_ms, hits)
-        )?;
-        return Ok(());
-    }
-    heading(&mut out, query, like, hits.len())?;
-    for (i, h) in hits.iter().enumerate() {
-        row_line(&mut out, i, &h.found, Some(&h.box_name))?;
-    }
-    writeln!(out, "({took_ms:.2} ms)")?;
-    Ok(())
+    answer_queries(a, answer)
 }
 
 fn heading(out: &mut impl Write, query: Option<&str>, like: Option<u64>, n: usize) -> Result<()> {
@@ -837,6 +802,30 @@ fn row_line(out: &mut impl Write, i: usize, f: &sen_store::Found, b: Option<&str
     Ok(())
 }
 
+/// One query's results: the SPEC §11 JSON line, or a readable list; `box` is named
+/// for results from a replicated collection.
+fn print_results(
+    query: Option<&str>,
+    like: Option<u64>,
+    took_ms: f64,
+    rows: &[(&sen_store::Found, Option<&str>)],
+    json: bool,
+) -> Result<()> {
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    if json {
+        let v = results_object(query, like, took_ms, rows.iter().copied());
+        writeln!(out, "{v}")?;
+    } else {
+        heading(&mut out, query, like, rows.len())?;
+        for (i, (f, b)) in rows.iter().enumerate() {
+            row_line(&mut out, i, f, *b)?;
+        }
+        writeln!(out, "({took_ms:.2} ms)")?;
+    }
+    Ok(())
+}
+
 fn print_found(
     query: Option<&str>,
     like: Option<u64>,
@@ -844,18 +833,22 @@ fn print_found(
     found: &[sen_store::Found],
     json: bool,
 ) -> Result<()> {
-    let out = std::io::stdout();
-    let mut out = out.lock();
-    if json {
-        writeln!(out, "{}", result_json(query, like, took_ms, found))?;
-    } else {
-        heading(&mut out, query, like, found.len())?;
-        for (i, f) in found.iter().enumerate() {
-            row_line(&mut out, i, f, None)?;
-        }
-        writeln!(out, "({took_ms:.2} ms)")?;
-    }
-    Ok(())
+    let rows: Vec<_> = found.iter().map(|f| (f, None)).collect();
+    print_results(query, like, took_ms, &rows, json)
+}
+
+fn print_hits(
+    query: Option<&str>,
+    like: Option<u64>,
+    took_ms: f64,
+    hits: &[sen_milvus::BoxHit],
+    json: bool,
+) -> Result<()> {
+    let rows: Vec<_> = hits
+        .iter()
+        .map(|h| (&h.found, Some(h.box_name.as_str())))
+        .collect();
+    print_results(query, like, took_ms, &rows, json)
 }
 
 fn delete(a: DeleteArgs) -> Result<()> {

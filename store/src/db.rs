@@ -464,6 +464,16 @@ pub fn segments(c: &Connection, path: &Path) -> Result<Vec<SegmentRecord>, Store
 }
 
 /// One integer from `sql` (0 for no row or NULL).
+/// The newest change's sequence number (0 for none yet): the highest ever assigned
+/// (AUTOINCREMENT remembers it after compaction drops the rows), or the highest row.
+pub fn change_seq(c: &Connection, path: &Path) -> Result<i64, StoreError> {
+    Ok(scalar(c, path, "SELECT max(seq) FROM changes")?.max(scalar(
+        c,
+        path,
+        "SELECT seq FROM sqlite_sequence WHERE name = 'changes'",
+    )?))
+}
+
 pub fn scalar(c: &Connection, path: &Path, sql: &str) -> Result<i64, StoreError> {
     c.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
         .optional()

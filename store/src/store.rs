@@ -930,7 +930,6 @@ impl Store {
         snap: &Snapshot,
         hits: &[Vec<search::Hit>],
     ) -> Result<Option<Vec<Vec<Found>>>, StoreError> {
-        let dim = self.shared.info.dim;
         self.with_reader(|c| {
             let path = self.shared.dir.join(db::DB_FILE);
             let mut out = Vec::with_capacity(hits.len());
@@ -939,24 +938,9 @@ impl Store {
                 for h in hs {
                     let (pi, i) = snap.part_of(h.row);
                     let part = &snap.parts[pi];
-                    let id = part.ids()[i];
-                    let Some(m) = db::row(c, &path, id)? else {
+                    let Some((m, _)) = self.checked_row(c, &path, part, i)? else {
                         return Ok(None);
                     };
-                    let crop = if self.shared.info.crops {
-                        db::crop(c, &path, id)?
-                    } else {
-                        None
-                    };
-                    let emb = part.row_bytes(i, dim);
-                    let crc = db::row_crc(
-                        &m,
-                        &emb,
-                        crop.as_ref().map(|(t, b)| (t.as_str(), b.as_slice())),
-                    );
-                    if crc != m.crc {
-                        return Err(damaged_row(&self.shared.dir, id, part));
-                    }
                     v.push(found(m, h.score)?);
                 }
                 out.push(v);
@@ -969,9 +953,12 @@ impl Store {
     pub fn embedding(&self, id: u64) -> Result<Vec<f32>, StoreError> {
         let snap = self.snapshot();
         let (pi, i) = snap.locate(id).ok_or(StoreError::NotFound(id))?;
-        let dim = self.shared.info.dim;
-        let bytes = snap.parts[pi].row_bytes(i, dim);
-        Ok(match self.shared.info.storage {
+        Ok(self.decode(&snap.parts[pi].row_bytes(i, self.shared.info.dim)))
+    }
+
+    /// Stored embedding bytes as f32.
+    fn decode(&self, bytes: &[u8]) -> Vec<f32> {
+        match self.shared.info.storage {
             Storage::F32 => bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes(b.try_into().expect("4")))
@@ -980,30 +967,49 @@ impl Store {
                 .chunks_exact(2)
                 .map(|b| f16::from_le_bytes(b.try_into().expect("2")).to_f32())
                 .collect(),
-        })
+        }
+    }
+
+    /// Row `i` of `part`: its metadata and embedding bytes, checked against the row
+    /// checksum (metadata, embedding, crop); None when the row is no longer in the
+    /// database (deleted after the snapshot was taken).
+    fn checked_row(
+        &self,
+        c: &Connection,
+        path: &Path,
+        part: &Part,
+        i: usize,
+    ) -> Result<Option<(RowMeta, Vec<u8>)>, StoreError> {
+        let id = part.ids()[i];
+        let Some(m) = db::row(c, path, id)? else {
+            return Ok(None);
+        };
+        let crop = if self.shared.info.crops {
+            db::crop(c, path, id)?
+        } else {
+            None
+        };
+        let emb = part.row_bytes(i, self.shared.info.dim);
+        let crc = db::row_crc(
+            &m,
+            &emb,
+            crop.as_ref().map(|(t, b)| (t.as_str(), b.as_slice())),
+        );
+        if crc != m.crc {
+            return Err(damaged_row(&self.shared.dir, id, part));
+        }
+        Ok(Some((m, emb)))
     }
 
     /// A row's metadata (checked against its checksum).
     pub fn row(&self, id: u64) -> Result<Found, StoreError> {
         let snap = self.snapshot();
         let (pi, i) = snap.locate(id).ok_or(StoreError::NotFound(id))?;
-        let dim = self.shared.info.dim;
         self.with_reader(|c| {
             let path = self.shared.dir.join(db::DB_FILE);
-            let m = db::row(c, &path, id)?.ok_or(StoreError::NotFound(id))?;
-            let crop = if self.shared.info.crops {
-                db::crop(c, &path, id)?
-            } else {
-                None
-            };
-            let crc = db::row_crc(
-                &m,
-                &snap.parts[pi].row_bytes(i, dim),
-                crop.as_ref().map(|(t, b)| (t.as_str(), b.as_slice())),
-            );
-            if crc != m.crc {
-                return Err(damaged_row(&self.shared.dir, id, &snap.parts[pi]));
-            }
+            let (m, _) = self
+                .checked_row(c, &path, &snap.parts[pi], i)?
+                .ok_or(StoreError::NotFound(id))?;
             found(m, 1.0)
         })
     }
@@ -1070,25 +1076,14 @@ impl Store {
                     .count(),
                 cameras,
                 bytes,
-                change_seq: db::scalar(c, &path, "SELECT max(seq) FROM changes")?.max(db::scalar(
-                    c,
-                    &path,
-                    "SELECT seq FROM sqlite_sequence WHERE name = 'changes'",
-                )?),
+                change_seq: db::change_seq(c, &path)?,
             })
         })
     }
 
     /// The newest change's sequence number (0 for none yet).
     pub fn change_seq(&self) -> Result<i64, StoreError> {
-        self.with_reader(|c| {
-            let path = self.shared.dir.join(db::DB_FILE);
-            db::scalar(
-                c,
-                &path,
-                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)",
-            )
-        })
+        self.with_reader(|c| db::change_seq(c, &self.shared.dir.join(db::DB_FILE)))
     }
 
     /// Changes after `seq`, oldest first, at most `limit` (a replication cursor reads
@@ -1122,16 +1117,23 @@ impl Store {
     /// checksum; ids no longer live are left out (replication reads an add change's
     /// rows with this; a later delete change covers those left out).
     pub fn rows_with_embeddings(&self, ids: &[u64]) -> Result<Vec<(Found, Vec<f32>)>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for &id in ids {
-            let (found, emb) = match (self.row(id), self.embedding(id)) {
-                (Ok(f), Ok(e)) => (f, e),
-                (Err(StoreError::NotFound(_)), _) | (_, Err(StoreError::NotFound(_))) => continue,
-                (Err(e), _) | (_, Err(e)) => return Err(e),
-            };
-            out.push((found, emb));
-        }
-        Ok(out)
+        // One snapshot and one reader for the batch; each row's embedding is read
+        // once, for its checksum and for the result.
+        let snap = self.snapshot();
+        self.with_reader(|c| {
+            let path = self.shared.dir.join(db::DB_FILE);
+            let mut out = Vec::with_capacity(ids.len());
+            for &id in ids {
+                let Some((pi, i)) = snap.locate(id) else {
+                    continue;
+                };
+                let Some((m, emb)) = self.checked_row(c, &path, &snap.parts[pi], i)? else {
+                    continue;
+                };
+                out.push((found(m, 1.0)?, self.decode(&emb)));
+            }
+            Ok(out)
+        })
     }
 
     /// Live ids in `[first, last]` (replication reads rows by the add changes).
