@@ -31,8 +31,8 @@ help:
 	@echo "make deps-ort-gpu - ONNX Runtime's GPU build for sen --ort-lib (~255 MB; make deps fetches it too)"
 
 # Besides the pinned set: ONNX Runtime 1.19.2, the oldest sen accepts, for the
-# version test (runtime/tests/ort_versions.rs), and the 1.31.1 GPU build (CUDA 13), whose
-# provider libraries the GPU preflight test reads (runtime/src/providers.rs).
+# version test (cli/tests/ort_versions.rs), and the 1.31.1 GPU build (CUDA 13), whose
+# provider libraries the GPU preflight test reads (runtime/src/providers/preflight.rs).
 deps:
 	@command -v $(PYTHON) >/dev/null || { echo "make deps: $(PYTHON) is required to fetch wheels from PyPI" >&2; exit 1; }
 	@$(PYTHON) scripts/deps.py
@@ -50,7 +50,10 @@ deps-cuda: deps
 deps-ort-gpu:
 	@$(PYTHON) scripts/deps.py ort-gpu
 
+# The lean-library check first (sen-runtime and sen-store link no server stack), then
+# every test.
 test: deps
+	@scripts/check_lean.sh
 	$(CARGO) test --workspace
 
 demo: deps
@@ -88,7 +91,7 @@ CRASH_ROUNDS ?= 500
 SERVE_CRASH_ROUNDS ?= 50
 crash-test: deps
 	SEN_CRASH_ROUNDS=$(CRASH_ROUNDS) $(CARGO) test --release -p sen-store --test crash -- --nocapture kill
-	SEN_SERVE_CRASH_ROUNDS=$(SERVE_CRASH_ROUNDS) $(CARGO) test --release -p sen-runtime --test server -- --nocapture kill
+	SEN_SERVE_CRASH_ROUNDS=$(SERVE_CRASH_ROUNDS) $(CARGO) test --release -p sen-cli --test server -- --nocapture kill
 
 # sen serve under load (README, Serving): one reported run, not a test. LOAD_SECONDS per
 # cell (default 5), LOAD_CLIENTS (default 1,8,32).
@@ -99,7 +102,7 @@ load: deps
 SERVE_LISTEN ?= 127.0.0.1:8750
 serve-demo: deps
 	@test -f target/demo/store/store.db || { echo "make serve-demo: run \`make demo\` first (it builds target/demo/store)" >&2; exit 1; }
-	$(CARGO) build --release -q -p sen-runtime
+	$(CARGO) build --release -q -p sen-cli
 	@echo "open http://$(SERVE_LISTEN)/ (Ctrl-C stops the server)"
 	target/release/sen serve --bundle target/demo/bundle-fp32 --store target/demo/store --listen $(SERVE_LISTEN)
 

@@ -20,7 +20,7 @@ provider=${SEN_DEMO_PROVIDER:-cpu}
 sen=target/release/sen
 
 stage "building (release)"
-cargo build --release -q -p sen-runtime -p sen-train -p sen-export -p sen-calibrate
+cargo build --release -q -p sen-cli -p sen-train -p sen-export -p sen-calibrate
 target/release/sen-train info
 
 stage "synthetic pedestrian benchmark (sen synth -> $demo/synth)"

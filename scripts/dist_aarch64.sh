@@ -3,7 +3,7 @@
 # glibc 2.31 (and everything newer: JetPack 6 has 2.35), packed with their licences
 # and a README for the box into target/dist/sen-VERSION-aarch64-linux-gnu.tar.gz, with
 # its sha256 beside it. Then it checks the glibc bound on every shipped binary
-# (runtime/tests/glibc.rs reads their version needs; it fails above 2.31).
+# (cli/tests/glibc.rs reads their version needs; it fails above 2.31).
 #
 # The toolchain: cargo-zigbuild (crates.io, pinned) linking with zig from its PyPI
 # wheel (scripts/deps.py zig, sha256-checked), which targets an older glibc by
@@ -28,11 +28,11 @@ fi
 export PATH="$tools/bin:$PATH"
 
 version=$(cargo metadata --no-deps --format-version 1 |
-  python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "sen-runtime"))')
+  python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "sen-cli"))')
 name=sen-$version-aarch64-linux-gnu
 echo "dist-aarch64: building $name against glibc $GLIBC (cargo zigbuild, release)"
 cargo zigbuild --release --target "aarch64-unknown-linux-gnu.$GLIBC" \
-  -p sen-runtime -p sen-export -p sen-calibrate --bin sen --bin sen-export --bin sen-calibrate
+  -p sen-cli -p sen-export -p sen-calibrate --bin sen --bin sen-export --bin sen-calibrate
 
 rel=target/aarch64-unknown-linux-gnu/release
 stage=$PWD/target/dist/$name
@@ -48,7 +48,7 @@ cp LICENSE "$stage/LICENSE"
 cp deploy/sen.service "$stage/"
 # Third-party licences: every crate the three binaries link, from cargo metadata.
 cargo metadata --format-version 1 --filter-platform aarch64-unknown-linux-gnu |
-  python3 scripts/third_party.py sen-runtime sen-export sen-calibrate > "$stage/THIRD-PARTY.txt"
+  python3 scripts/third_party.py sen-cli sen-export sen-calibrate > "$stage/THIRD-PARTY.txt"
 cat > "$stage/README.txt" <<EOF
 sen $version for aarch64 Linux (NVIDIA Jetson: JetPack 5 and 6; any glibc >= $GLIBC)
 
@@ -72,7 +72,7 @@ tar -C target/dist -czf "target/dist/$name.tar.gz" "$name"
 (cd target/dist && sha256sum "$name.tar.gz" > "$name.tar.gz.sha256")
 echo "dist-aarch64: checking the glibc bound ($GLIBC) on the shipped binaries"
 SEN_GLIBC_MAX=$GLIBC SEN_GLIBC_BINARIES="$stage/sen:$stage/sen-export:$stage/sen-calibrate" \
-  cargo test -q -p sen-runtime --test glibc -- --nocapture
+  cargo test -q -p sen-cli --test glibc -- --nocapture
 ls -l "target/dist/$name.tar.gz"
 cat "target/dist/$name.tar.gz.sha256"
 echo "dist-aarch64: $(((SECONDS - t0) / 60)) min $(((SECONDS - t0) % 60)) s"

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/load
 mkdir -p "$out"
-cargo build --release -q -p sen-runtime -p sen-export -p sen-benches --bin sen --bin sen-export --bin serve-load
+cargo build --release -q -p sen-cli -p sen-export -p sen-benches --bin sen --bin sen-export --bin serve-load
 bundle=target/demo/bundle-fp32
 data=target/demo/synth
 if [ ! -f "$bundle/manifest.json" ] || [ ! -f "$data/reid_raw.json" ]; then

@@ -39,7 +39,7 @@ if ! "$venv/bin/python" -c "import onnxruntime, faiss, numpy, torch, open_clip, 
 fi
 
 say "building (release)"
-cargo build --release -q -p sen-runtime -p sen-train
+cargo build --release -q -p sen-cli -p sen-train
 say "making the bench bundles (random weights; fp32 and int8) if missing"
 cargo bench -q -p sen-benches --bench encoders -- --test encoder-image/cpu >/dev/null
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make screenshot`: refresh docs/search-page.png from the browser test
-# (runtime/tests/page.rs) with the demo's trained bundle and a snapshot of its store,
+# (cli/tests/page.rs) with the demo's trained bundle and a snapshot of its store,
 # searching a caption written for a person the store holds (who should come first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +8,7 @@ demo=$(realpath -m "${SEN_DEMO_DIR:-target/demo}")
 for f in "$demo/bundle-fp32/manifest.json" "$demo/store/store.db" "$demo/synth/store-list.jsonl"; do
   [ -e "$f" ] || { echo "make screenshot: $f is missing; run \`make demo\` first" >&2; exit 1; }
 done
-cargo build --release -q -p sen-runtime
+cargo build --release -q -p sen-cli
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 target/release/sen store snapshot "$demo/store" --out "$work/store" > /dev/null
@@ -24,4 +24,4 @@ PY
 echo "query: $query"
 SEN_PAGE_BUNDLE="$demo/bundle-fp32" SEN_PAGE_STORE="$work/store" SEN_PAGE_QUERY="$query" \
   SEN_SCREENSHOT="$PWD/docs/search-page.png" \
-  cargo test -q --release -p sen-runtime --test page -- --nocapture
+  cargo test -q --release -p sen-cli --test page -- --nocapture

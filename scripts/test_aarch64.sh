@@ -13,11 +13,11 @@
 #   sen-train   links libtorch, which has no aarch64 build in the pinned set (and
 #               training does not ship to a box)
 #   sen-tests   its tests compare against libtorch (tch)
-#   the page test (runtime/tests/page.rs) drives a browser; SEN_SKIP_BROWSER=1
+#   the page test (cli/tests/page.rs) drives a browser; SEN_SKIP_BROWSER=1
 #               makes it report itself skipped
-#   runtime/tests/ort_versions.rs compares against ONNX Runtime 1.19.2, pinned for
+#   cli/tests/ort_versions.rs compares against ONNX Runtime 1.19.2, pinned for
 #               x86-64 only; it reports itself skipped on aarch64
-# Everything else (core, store, export, calibration, runtime with the tests that
+# Everything else (core, store, export, calibration, runtime, serve and cli with the tests that
 # start `sen`, benches' tests) builds and runs. Test binaries that start another
 # aarch64 binary go through SEN_TEST_RUNNER (sen_core::process::command).
 set -euo pipefail
@@ -87,8 +87,8 @@ for m in re.finditer(r"test result: \w+\. (\d+) passed; (\d+) failed; (\d+) igno
 print(f"\ntest-aarch64: {passed} passed, {failed} failed, {ignored} ignored under qemu-aarch64")
 print("  not built: sen-train (links libtorch), sen-tests (compares against libtorch)")
 print("  counted as passed but skipped inside (they return at once, saying why):")
-print("    runtime/tests/page.rs, the browser test (SEN_SKIP_BROWSER; the page is the same bytes on every architecture)")
-print("    runtime/tests/ort_versions.rs (the pinned ONNX Runtime 1.19.2 is x86-64's; `make test` runs it)")
+print("    cli/tests/page.rs, the browser test (SEN_SKIP_BROWSER; the page is the same bytes on every architecture)")
+print("    cli/tests/ort_versions.rs (the pinned ONNX Runtime 1.19.2 is x86-64's; `make test` runs it)")
 PY
 echo "test-aarch64: $(((SECONDS - t0) / 60)) min $(((SECONDS - t0) % 60)) s"
 exit "$rc"

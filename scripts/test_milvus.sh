@@ -20,4 +20,4 @@ cleanup() {
 }
 trap cleanup EXIT
 cargo test -p sen-milvus --test lite -- --ignored --test-threads=2
-[ -f runtime/tests/milvus.rs ] && cargo test -p sen-runtime --test milvus -- --ignored --test-threads=1
+cargo test -p sen-cli --test milvus -- --ignored --test-threads=1

@@ -117,7 +117,7 @@ impl ModelConfig {
     /// 48x16 images in 4x4 patches (the same 12x4 = 48-patch grid and 3:1 aspect as
     /// vit-b16's 384x128 in 16x16), 4 layers of width 128 on both sides, a 2-block TIR
     /// decoder. Trained from scratch, fewer pixels per token learn much faster than
-    /// 192x64 in 16x16 patches at the same cost (ARCHITECTURE.md, "tiny preset").
+    /// 192x64 in 16x16 patches at the same cost (docs/decisions.md, "tiny preset").
     /// A 56-token text context: the synthetic benchmark's longest caption is 54
     /// tokens with SOT and EOT, and every text token costs the same as an image patch
     /// (vit-b16 keeps CLIP's 77; longer captions are cut, and training says how many).

@@ -90,7 +90,7 @@ impl Default for ExportOptions {
     }
 }
 
-/// What an fp16 export keeps in float32 by default (measured: see ARCHITECTURE.md).
+/// What an fp16 export keeps in float32 by default (measured: see docs/decisions.md).
 pub const DEFAULT_FP16_ISLANDS: Fp32Islands = Fp32Islands {
     layer_norm: true,
     softmax: false,

@@ -40,7 +40,7 @@ struct Cli {
     #[arg(long, default_value_t = 2)]
     format_version: u32,
     /// fp16 only: run LayerNormalization in float16 too (default: float32, measured
-    /// to matter; see ARCHITECTURE.md).
+    /// to matter; see docs/decisions.md).
     #[arg(long, requires = "fp16")]
     fp16_layer_norm: bool,
     /// fp16 only: run Softmax in float32 (default: float16).

@@ -305,6 +305,22 @@ pub fn check_box_name(b: &str) -> Result<(), MilvusError> {
     Ok(())
 }
 
+/// The SPEC §11 result object of a query through a replicated collection: each
+/// result also names its `box`.
+pub fn boxed_result_json(
+    query: Option<&str>,
+    like: Option<u64>,
+    took_ms: f64,
+    hits: &[BoxHit],
+) -> serde_json::Value {
+    sen_store::results::results_object(
+        query,
+        like,
+        took_ms,
+        hits.iter().map(|h| (&h.found, Some(h.box_name.as_str()))),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,14 +1,17 @@
-//! `sen-runtime`: the crate an edge box embeds (no libtorch).
+//! `sen-runtime`: the library a program links to run a bundle's encoders (no libtorch).
 //!
 //! - [`onnxruntime`]: loading the ONNX Runtime library (`make deps`, `ORT_DYLIB_PATH`, `--ort-lib`);
 //! - [`providers`]: TensorRT / CUDA / CPU: preflight checks, engine-cache keys, profiles;
+//! - [`session`]: building an ONNX Runtime session on the chosen provider (one home);
 //! - [`encoders`]: a verified bundle's [`ImageEncoder`](encoders::ImageEncoder) and
 //!   [`TextEncoder`](encoders::TextEncoder), batched and safe for concurrent callers;
 //! - [`index`], [`search`]: `sen-store`'s index file and exact top-k kernels, re-exported;
 //! - [`eval`]: SPEC §7 metrics of a bundle on a dataset split;
 //! - [`bench`]: latency percentiles and throughput of a bundle on this machine;
-//! - [`elf`]: the libraries and glibc versions a binary needs (GPU preflight, release checks);
-//! - [`serve`]: `sen serve`.
+//! - [`elf`]: the libraries and glibc versions a binary needs (GPU preflight, release checks).
+//!
+//! No async runtime, no HTTP, no Milvus client: `sen serve` is `sen-serve`'s, the `sen`
+//! command `sen-cli`'s (SPEC §11).
 //!
 //! Tokenizer, preprocessing, datasets and metrics are `sen-core`'s (the only copy).
 
@@ -19,8 +22,7 @@ pub mod error;
 pub mod eval;
 pub mod onnxruntime;
 pub mod providers;
-pub mod results;
-pub mod serve;
+pub mod session;
 
 pub use sen_store::{index, search};
 

@@ -7,7 +7,7 @@ image embeddings (read from `sen index` files) and caption embeddings (the bundl
 text encoder through Python onnxruntime, ids from `sen tokenize --json`). Also prints
 which attributes differ between each query's identity and its wrong top-1 image, and
 the effective rank of both embedding sets. This is how the tiny preset's weak image
-tower was found (ARCHITECTURE.md, "tiny preset").
+tower was found (docs/decisions.md, "tiny preset").
 
 Usage (numpy and onnxruntime in the Python environment; SEN is target/release/sen):
   sen index BUNDLE --dataset DATA --split train --out BUNDLE_train.senidx

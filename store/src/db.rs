@@ -311,18 +311,33 @@ pub fn existing(c: &Connection, path: &Path, ids: &[u64]) -> Result<Vec<u64>, St
     Ok(out)
 }
 
-/// Ids selected by a camera or a time bound.
-pub fn ids_where(
+/// Ids of a camera's rows, in id order.
+pub fn ids_of_camera(c: &Connection, path: &Path, camera: &str) -> Result<Vec<u64>, StoreError> {
+    ids_where(
+        c,
+        path,
+        "SELECT id FROM rows WHERE camera = ?1 ORDER BY id",
+        &camera,
+    )
+}
+
+/// Ids of the rows captured before `t` (Unix ms), in id order.
+pub fn ids_before(c: &Connection, path: &Path, t: i64) -> Result<Vec<u64>, StoreError> {
+    ids_where(
+        c,
+        path,
+        "SELECT id FROM rows WHERE time_ms < ?1 ORDER BY id",
+        &t,
+    )
+}
+
+fn ids_where(
     c: &Connection,
     path: &Path,
-    sql_where: &str,
+    sql: &str,
     arg: &dyn rusqlite::ToSql,
 ) -> Result<Vec<u64>, StoreError> {
-    let mut st = c
-        .prepare(&format!(
-            "SELECT id FROM rows WHERE {sql_where} ORDER BY id"
-        ))
-        .map_err(err(path))?;
+    let mut st = c.prepare(sql).map_err(err(path))?;
     let ids = st
         .query_map([arg], |r| r.get::<_, i64>(0))
         .map_err(err(path))?
@@ -531,4 +546,258 @@ pub fn remember(
     .execute(params![key, format!("{first}-{last}"), now])
     .map_err(err(path))?;
     Ok(())
+}
+
+// ------------------------------------------------------------------ transactions
+
+/// `BEGIN IMMEDIATE`: a write transaction (the writer; takes the write lock now).
+pub fn begin_write(c: &Connection, path: &Path) -> Result<(), StoreError> {
+    c.execute_batch("BEGIN IMMEDIATE").map_err(err(path))
+}
+
+/// `BEGIN DEFERRED`: a read transaction (one consistent view for several reads).
+pub fn begin_read(c: &Connection, path: &Path) -> Result<(), StoreError> {
+    c.execute_batch("BEGIN DEFERRED").map_err(err(path))
+}
+
+pub fn commit(c: &Connection, path: &Path) -> Result<(), StoreError> {
+    c.execute_batch("COMMIT").map_err(err(path))
+}
+
+/// Undo the open transaction (nothing to report if there is none).
+pub fn rollback(c: &Connection) {
+    let _ = c.execute_batch("ROLLBACK");
+}
+
+/// One job of a group commit: its own savepoint, so its failure undoes only it.
+pub fn savepoint(c: &Connection, path: &Path) -> Result<(), StoreError> {
+    c.execute_batch("SAVEPOINT job").map_err(err(path))
+}
+
+/// Keep the job's changes ([`savepoint`]).
+pub fn release(c: &Connection) {
+    let _ = c.execute_batch("RELEASE job");
+}
+
+/// Undo the job's changes ([`savepoint`]), keeping the group's transaction.
+pub fn rollback_job(c: &Connection) {
+    let _ = c.execute_batch("ROLLBACK TO job; RELEASE job");
+}
+
+/// Whether the database takes a write lock now (readiness), without writing.
+pub fn probe_write(c: &Connection, path: &Path) -> Result<(), StoreError> {
+    c.execute_batch("BEGIN IMMEDIATE; ROLLBACK")
+        .map_err(err(path))
+}
+
+/// Checkpoint the WAL into the database and truncate it (deleted content leaves the
+/// WAL's frames).
+pub fn checkpoint_truncate(c: &Connection, path: &Path) -> Result<(), StoreError> {
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(err(path))
+}
+
+/// SQLite's own consistency check: `["ok"]` when sound.
+pub fn integrity_check(c: &Connection, path: &Path) -> Result<Vec<String>, StoreError> {
+    let e = err(path);
+    c.prepare("PRAGMA integrity_check")
+        .map_err(&e)?
+        .query_map([], |r| r.get(0))
+        .map_err(&e)?
+        .collect::<Result<_, _>>()
+        .map_err(&e)
+}
+
+// ------------------------------------------------------------------ writer state
+
+/// Rows deleted while still in a segment (until compaction), by id.
+pub fn dead_ids(c: &Connection, path: &Path) -> Result<Vec<u64>, StoreError> {
+    let e = err(path);
+    c.prepare("SELECT id FROM dead ORDER BY id")
+        .map_err(&e)?
+        .query_map([], |r| r.get::<_, i64>(0))
+        .map_err(&e)?
+        .map(|r| r.map(|v| v as u64))
+        .collect::<Result<_, _>>()
+        .map_err(&e)
+}
+
+/// One row not yet in a segment: its id, embedding bytes, camera and capture time.
+pub struct PendingRow {
+    pub id: u64,
+    pub embedding: Vec<u8>,
+    pub camera: String,
+    pub time_ms: i64,
+}
+
+/// Every pending row, in id order, to `f`. A pending embedding without its row
+/// (possible only in a damaged store) is `camera` "" and `time_ms` 0 when
+/// `with_orphans`, else left out.
+pub fn for_each_pending(
+    c: &Connection,
+    path: &Path,
+    with_orphans: bool,
+    mut f: impl FnMut(PendingRow) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let e = err(path);
+    let sql = if with_orphans {
+        "SELECT p.id, p.embedding, coalesce(r.camera, ''), coalesce(r.time_ms, 0) FROM pending p LEFT JOIN rows r ON r.id = p.id ORDER BY p.id"
+    } else {
+        "SELECT p.id, p.embedding, r.camera, r.time_ms FROM pending p JOIN rows r ON r.id = p.id ORDER BY p.id"
+    };
+    let mut st = c.prepare(sql).map_err(&e)?;
+    let mut rows = st.query([]).map_err(&e)?;
+    while let Some(r) = rows.next().map_err(&e)? {
+        f(PendingRow {
+            id: r.get::<_, i64>(0).map_err(&e)? as u64,
+            embedding: r.get(1).map_err(&e)?,
+            camera: r.get(2).map_err(&e)?,
+            time_ms: r.get(3).map_err(&e)?,
+        })?;
+    }
+    Ok(())
+}
+
+/// Rows, deleted rows still in segments, and rows not yet in a segment.
+pub fn counts(c: &Connection, path: &Path) -> Result<(u64, u64, u64), StoreError> {
+    Ok((
+        scalar(c, path, "SELECT count(*) FROM rows")? as u64,
+        scalar(c, path, "SELECT count(*) FROM dead")? as u64,
+        scalar(c, path, "SELECT count(*) FROM pending")? as u64,
+    ))
+}
+
+/// Changes after `seq`, oldest first, at most `limit`.
+pub fn changes_since(
+    c: &Connection,
+    path: &Path,
+    seq: i64,
+    limit: usize,
+) -> Result<Vec<crate::store::Change>, StoreError> {
+    let e = err(path);
+    c.prepare_cached(
+        "SELECT seq, kind, first_id, last_id, at_ms FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )
+    .map_err(&e)?
+    .query_map(params![seq, limit as i64], |r| {
+        Ok(crate::store::Change {
+            seq: r.get(0)?,
+            delete: r.get::<_, String>(1)? == "delete",
+            first_id: r.get::<_, i64>(2)? as u64,
+            last_id: r.get::<_, i64>(3)? as u64,
+            at_ms: r.get(4)?,
+        })
+    })
+    .map_err(&e)?
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(&e)
+}
+
+// ------------------------------------------------------------------ segments and cleanup
+
+/// Record a new segment file (inside the caller's transaction).
+pub fn insert_segment(c: &Connection, path: &Path, s: &SegmentRecord) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO segments(file, first_id, last_id, count, bytes, crc_a, crc_b) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            s.0,
+            s.1 as i64,
+            s.2 as i64,
+            s.3 as i64,
+            s.4 as i64,
+            s.5 as i64,
+            s.6 as i64
+        ],
+    )
+    .map_err(err(path))?;
+    Ok(())
+}
+
+/// Forget a segment file and the deleted-row marks of its id range (compaction
+/// rewrote it; inside the caller's transaction).
+pub fn drop_segment(
+    c: &Connection,
+    path: &Path,
+    file: &str,
+    first: u64,
+    last: u64,
+) -> Result<(), StoreError> {
+    let e = err(path);
+    c.execute("DELETE FROM segments WHERE file = ?1", [file])
+        .map_err(&e)?;
+    c.execute(
+        "DELETE FROM dead WHERE id BETWEEN ?1 AND ?2",
+        params![first as i64, last as i64],
+    )
+    .map_err(&e)?;
+    Ok(())
+}
+
+/// Drop ids `lo..=hi` from the pending log (they are in a segment now).
+pub fn drop_pending(c: &Connection, path: &Path, lo: u64, hi: u64) -> Result<(), StoreError> {
+    c.execute(
+        "DELETE FROM pending WHERE id BETWEEN ?1 AND ?2",
+        params![lo as i64, hi as i64],
+    )
+    .map_err(err(path))?;
+    Ok(())
+}
+
+/// Drop the change records (tombstones included) every consumer has passed; with
+/// no consumer, all of them.
+pub fn drop_passed_changes(c: &Connection, path: &Path) -> Result<(), StoreError> {
+    let e = err(path);
+    let keep_from: Option<i64> = c
+        .query_row("SELECT min(seq) FROM consumers", [], |r| r.get(0))
+        .map_err(&e)?;
+    match keep_from {
+        Some(s) => c.execute("DELETE FROM changes WHERE seq <= ?1", [s]),
+        None => c.execute("DELETE FROM changes", []),
+    }
+    .map_err(&e)?;
+    Ok(())
+}
+
+/// Drop idempotency keys recorded before `before_ms`.
+pub fn drop_idempotency_before(
+    c: &Connection,
+    path: &Path,
+    before_ms: i64,
+) -> Result<(), StoreError> {
+    c.execute("DELETE FROM idempotency WHERE at_ms < ?1", [before_ms])
+        .map_err(err(path))?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------ consumers
+
+/// Set a consumer's cursor (registering it when new).
+pub fn set_consumer(
+    c: &Connection,
+    path: &Path,
+    name: &str,
+    seq: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO consumers(name, seq, updated_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT(name) DO UPDATE SET seq = excluded.seq, updated_ms = excluded.updated_ms",
+        params![name, seq, now],
+    )
+    .map_err(err(path))?;
+    Ok(())
+}
+
+/// A consumer's cursor, registering it at 0 when new.
+pub fn consumer(c: &Connection, path: &Path, name: &str, now: i64) -> Result<i64, StoreError> {
+    let e = err(path);
+    c.execute(
+        "INSERT OR IGNORE INTO consumers(name, seq, updated_ms) VALUES (?1, 0, ?2)",
+        params![name, now],
+    )
+    .map_err(&e)?;
+    c.query_row("SELECT seq FROM consumers WHERE name = ?1", [name], |r| {
+        r.get(0)
+    })
+    .map_err(&e)
 }

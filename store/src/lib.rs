@@ -9,6 +9,7 @@
 //! - [`index`]: the single-file gallery index (version 1) of `sen index` / `sen search`;
 //! - [`search`]: exact top-k kernels (SIMD paths chosen at run time, batched queries,
 //!   row filters);
+//! - [`results`]: the SPEC §11 result and stats JSON every entry point answers;
 //! - [`time`]: SPEC §11 times; [`io`]: durable file writes and the fault-injecting layer
 //!   tests use.
 
@@ -17,6 +18,7 @@ pub mod error;
 pub mod format;
 pub mod index;
 pub mod io;
+pub mod results;
 pub mod search;
 pub mod segment;
 pub mod store;
@@ -26,7 +28,7 @@ pub mod verify;
 pub use error::StoreError;
 pub use store::{
     Added, CameraSummary, Change, CompactReport, Crop, Found, Mode, NewRow, Options, Query,
-    Selector, Snapshot, Stats, Store, StoreConfig, StoreInfo,
+    Selector, Snapshot, Stats, Store, StoreConfig, StoreInfo, camera,
 };
 
 use serde::{Deserialize, Serialize};

@@ -41,16 +41,9 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, StoreError> {
         )));
     }
     let c = db::open(dir, false)?;
-    let e = db::err(&path);
-    c.execute_batch("BEGIN DEFERRED").map_err(&e)?;
+    db::begin_read(&c, &path)?;
     let mut rep = VerifyReport::default();
-    let integrity: Vec<String> = c
-        .prepare("PRAGMA integrity_check")
-        .map_err(&e)?
-        .query_map([], |r| r.get(0))
-        .map_err(&e)?
-        .collect::<Result<_, _>>()
-        .map_err(&e)?;
+    let integrity = db::integrity_check(&c, &path)?;
     if integrity != ["ok"] {
         rep.problems.extend(
             integrity
@@ -103,26 +96,13 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, StoreError> {
             }
         }
     }
-    let dead: HashSet<u64> = c
-        .prepare("SELECT id FROM dead")
-        .map_err(&e)?
-        .query_map([], |r| r.get::<_, i64>(0))
-        .map_err(&e)?
-        .map(|r| r.map(|v| v as u64))
-        .collect::<Result<_, _>>()
-        .map_err(&e)?;
+    let dead: HashSet<u64> = db::dead_ids(&c, &path)?.into_iter().collect();
     rep.deleted_pending = dead.len() as u64;
     let mut pending: HashMap<u64, Vec<u8>> = HashMap::new();
-    {
-        let mut st = c.prepare("SELECT id, embedding FROM pending").map_err(&e)?;
-        let mut rows = st.query([]).map_err(&e)?;
-        while let Some(r) = rows.next().map_err(&e)? {
-            pending.insert(
-                r.get::<_, i64>(0).map_err(&e)? as u64,
-                r.get(1).map_err(&e)?,
-            );
-        }
-    }
+    db::for_each_pending(&c, &path, true, |r| {
+        pending.insert(r.id, r.embedding);
+        Ok(())
+    })?;
     rep.pending_rows = pending.len() as u64;
     // Rows: each has its embedding in exactly one place and matches its checksum.
     let mut seen: HashSet<u64> = HashSet::new();
@@ -193,7 +173,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, StoreError> {
                 .push(format!("pending row {id} has no metadata"));
         }
     }
-    let _ = c.execute_batch("COMMIT");
+    let _ = db::commit(&c, &path);
     Ok(rep)
 }
 

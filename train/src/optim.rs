@@ -70,7 +70,7 @@ impl Recipe {
     /// results (36 epochs fit ten minutes on two cores with bf16 products; with a
     /// `--max-minutes` budget the trainer fits the schedule to what the machine
     /// finishes). lr, beta2, batch, K and the schedule were chosen by the
-    /// measurements in ARCHITECTURE.md ("Tiny recipe").
+    /// measurements in docs/decisions.md ("Tiny recipe").
     pub fn tiny_scratch() -> Self {
         Recipe {
             name: "tiny-scratch".into(),

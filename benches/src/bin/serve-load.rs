@@ -21,8 +21,9 @@ use anyhow::{Context, Result, bail};
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
+use sen_testing::Serve;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -131,44 +132,13 @@ fn workload(dataset: &Path) -> Result<Workload> {
     Ok(Workload { texts, images })
 }
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(a: &Args, store: &Path, extra: &[&str]) -> Result<Server> {
-    let mut child = Command::new(&a.sen)
-        .args(["serve", "--listen", "127.0.0.1:0", "--bundle"])
-        .arg(&a.bundle)
-        .arg("--store")
-        .arg(store)
+fn start(a: &Args, store: &Path, extra: &[&str]) -> Result<Serve> {
+    Serve::launch(&a.sen, &a.bundle)
+        .store(store)
         .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", a.sen.display()))?;
-    let url = sen_runtime::serve::listening_url(&mut child).map_err(anyhow::Error::msg)?;
-    let s = Server { child, url };
-    let c = client();
-    let t = Instant::now();
-    loop {
-        if let Ok(r) = c.get(format!("{}/readyz", s.url)).send()
-            && r.status() == 200
-        {
-            return Ok(s);
-        }
-        if t.elapsed() > Duration::from_secs(120) {
-            bail!("sen serve not ready within 2 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        .ready_within(Duration::from_secs(120))
+        .try_start()
+        .map_err(anyhow::Error::msg)
 }
 
 fn client() -> Client {

@@ -8,7 +8,7 @@
 //! pad 10 (black) and random crop back -> normalise -> random erasing (p = 0.5,
 //! area 0.02-0.4, aspect 0.3-3.3, filled with the mean colour, i.e. 0 after
 //! normalisation; IRRA writes the raw mean numbers into the normalised tensor,
-//! which is a different grey — see ARCHITECTURE.md).
+//! which is a different grey — see docs/decisions.md).
 
 use super::TrainSet;
 use super::sampler::{IdentitySampler, caption_neighbours};

@@ -1,0 +1,177 @@
+//! `sen serve`: the flags, turned into `sen_serve::ServeConfig`.
+
+use crate::common::ProviderArgs;
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// The bundle to serve (verified at start).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// The store directory; created (bound to the bundle) when missing or empty.
+    #[arg(long, required_unless_present = "search_backend")]
+    store: Option<PathBuf>,
+    /// Also follow the store into a Milvus collection, milvus://HOST:PORT/COLLECTION
+    /// (store-and-forward: the box keeps working while Milvus is away). Credentials,
+    /// TLS and timeouts from SEN_MILVUS_* variables.
+    #[arg(long, value_name = "URI", requires = "store")]
+    replicate: Option<String>,
+    #[command(flatten)]
+    replica: super::store::replicate::ReplicaArgs,
+    /// Run a central search node instead of a box: search this replicated collection
+    /// (milvus://HOST:PORT/COLLECTION); no store, ingest routes answer 404.
+    #[arg(long, value_name = "URI", conflicts_with_all = ["store", "retention", "replicate"])]
+    search_backend: Option<String>,
+    /// On a central node: the boxes to fetch crops from, a JSON object
+    /// {"BOX": {"url": "...", "key_file": "...", "ca_cert": "..."}}.
+    #[arg(long, value_name = "FILE", requires = "search_backend")]
+    boxes: Option<PathBuf>,
+    /// On a central node: a search parameter of the collection's index (ef=N for
+    /// hnsw, nprobe=N for ivf_flat); repeat.
+    #[arg(
+        long = "search-param",
+        value_name = "KEY=VALUE",
+        requires = "search_backend"
+    )]
+    search_params: Vec<String>,
+    /// Address to listen on (loopback unless told otherwise; port 0 picks one and the
+    /// address is printed).
+    #[arg(long, default_value = "127.0.0.1:8750")]
+    listen: std::net::SocketAddr,
+    /// API keys: lines `read KEY`, `write KEY` or `SCOPE sha256:HEX` (`#` comments).
+    #[arg(long, value_name = "FILE")]
+    api_keys: Option<PathBuf>,
+    /// Require a key on /healthz, /readyz, /metrics and / too.
+    #[arg(long)]
+    auth_all: bool,
+    /// Serve a non-loopback address without --api-keys (logged at every start).
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// TLS certificate chain (PEM); with --tls-key serves HTTPS.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Requests per encoder batch (default: the profile's optimum; 1 turns encoder
+    /// batching off; the store's group commit stays on).
+    #[arg(long)]
+    max_batch: Option<usize>,
+    /// Longest a batch waits for more requests after its first, in ms (0: a batch is
+    /// what queued while the previous one ran; a lone request never waits).
+    #[arg(long, default_value_t = 0.0)]
+    max_delay_ms: f64,
+    /// Requests waiting per queue before the server answers 429.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    #[arg(long, default_value_t = 1000)]
+    max_k: usize,
+    #[arg(long, default_value_t = 1000)]
+    max_text_chars: usize,
+    #[arg(long, default_value_t = 16)]
+    max_body_mib: usize,
+    /// Largest image accepted, in pixels (read from the header before decoding).
+    #[arg(long, default_value_t = 40_000_000)]
+    max_pixels: u64,
+    /// Seconds before a request is answered 504.
+    #[arg(long, default_value_t = 30.0)]
+    request_timeout: f64,
+    /// Seconds SIGTERM waits for queued work before closing.
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_timeout: f64,
+    /// Delete rows captured longer ago than this (`30d`, `12h`), at start and
+    /// periodically; compaction follows in the background.
+    #[arg(long)]
+    retention: Option<String>,
+    /// Threads of the search scan (default: one per core).
+    #[arg(long)]
+    search_threads: Option<usize>,
+    /// Let ONNX Runtime's CPU threads spin between calls: a lone client's search gets
+    /// faster (0.72 -> 0.44 ms with the tiny bundle on two cores), but under load a
+    /// spinning thread takes a core from request handling (a paced half-load search
+    /// went from 9 to 321 ms p50 with it); off by default.
+    #[arg(long)]
+    ort_spin: bool,
+    /// A new store stores float16 embeddings.
+    #[arg(long)]
+    f16: bool,
+    /// A new store keeps no crops.
+    #[arg(long)]
+    no_crops: bool,
+    #[command(flatten)]
+    provider: ProviderArgs,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let secs = |flag: &str, v: f64| -> Result<std::time::Duration> {
+        if !(v > 0.0 && v.is_finite()) {
+            bail!("{flag} {v}: must be a positive number of seconds");
+        }
+        Ok(std::time::Duration::from_secs_f64(v))
+    };
+    if !(a.max_delay_ms >= 0.0 && a.max_delay_ms.is_finite()) {
+        bail!("--max-delay-ms {}: must be 0 or more", a.max_delay_ms);
+    }
+    let central = match &a.search_backend {
+        Some(uri) => Some(sen_serve::CentralConfig {
+            target: sen_milvus::Target::parse(uri).context("--search-backend")?,
+            settings: sen_milvus::Settings::from_env()?,
+            boxes: a.boxes.clone(),
+            search_params: a.search_params.clone(),
+        }),
+        None => None,
+    };
+    let replicate = match &a.replicate {
+        Some(uri) => Some(a.replica.replication(uri).context("--replicate")?),
+        None => {
+            if a.replica.box_name.is_some()
+                || a.replica.index != "flat"
+                || !a.replica.index_params.is_empty()
+            {
+                bail!(
+                    "--box-name, --index and --index-param describe a replication: give --replicate milvus://HOST:PORT/COLLECTION too"
+                );
+            }
+            None
+        }
+    };
+    let cfg = sen_serve::ServeConfig {
+        bundle: a.bundle.clone(),
+        store: a.store.clone(),
+        central,
+        replicate,
+        listen: a.listen,
+        api_keys: a.api_keys.clone(),
+        auth_all: a.auth_all,
+        insecure_no_auth: a.insecure_no_auth,
+        tls: a.tls_cert.clone().zip(a.tls_key.clone()),
+        provider: {
+            let mut o = a.provider.options();
+            o.spin = a.ort_spin;
+            o
+        },
+        max_batch: a.max_batch,
+        max_delay: std::time::Duration::from_secs_f64(a.max_delay_ms / 1e3),
+        max_queue: a.max_queue,
+        max_k: a.max_k,
+        max_text_chars: a.max_text_chars,
+        max_body: a.max_body_mib << 20,
+        max_pixels: a.max_pixels,
+        request_timeout: secs("--request-timeout", a.request_timeout)?,
+        shutdown_timeout: secs("--shutdown-timeout", a.shutdown_timeout)?,
+        retention_ms: a
+            .retention
+            .as_deref()
+            .map(|r| sen_store::time::parse_period("--retention", r))
+            .transpose()?,
+        search_threads: a.search_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        f16: a.f16,
+        crops: !a.no_crops,
+        thumb_cache_bytes: 64 << 20,
+    };
+    sen_serve::run(cfg)
+}

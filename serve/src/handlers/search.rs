@@ -1,0 +1,248 @@
+//! Search by text or like a stored row (on a box: the store's batched search; on a
+//! central node: the replicated collection), and the raw embedding routes.
+
+use super::S;
+use super::ingest::{check_type, embed, observe_encoder, prepare};
+use crate::error::ApiError;
+use crate::extract::{ApiJson, body_bytes};
+use crate::state::{App, Central, Loaded, loaded};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use sen_store::results::result_json;
+use sen_store::time::{self, TimeRange};
+use serde::Deserialize;
+use std::time::Instant;
+
+// ---------------------------------------------------------------- search and embed
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SearchBody {
+    text: Option<String>,
+    like: Option<u64>,
+    /// On a central node: the box of the `like` row.
+    like_box: Option<String>,
+    /// On a central node: only rows of these boxes.
+    boxes: Option<Vec<String>>,
+    k: Option<usize>,
+    cameras: Option<Vec<String>>,
+    from: Option<serde_json::Value>,
+    to: Option<serde_json::Value>,
+}
+
+fn check_text(app: &App, t: &str, what: &str) -> Result<(), ApiError> {
+    if t.trim().is_empty() {
+        return Err(ApiError::Invalid(format!(
+            "{what} is empty: describe a person, e.g. \"a man in a grey hoodie\""
+        )));
+    }
+    let n = t.chars().count();
+    if n > app.cfg.max_text_chars {
+        return Err(ApiError::Invalid(format!(
+            "{what} has {n} characters, over --max-text-chars {}",
+            app.cfg.max_text_chars
+        )));
+    }
+    Ok(())
+}
+
+async fn encode_text(app: &S, l: &Loaded, t: String) -> Result<Vec<f32>, ApiError> {
+    let (v, tm) = l.text.submit(t).await?;
+    observe_encoder(app, &tm);
+    Ok(v)
+}
+
+pub(crate) async fn search(
+    State(app): State<S>,
+    ApiJson(b): ApiJson<SearchBody>,
+) -> Result<Response, ApiError> {
+    let l = loaded(&app)?;
+    let t0 = Instant::now();
+    let k = b.k.unwrap_or(10);
+    if k == 0 || k > app.cfg.max_k {
+        return Err(ApiError::Invalid(format!(
+            "k {k}: must be 1 to --max-k {}",
+            app.cfg.max_k
+        )));
+    }
+    let from = b
+        .from
+        .as_ref()
+        .map(|v| time::from_json("from", v))
+        .transpose()
+        .map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let to =
+        b.to.as_ref()
+            .map(|v| time::from_json("to", v))
+            .transpose()
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let range = TimeRange::new(from, to).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    if let Some(cams) = &b.cameras {
+        for c in cams {
+            sen_store::camera(Some(c.clone()))?;
+        }
+    }
+    if let Some(c) = &l.central {
+        return search_central(&app, l, c, b, k, range, t0).await;
+    }
+    if b.like_box.is_some() || b.boxes.is_some() {
+        return Err(ApiError::Invalid(
+            "like_box and boxes are for a central search node (--search-backend); this box searches its own store".into(),
+        ));
+    }
+    let (vector, exclude) = match (&b.text, b.like) {
+        (Some(t), None) => {
+            check_text(&app, t, "text")?;
+            (encode_text(&app, l, t.clone()).await?, None)
+        }
+        (None, Some(id)) => {
+            let store = l.store()?.clone();
+            let v = tokio::task::spawn_blocking(move || store.embedding(id))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??;
+            (v, Some(id))
+        }
+        _ => return Err(ApiError::Invalid("give exactly one of text or like".into())),
+    };
+    let q = sen_store::Query {
+        vector,
+        k,
+        cameras: b.cameras.clone(),
+        time: range,
+        exclude,
+    };
+    let queue = l
+        .search
+        .as_ref()
+        .ok_or_else(|| ApiError::Internal("no search queue".into()))?;
+    let (found, tm) = queue.submit(q).await?;
+    app.metrics
+        .stage
+        .with_label_values(&["queue"])
+        .observe(tm.queued.as_secs_f64());
+    app.metrics
+        .stage
+        .with_label_values(&["search"])
+        .observe(tm.ran.as_secs_f64());
+    let took = t0.elapsed().as_secs_f64() * 1e3;
+    Ok(Json(result_json(b.text.as_deref(), b.like, took, &found)).into_response())
+}
+
+/// A search on a central node: through the replicated collection, results with `box`.
+async fn search_central(
+    app: &S,
+    l: &Loaded,
+    c: &Central,
+    b: SearchBody,
+    k: usize,
+    range: TimeRange,
+    t0: Instant,
+) -> Result<Response, ApiError> {
+    for name in b.boxes.iter().flatten().chain(b.like_box.iter()) {
+        sen_milvus::check_box_name(name).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    }
+    let (vector, exclude) = match (&b.text, b.like, &b.like_box) {
+        (Some(t), None, None) => {
+            check_text(app, t, "text")?;
+            (encode_text(app, l, t.clone()).await?, None)
+        }
+        (None, Some(id), Some(bx)) => (c.coll.embedding(bx, id).await?, Some((bx.clone(), id))),
+        (None, Some(_), None) => {
+            return Err(ApiError::Invalid(
+                "like on a central node needs like_box: row ids are per box".into(),
+            ));
+        }
+        _ => {
+            return Err(ApiError::Invalid(
+                "give exactly one of text or like (with like_box)".into(),
+            ));
+        }
+    };
+    let filter = sen_milvus::SearchFilter {
+        cameras: b.cameras.clone(),
+        time: range,
+        boxes: b.boxes.clone(),
+        exclude,
+    };
+    let params = sen_milvus::collection::search_params(c.coll.index(), k, &c.search_params)?;
+    let t = Instant::now();
+    let hits = c
+        .coll
+        .search(vec![vector], k, &filter, params)
+        .await?
+        .pop()
+        .unwrap_or_default();
+    app.metrics
+        .stage
+        .with_label_values(&["search"])
+        .observe(t.elapsed().as_secs_f64());
+    let took = t0.elapsed().as_secs_f64() * 1e3;
+    Ok(Json(sen_milvus::boxed_result_json(
+        b.text.as_deref(),
+        b.like,
+        took,
+        &hits,
+    ))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EmbedTextBody {
+    texts: Vec<String>,
+}
+
+pub(crate) async fn embed_text(
+    State(app): State<S>,
+    ApiJson(b): ApiJson<EmbedTextBody>,
+) -> Result<Response, ApiError> {
+    let l = loaded(&app)?;
+    if b.texts.is_empty() || b.texts.len() > 256 {
+        return Err(ApiError::Invalid(format!(
+            "texts: give 1 to 256 texts (got {})",
+            b.texts.len()
+        )));
+    }
+    for (i, t) in b.texts.iter().enumerate() {
+        check_text(&app, t, &format!("texts[{i}]"))?;
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for (i, t) in b.texts.into_iter().enumerate() {
+        let app = app.clone();
+        set.spawn(async move {
+            let l = loaded(&app)?;
+            encode_text(&app, l, t).await.map(|v| (i, v))
+        });
+    }
+    let _ = l;
+    let mut out: Vec<(usize, Vec<f32>)> = vec![];
+    while let Some(r) = set.join_next().await {
+        out.push(r.map_err(|e| ApiError::Internal(e.to_string()))??);
+    }
+    out.sort_by_key(|x| x.0);
+    Ok(
+        Json(serde_json::json!({"embeddings": out.into_iter().map(|x| x.1).collect::<Vec<_>>()}))
+            .into_response(),
+    )
+}
+
+pub(crate) async fn embed_image(
+    State(app): State<S>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let l = loaded(&app)?;
+    check_type(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        "the body",
+    )?;
+    let b = body_bytes(body, app.cfg.max_body).await?;
+    let x = prepare(&app, l, b, "the body").await?;
+    let e = embed(&app, l, x).await?;
+    Ok(Json(serde_json::json!({"embedding": e})).into_response())
+}

@@ -1,0 +1,218 @@
+//! `sen serve`: the retrieval service an edge box runs (tokio + axum; HTTP/1.1 and
+//! HTTP/2, optional TLS with rustls).
+//!
+//! One process holds both encoders and the gallery store (its single writer). A
+//! request walks one way: the route table ([`routes`]) -> [`middleware`] (request id,
+//! timeout, auth, metrics) -> a handler ([`handlers`]: ingest, images, search, status)
+//! -> a batching queue ([`batch`]: text, image, search) -> encoder or store ->
+//! response. Ingest decodes and preprocesses on a bounded worker pool beside
+//! inference; acknowledged rows are durable (the store's group commit). `/metrics` is
+//! Prometheus text ([`metrics`]); keys and scopes are [`auth`]'s; every error is
+//! [`error::ApiError`]; what a request sees of the process is [`state`]'s.
+//!
+//! Start-up binds the listener first (so `/healthz` answers), then verifies the
+//! bundle, opens or creates the store, builds TensorRT engines or warms the sessions,
+//! and only then reports ready (`/readyz` 200, `ready` on stdout). SIGTERM/SIGINT stop
+//! accepting, finish or refuse (503) what is queued, close the store and exit 0
+//! within `--shutdown-timeout`.
+
+pub mod auth;
+pub mod batch;
+pub mod central;
+pub mod error;
+mod extract;
+mod handlers;
+pub mod metrics;
+mod middleware;
+mod retention;
+pub mod routes;
+mod start;
+pub mod state;
+
+pub use handlers::page::CSP;
+pub use state::{App, CentralConfig, ServeConfig};
+
+use anyhow::{Context, Result, bail};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+/// What `sen serve` prints as its first stdout line once bound, before the URL
+/// (`sen_testing::listening_url` reads it).
+pub const LISTENING: &str = "listening on ";
+
+fn is_loopback(a: &SocketAddr) -> bool {
+    a.ip().is_loopback()
+}
+
+/// Check the settings, bind, load, serve until a signal. Returns once shut down.
+pub fn run(cfg: ServeConfig) -> Result<()> {
+    let keys = match &cfg.api_keys {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("--api-keys {}", p.display()))?;
+            Some(auth::Keys::parse(&text, &p.display().to_string()).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
+    if keys.is_none() && !is_loopback(&cfg.listen) {
+        if !cfg.insecure_no_auth {
+            bail!(
+                "--listen {}: not a loopback address, and no --api-keys: anyone who can reach it \
+                 could read and delete the gallery. Give --api-keys FILE, or --insecure-no-auth \
+                 to serve without keys anyway",
+                cfg.listen
+            );
+        }
+        tracing::warn!(
+            "--insecure-no-auth: serving {} without API keys; anyone who can reach it can read, \
+             add and delete",
+            cfg.listen
+        );
+    }
+    if cfg.auth_all && keys.is_none() {
+        bail!("--auth-all needs --api-keys FILE");
+    }
+    if cfg.max_queue == 0 || cfg.max_k == 0 || cfg.max_text_chars == 0 || cfg.max_body == 0 {
+        bail!("--max-queue, --max-k, --max-text-chars and --max-body-mib must be at least 1");
+    }
+    if cfg.max_batch == Some(0) {
+        bail!("--max-batch must be at least 1 (1 turns batching off)");
+    }
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(2))
+        .enable_all()
+        .thread_name("sen-serve")
+        .build()
+        .context("starting the async runtime")?;
+    let app = Arc::new(App {
+        started: Instant::now(),
+        loaded: OnceLock::new(),
+        load_error: Mutex::new(None),
+        stopping: AtomicBool::new(false),
+        metrics: Arc::new(metrics::Metrics::new()),
+        keys,
+        decode_slots: tokio::sync::Semaphore::new(workers),
+        thumbs: Mutex::new(handlers::images::ThumbCache::new(cfg.thumb_cache_bytes)),
+        cfg,
+    });
+    rt.block_on(serve(app))
+}
+
+async fn serve(app: Arc<App>) -> Result<()> {
+    let handle = axum_server::Handle::new();
+    let router = routes::router(app.clone());
+    let listener = std::net::TcpListener::bind(app.cfg.listen)
+        .with_context(|| format!("--listen {}: cannot bind", app.cfg.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let scheme = if app.cfg.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    // Launchers read the bound address (with --listen 127.0.0.1:0) from here:
+    // `listening_url`.
+    println!("{LISTENING}{scheme}://{addr}");
+    tracing::info!("listening on {scheme}://{addr}; loading the bundle and the store");
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    // Load in the background: /healthz answers meanwhile, /readyz says 503.
+    let loader = {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || match start::load(&app) {
+            Ok(l) => {
+                let _ = app.loaded.set(l);
+                app.metrics.ready.set(1);
+                println!("ready");
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                tracing::info!("ready in {:.1} s", app.started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                tracing::error!("cannot start: {e:#}");
+                *app.load_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{e:#}"));
+            }
+        })
+    };
+    // Signals: stop accepting, drain, close.
+    {
+        let (app, handle) = (app.clone(), handle.clone());
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing queued work");
+            app.stopping.store(true, Ordering::SeqCst);
+            app.metrics.ready.set(0);
+            handle.graceful_shutdown(Some(app.cfg.shutdown_timeout));
+        });
+    }
+    // Retention, at start (once loaded) and periodically.
+    if let Some(ms) = app.cfg.retention_ms {
+        let app = app.clone();
+        tokio::spawn(async move { retention::retention_loop(app, ms).await });
+    }
+    let make = router.into_make_service_with_connect_info::<SocketAddr>();
+    match &app.cfg.tls {
+        Some((cert, key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "--tls-cert {} --tls-key {}: cannot load",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            axum_server::from_tcp_rustls(listener, tls)?
+                .handle(handle)
+                .serve(make)
+                .await?;
+        }
+        None => {
+            axum_server::from_tcp(listener)?
+                .handle(handle)
+                .serve(make)
+                .await?;
+        }
+    }
+    // Connections are closed; queued batches were answered by their workers. Stop
+    // replicating (after the step in flight), then close the store (its writer thread
+    // finishes and joins).
+    let _ = loader.await;
+    if let Some(r) = app.loaded.get().and_then(|l| l.replication.as_ref()) {
+        tokio::task::block_in_place(|| r.stop());
+    }
+    if let Some(e) = app
+        .load_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        bail!("{e}");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Launchers (`sen_testing::listening_url`) find the URL after this prefix.
+    #[test]
+    fn launchers_read_the_line_serve_prints() {
+        assert_eq!(super::LISTENING, sen_testing::LISTENING);
+    }
+}

@@ -1,0 +1,789 @@
+//! The gallery store: a directory holding `store.db` (SQLite: identity, row
+//! metadata and checksums, crops, the durable log of rows not yet in a segment,
+//! tombstones, the change sequence) and `segments/*.seg` (immutable, checksummed,
+//! memory-mapped embeddings with id/time/camera columns), bound to one image encoder.
+//!
+//! **Durability.** A row or a delete is acknowledged ([`Store::add`] and
+//! [`Store::delete`] return) only after the SQLite transaction holding it committed
+//! with `synchronous=FULL` (WAL fsynced). New rows' embeddings go into the database
+//! first (`pending`); [`FLUSH_ROWS`] of them are later written to a segment, which
+//! is fsynced, renamed and its directory fsynced before the transaction that refers
+//! to it commits. Concurrent writers share one transaction and one sync (group
+//! commit: one writer thread takes every job queued and commits them together).
+//!
+//! **Concurrency.** One writer process (an `flock` on `DIR/lock`, released by the
+//! kernel if the holder dies; the error names the holder's pid), any number of
+//! readers. Searches run on an immutable [`Snapshot`] (segments + pending rows +
+//! dead-row bitmaps) swapped in after each commit, so a search sees one consistent
+//! state while rows are added, deleted or compacted.
+
+use crate::Storage;
+use crate::db::{self, Insert, RowMeta};
+use crate::error::StoreError;
+use crate::io::{Durable, RealFs};
+use crate::search::{self, BatchQuery, Gallery, Kernel, RowFilter, Rows};
+use crate::segment::{self, Segment, SegmentColumns, SegmentHeader};
+use crate::time::{self, TimeRange};
+use half::f16;
+use rusqlite::Connection;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, RwLock};
+
+mod maintenance;
+mod snapshot;
+mod types;
+mod writer;
+
+pub use snapshot::Snapshot;
+pub use types::*;
+
+use maintenance::remove_stray_segments;
+use snapshot::{Part, Src};
+use writer::{Job, Reply, State, writer_loop};
+
+// ------------------------------------------------------------------ the store
+
+/// The store's identity entries in `meta`.
+fn meta_entries(info: &StoreInfo) -> Vec<(&'static str, String)> {
+    vec![
+        ("uuid", info.uuid.clone()),
+        ("format_version", info.format_version.to_string()),
+        ("image_encoder_sha256", info.image_encoder_sha256.clone()),
+        ("dim", info.dim.to_string()),
+        (
+            "storage",
+            match info.storage {
+                Storage::F32 => "f32".into(),
+                Storage::F16 => "f16".into(),
+            },
+        ),
+        ("crops", info.crops.to_string()),
+        ("bundle_precision", info.bundle_precision.clone()),
+        ("created_ms", info.created_ms.to_string()),
+        ("next_id", "1".into()),
+    ]
+}
+
+fn read_info(c: &Connection, dir: &Path) -> Result<(StoreInfo, u64), StoreError> {
+    let path = dir.join(db::DB_FILE);
+    let m: HashMap<String, String> = db::meta(c, &path)?.into_iter().collect();
+    let get = |k: &str| {
+        m.get(k).cloned().ok_or_else(|| {
+            StoreError::Damaged(format!(
+                "{}: the store's identity lacks `{k}`; the database is damaged",
+                path.display()
+            ))
+        })
+    };
+    let num = |k: &str| -> Result<u64, StoreError> {
+        get(k)?
+            .parse()
+            .map_err(|_| StoreError::Damaged(format!("{}: `{k}` is not a number", path.display())))
+    };
+    let format_version = num("format_version")? as u32;
+    if format_version != db::STORE_FORMAT_VERSION {
+        return Err(StoreError::Damaged(format!(
+            "{}: store format version {format_version}, but this sen reads version {}",
+            dir.display(),
+            db::STORE_FORMAT_VERSION
+        )));
+    }
+    let info = StoreInfo {
+        uuid: get("uuid")?,
+        format_version,
+        image_encoder_sha256: get("image_encoder_sha256")?,
+        dim: num("dim")? as usize,
+        storage: match get("storage")?.as_str() {
+            "f16" => Storage::F16,
+            "f32" => Storage::F32,
+            s => {
+                return Err(StoreError::Damaged(format!(
+                    "{}: storage {s:?} is neither f32 nor f16",
+                    path.display()
+                )));
+            }
+        },
+        crops: get("crops")? == "true",
+        bundle_precision: get("bundle_precision")?,
+        created_ms: num("created_ms")? as i64,
+    };
+    Ok((info, num("next_id")?))
+}
+
+/// An open store. Cheap to share (`Arc` inside); every method takes `&self`.
+pub struct Store {
+    shared: Arc<Shared>,
+    writer: Option<WriterHandle>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    info: StoreInfo,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Read connections, reused.
+    readers: Mutex<Vec<Connection>>,
+    fs: Arc<dyn Durable>,
+    opts: Options,
+}
+
+struct WriterHandle {
+    tx: SyncSender<Job>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _lock: std::fs::File,
+}
+
+fn lock(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::io(&path, e))?;
+    // SAFETY: flock on an open descriptor; released when the file is closed or the
+    // process dies.
+    let r = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if r != 0 {
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        return Err(StoreError::Locked(format!(
+            "{}: another process (pid {}) has this store open for writing; one writer at a time \
+             (stop it, or open the store read-only to search)",
+            dir.display(),
+            holder
+                .trim()
+                .parse::<u32>()
+                .map_or("unknown".into(), |p| p.to_string())
+        )));
+    }
+    f.set_len(0).map_err(|e| StoreError::io(&path, e))?;
+    f.seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| StoreError::io(&path, e))?;
+    write!(f, "{}", std::process::id()).map_err(|e| StoreError::io(&path, e))?;
+    Ok(f)
+}
+
+impl Store {
+    /// Create a store in `dir` (missing or empty) bound to `config`, opened as writer.
+    pub fn create(dir: &Path, config: &StoreConfig) -> Result<Store, StoreError> {
+        Self::create_with(dir, config, Options::default())
+    }
+
+    pub fn create_with(
+        dir: &Path,
+        config: &StoreConfig,
+        opts: Options,
+    ) -> Result<Store, StoreError> {
+        let fs = opts.fs.clone();
+        if config.dim == 0 {
+            return Err(StoreError::Input(
+                "a store needs a dimension of at least 1".into(),
+            ));
+        }
+        if dir.join(db::DB_FILE).exists() {
+            return Err(StoreError::Input(format!(
+                "{}: a store already exists here; open it, or choose an empty folder",
+                dir.display()
+            )));
+        }
+        if !crate::io::missing_or_empty(dir)? {
+            return Err(StoreError::Input(format!(
+                "{}: not empty; a new store needs a missing or empty folder",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir.join(SEGMENTS_DIR)).map_err(|e| StoreError::io(dir, e))?;
+        let lock_file = lock(dir)?;
+        let info = StoreInfo {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            format_version: db::STORE_FORMAT_VERSION,
+            image_encoder_sha256: config.image_encoder_sha256.clone(),
+            dim: config.dim,
+            storage: config.dtype,
+            crops: config.crops,
+            bundle_precision: config.bundle_precision.clone(),
+            created_ms: time::now_ms(),
+        };
+        let c = db::open(dir, true)?;
+        let path = dir.join(db::DB_FILE);
+        db::begin_write(&c, &path)?;
+        db::init(&c, &path, &meta_entries(&info))?;
+        db::commit(&c, &path)?;
+        // The folder entries (database, segments/) are durable before we say so.
+        fs.sync_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+        drop(c);
+        drop(lock_file);
+        Self::open_with(dir, Mode::Writer, opts)
+    }
+
+    /// Open an existing store.
+    pub fn open(dir: &Path, mode: Mode) -> Result<Store, StoreError> {
+        Self::open_with(dir, mode, Options::default())
+    }
+
+    pub fn open_with(dir: &Path, mode: Mode, opts: Options) -> Result<Store, StoreError> {
+        let fs = opts.fs.clone();
+        let path = dir.join(db::DB_FILE);
+        if !path.is_file() {
+            return Err(StoreError::Input(format!(
+                "{}: no store here (no {}); create one with `sen store create`",
+                dir.display(),
+                db::DB_FILE
+            )));
+        }
+        let lock_file = match mode {
+            Mode::Writer => Some(lock(dir)?),
+            Mode::Reader => None,
+        };
+        check_db_header(&path)?;
+        let c = db::open(dir, mode == Mode::Writer)?;
+        let (info, next_id) = read_info(&c, dir)?;
+        if mode == Mode::Writer {
+            remove_stray_segments(dir, &c, fs.as_ref())?;
+        }
+        // One read transaction: segments, pending rows and deletions of one commit.
+        // A reader racing a compaction may find a segment file already removed; it
+        // then reads the newer state.
+        let mut attempt = 0;
+        let state = loop {
+            db::begin_read(&c, &path)?;
+            let r = read_info(&c, dir).and_then(|(_, next)| State::load(dir, &c, &info, next));
+            let _ = db::commit(&c, &path);
+            match r {
+                Err(StoreError::Damaged(m))
+                    if mode == Mode::Reader && attempt < 5 && m.contains("cannot open") =>
+                {
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
+        let _ = next_id;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            info,
+            snapshot: RwLock::new(Arc::new(state.snapshot())),
+            readers: Mutex::new(vec![]),
+            fs,
+            opts,
+        });
+        let writer = match (mode, lock_file) {
+            (Mode::Writer, Some(lock_file)) => {
+                let (tx, rx) = sync_channel::<Job>(1024);
+                let sh = shared.clone();
+                let thread = std::thread::Builder::new()
+                    .name("sen-store-writer".into())
+                    .spawn(move || writer_loop(sh, c, state, rx))
+                    .map_err(|e| StoreError::io(dir, e))?;
+                Some(WriterHandle {
+                    tx,
+                    thread: Some(thread),
+                    _lock: lock_file,
+                })
+            }
+            _ => None,
+        };
+        Ok(Store { shared, writer })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub fn info(&self) -> &StoreInfo {
+        &self.shared.info
+    }
+
+    /// Refuse an image encoder other than the store's.
+    pub fn check_encoder(&self, sha256: &str, dim: usize, bundle: &str) -> Result<(), StoreError> {
+        let i = &self.shared.info;
+        if dim != i.dim {
+            return Err(StoreError::Mismatch(format!(
+                "{}: holds {}-dim embeddings but the bundle {bundle} embeds into {dim} dims; \
+                 use the bundle the store was created with, or a new store",
+                self.shared.dir.display(),
+                i.dim
+            )));
+        }
+        if sha256 != i.image_encoder_sha256 {
+            return Err(StoreError::Mismatch(format!(
+                "{}: made for image encoder {} but the bundle {bundle} has image encoder {sha256}; \
+                 embeddings of different encoders are not comparable: use the store's bundle, \
+                 or create a new store for this one",
+                self.shared.dir.display(),
+                i.image_encoder_sha256
+            )));
+        }
+        Ok(())
+    }
+
+    /// The current snapshot (what a search sees).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared
+            .snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn job<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
+        let w = self.writer.as_ref().ok_or_else(|| {
+            StoreError::Input(format!(
+                "{}: opened read-only; open it as the writer to change it",
+                self.shared.dir.display()
+            ))
+        })?;
+        let (tx, rx) = sync_channel(1);
+        w.tx.send(make(tx))
+            .map_err(|_| StoreError::Closed("the store's writer thread has stopped".into()))?;
+        rx.recv()
+            .map_err(|_| StoreError::Closed("the store's writer thread has stopped".into()))?
+    }
+
+    /// Add rows atomically (all or none); returns the first and last id assigned
+    /// (contiguous). Returns once the rows are durable.
+    pub fn add(&self, rows: Vec<NewRow>) -> Result<(u64, u64), StoreError> {
+        let a = self.add_idempotent(rows, None)?;
+        Ok((a.first_id, a.last_id))
+    }
+
+    /// [`Store::add`] with an idempotency key: the key is recorded in the same
+    /// transaction as the rows (`idempotency` table, kept a day), and a later add with
+    /// the same key adds nothing and returns the first add's ids.
+    pub fn add_idempotent(
+        &self,
+        rows: Vec<NewRow>,
+        key: Option<String>,
+    ) -> Result<Added, StoreError> {
+        if rows.is_empty() {
+            return Err(StoreError::Input("nothing to add".into()));
+        }
+        let i = &self.shared.info;
+        for (n, r) in rows.iter().enumerate() {
+            check_camera(&r.camera)
+                .map_err(|e| StoreError::Input(format!("row {}: {e}", n + 1)))?;
+            if r.embedding.len() != i.dim {
+                return Err(StoreError::Input(format!(
+                    "row {} ({}): embedding has {} values, the store holds {}",
+                    n + 1,
+                    r.path,
+                    r.embedding.len(),
+                    i.dim
+                )));
+            }
+            if r.embedding.iter().any(|v| !v.is_finite()) {
+                return Err(StoreError::Input(format!(
+                    "row {} ({}): the embedding has a value that is not finite",
+                    n + 1,
+                    r.path
+                )));
+            }
+            time::from_unix_ms(&format!("row {} time", n + 1), r.time_ms)?;
+            if i.crops && r.crop.is_none() {
+                return Err(StoreError::Input(format!(
+                    "row {} ({}): this store keeps crops and the row has none",
+                    n + 1,
+                    r.path
+                )));
+            }
+        }
+        self.job(|tx| Job::Add(rows, key, tx))
+    }
+
+    /// Delete rows; returns how many. Once it returns, they never appear in results.
+    pub fn delete(&self, sel: Selector) -> Result<usize, StoreError> {
+        if let Selector::Camera(c) = &sel {
+            check_camera(c)?;
+        }
+        self.job(|tx| Job::Delete(sel, tx))
+    }
+
+    /// Merge small segments and rewrite away deleted rows (their embeddings leave the
+    /// segment files; crops and metadata were removed at delete time and the
+    /// database's freed pages zeroed: `secure_delete`), then truncate the WAL.
+    pub fn compact(&self) -> Result<CompactReport, StoreError> {
+        self.job(Job::Compact)
+    }
+
+    /// Write every pending row to a segment now.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.job(Job::Flush)
+    }
+
+    /// Whether the writer answers and the database takes a write lock (readiness).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.job(Job::Ping)
+    }
+
+    /// Register (or move) a consumer's cursor; returns its sequence number. `None`
+    /// reads it (registering at 0 when new).
+    pub fn consumer(&self, name: &str, seq: Option<i64>) -> Result<i64, StoreError> {
+        self.job(|tx| Job::Consumer(name.to_string(), seq, tx))
+    }
+
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let c = {
+            let mut pool = self
+                .shared
+                .readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            pool.pop()
+        };
+        let c = match c {
+            Some(c) => c,
+            None => db::open(&self.shared.dir, false)?,
+        };
+        let r = f(&c);
+        self.shared
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(c);
+        r
+    }
+
+    /// Search: exact top-k per query (SPEC §7 ties: higher score, then lower id), with
+    /// filters, through the batched kernel. Every returned row is checked against its
+    /// row checksum (a damaged row is an error naming it, never a result).
+    pub fn search(&self, queries: &[Query], threads: usize) -> Result<Vec<Vec<Found>>, StoreError> {
+        let kernel = Kernel::active().map_err(|e| StoreError::Input(e.to_string()))?;
+        let dim = self.shared.info.dim;
+        for (n, q) in queries.iter().enumerate() {
+            if q.vector.len() != dim {
+                return Err(StoreError::Input(format!(
+                    "query {}: {} values, the store holds {dim}-dim rows",
+                    n + 1,
+                    q.vector.len()
+                )));
+            }
+            if q.vector.iter().any(|v| !v.is_finite()) {
+                return Err(StoreError::Input(format!(
+                    "query {}: a value is not finite",
+                    n + 1
+                )));
+            }
+            if let Some(cams) = &q.cameras {
+                for c in cams {
+                    check_camera(c)?;
+                }
+            }
+        }
+        // A row deleted between the snapshot and reading its metadata: search again
+        // on a newer snapshot (bounded).
+        for _ in 0..8 {
+            let snap = self.snapshot();
+            let filters: Vec<RowFilter> = queries.iter().map(|q| snap.filter(q)).collect();
+            let batch: Vec<BatchQuery> = queries
+                .iter()
+                .zip(&filters)
+                .map(|(q, f)| BatchQuery {
+                    vector: &q.vector,
+                    k: q.k,
+                    filter: f,
+                })
+                .collect();
+            let gallery = snap.gallery(dim);
+            let threads = search::threads_for(snap.rows_in_parts(), threads);
+            let hits = search::search_gallery(kernel, &batch, &gallery, threads);
+            match self.resolve(&snap, &hits)? {
+                Some(found) => return Ok(found),
+                None => continue,
+            }
+        }
+        Err(StoreError::Closed(
+            "the store changed under eight searches in a row; try again".into(),
+        ))
+    }
+
+    /// Metadata of the hits, each checked against its checksum; None if a row was
+    /// deleted meanwhile.
+    fn resolve(
+        &self,
+        snap: &Snapshot,
+        hits: &[Vec<search::Hit>],
+    ) -> Result<Option<Vec<Vec<Found>>>, StoreError> {
+        self.with_reader(|c| {
+            let path = self.shared.dir.join(db::DB_FILE);
+            let mut out = Vec::with_capacity(hits.len());
+            for hs in hits {
+                let mut v = Vec::with_capacity(hs.len());
+                for h in hs {
+                    let (pi, i) = snap.part_of(h.row);
+                    let part = &snap.parts[pi];
+                    let Some((m, _)) = self.checked_row(c, &path, part, i)? else {
+                        return Ok(None);
+                    };
+                    v.push(found(m, h.score)?);
+                }
+                out.push(v);
+            }
+            Ok(Some(out))
+        })
+    }
+
+    /// A stored row's embedding (as f32), for "more like this".
+    pub fn embedding(&self, id: u64) -> Result<Vec<f32>, StoreError> {
+        let snap = self.snapshot();
+        let (pi, i) = snap.locate(id).ok_or(StoreError::NotFound(id))?;
+        Ok(self.decode(&snap.parts[pi].row_bytes(i, self.shared.info.dim)))
+    }
+
+    /// Stored embedding bytes as f32.
+    fn decode(&self, bytes: &[u8]) -> Vec<f32> {
+        match self.shared.info.storage {
+            Storage::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4")))
+                .collect(),
+            Storage::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes(b.try_into().expect("2")).to_f32())
+                .collect(),
+        }
+    }
+
+    /// Row `i` of `part`: its metadata and embedding bytes, checked against the row
+    /// checksum (metadata, embedding, crop); None when the row is no longer in the
+    /// database (deleted after the snapshot was taken).
+    fn checked_row(
+        &self,
+        c: &Connection,
+        path: &Path,
+        part: &Part,
+        i: usize,
+    ) -> Result<Option<(RowMeta, Vec<u8>)>, StoreError> {
+        let id = part.ids()[i];
+        let Some(m) = db::row(c, path, id)? else {
+            return Ok(None);
+        };
+        let crop = if self.shared.info.crops {
+            db::crop(c, path, id)?
+        } else {
+            None
+        };
+        let emb = part.row_bytes(i, self.shared.info.dim);
+        let crc = db::row_crc(
+            &m,
+            &emb,
+            crop.as_ref().map(|(t, b)| (t.as_str(), b.as_slice())),
+        );
+        if crc != m.crc {
+            return Err(damaged_row(&self.shared.dir, id, part));
+        }
+        Ok(Some((m, emb)))
+    }
+
+    /// A row's metadata (checked against its checksum).
+    pub fn row(&self, id: u64) -> Result<Found, StoreError> {
+        let snap = self.snapshot();
+        let (pi, i) = snap.locate(id).ok_or(StoreError::NotFound(id))?;
+        self.with_reader(|c| {
+            let path = self.shared.dir.join(db::DB_FILE);
+            let (m, _) = self
+                .checked_row(c, &path, &snap.parts[pi], i)?
+                .ok_or(StoreError::NotFound(id))?;
+            found(m, 1.0)
+        })
+    }
+
+    /// A row's crop (checked with the row), or None for a store without crops.
+    pub fn crop(&self, id: u64) -> Result<Option<Crop>, StoreError> {
+        self.row(id)?;
+        if !self.shared.info.crops {
+            return Ok(None);
+        }
+        self.with_reader(|c| {
+            let path = self.shared.dir.join(db::DB_FILE);
+            Ok(db::crop(c, &path, id)?.map(|(content_type, bytes)| Crop {
+                content_type,
+                bytes,
+            }))
+        })
+    }
+
+    /// Counts, cameras and sizes.
+    pub fn stats(&self) -> Result<Stats, StoreError> {
+        let snap = self.snapshot();
+        let dir = &self.shared.dir;
+        self.with_reader(|c| {
+            let path = dir.join(db::DB_FILE);
+            let cameras = db::cameras(c, &path)?
+                .into_iter()
+                .map(
+                    |(camera, rows, first_ms, last_ms, last_ingest_ms)| CameraSummary {
+                        camera,
+                        rows,
+                        first_ms,
+                        last_ms,
+                        last_ingest_ms,
+                    },
+                )
+                .collect();
+            let mut bytes = BTreeMap::new();
+            let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            bytes.insert("database".to_string(), size(&path));
+            bytes.insert(
+                "wal".to_string(),
+                size(&dir.join(format!("{}-wal", db::DB_FILE))),
+            );
+            let segs: u64 = snap
+                .parts
+                .iter()
+                .filter_map(|p| match &p.src {
+                    Src::Seg(s) => Some(s.file_bytes()),
+                    Src::Mem(_) => None,
+                })
+                .sum();
+            bytes.insert("segments".to_string(), segs);
+            bytes.insert("total".to_string(), bytes.values().sum());
+            let (rows, deleted_pending, unflushed) = db::counts(c, &path)?;
+            Ok(Stats {
+                info: self.shared.info.clone(),
+                rows,
+                deleted_pending,
+                unflushed,
+                segments: snap
+                    .parts
+                    .iter()
+                    .filter(|p| matches!(p.src, Src::Seg(_)))
+                    .count(),
+                cameras,
+                bytes,
+                change_seq: db::change_seq(c, &path)?,
+            })
+        })
+    }
+
+    /// The newest change's sequence number (0 for none yet).
+    pub fn change_seq(&self) -> Result<i64, StoreError> {
+        self.with_reader(|c| db::change_seq(c, &self.shared.dir.join(db::DB_FILE)))
+    }
+
+    /// Changes after `seq`, oldest first, at most `limit` (a replication cursor reads
+    /// these; SPEC §11).
+    pub fn changes_since(&self, seq: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        self.with_reader(|c| db::changes_since(c, &self.shared.dir.join(db::DB_FILE), seq, limit))
+    }
+
+    /// The rows of these ids with their embeddings (as f32), each checked against its
+    /// checksum; ids no longer live are left out (replication reads an add change's
+    /// rows with this; a later delete change covers those left out).
+    pub fn rows_with_embeddings(&self, ids: &[u64]) -> Result<Vec<(Found, Vec<f32>)>, StoreError> {
+        // One snapshot and one reader for the batch; each row's embedding is read
+        // once, for its checksum and for the result.
+        let snap = self.snapshot();
+        self.with_reader(|c| {
+            let path = self.shared.dir.join(db::DB_FILE);
+            let mut out = Vec::with_capacity(ids.len());
+            for &id in ids {
+                let Some((pi, i)) = snap.locate(id) else {
+                    continue;
+                };
+                let Some((m, emb)) = self.checked_row(c, &path, &snap.parts[pi], i)? else {
+                    continue;
+                };
+                out.push((found(m, 1.0)?, self.decode(&emb)));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Live ids in `[first, last]` (replication reads rows by the add changes).
+    pub fn live_ids(&self, first: u64, last: u64) -> Vec<u64> {
+        let snap = self.snapshot();
+        let mut out = vec![];
+        // Parts are in id order, and so are the ids within each part.
+        for p in &snap.parts {
+            let ids = p.ids();
+            let (a, b) = (
+                ids.partition_point(|&id| id < first),
+                ids.partition_point(|&id| id <= last),
+            );
+            for (i, &id) in ids.iter().enumerate().take(b).skip(a) {
+                if !p.is_dead(i) {
+                    out.push(id);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn found(m: RowMeta, score: f32) -> Result<Found, StoreError> {
+    let attrs =
+        match m.attrs {
+            Some(a) => Some(serde_json::from_str(&a).map_err(|e| {
+                StoreError::Damaged(format!("row {}: attrs are not JSON ({e})", m.id))
+            })?),
+            None => None,
+        };
+    Ok(Found {
+        id: m.id,
+        score,
+        camera: m.camera,
+        time_ms: m.time_ms,
+        path: m.path,
+        pid: m.pid,
+        attrs,
+    })
+}
+
+fn damaged_row(dir: &Path, id: u64, part: &Part) -> StoreError {
+    let place = match &part.src {
+        Src::Seg(s) => s.path.display().to_string(),
+        Src::Mem(_) => format!("{} (pending rows)", dir.join(db::DB_FILE).display()),
+    };
+    StoreError::Damaged(format!(
+        "{}: row {id} does not match its checksum (embedding in {place}, metadata or crop in the \
+         database): the store is damaged; run `sen store verify` and restore from a snapshot",
+        dir.display()
+    ))
+}
+
+/// SQLite's 100-byte header: the magic string and a sane page size.
+fn check_db_header(path: &Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    let mut h = [0u8; 100];
+    let mut f = std::fs::File::open(path).map_err(|e| StoreError::io(path, e))?;
+    let n = f.read(&mut h).map_err(|e| StoreError::io(path, e))?;
+    if n < 100 || &h[..16] != b"SQLite format 3\0" {
+        return Err(StoreError::Damaged(format!(
+            "{}: not an SQLite database (bad header); the store is damaged: restore it from a snapshot",
+            path.display()
+        )));
+    }
+    let page = u16::from_be_bytes([h[16], h[17]]) as u32;
+    let page = if page == 1 { 65536 } else { page };
+    if !(512..=65536).contains(&page) || !page.is_power_of_two() {
+        return Err(StoreError::Damaged(format!(
+            "{}: page size {page} in the database header is invalid; the store is damaged",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.writer.take() {
+            // Closing the channel stops the writer loop after the queued jobs.
+            drop(w.tx);
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
