@@ -8,7 +8,7 @@ export SEN_CACHE
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: deps deps-cuda deps-ort-gpu test demo bench bench-baseline bench-check perf store-perf crash-test load serve-demo screenshot test-aarch64 dist-aarch64 test-milvus milvus-perf help
+.PHONY: fuzz deps deps-cuda deps-ort-gpu test demo bench bench-baseline bench-check perf store-perf crash-test load serve-demo screenshot test-aarch64 dist-aarch64 test-milvus milvus-perf help
 
 help:
 	@echo "make demo   - run the sen pipeline end to end (what exists so far)"
@@ -18,7 +18,7 @@ help:
 	@echo "make bench-check - run the benches; fail if any is > $(BENCH_THRESHOLD)% slower than the baseline"
 	@echo "make perf   - the README's performance tables: sen vs Python onnxruntime, PyTorch eager, faiss"
 	@echo "make store-perf - the gallery store's speed figures (ingest, 1M-row open/search/filters, compaction)"
-	@echo "make crash-test - $(CRASH_ROUNDS) SIGKILLs of a store writer, $(SERVE_CRASH_ROUNDS) of sen serve while clients ingest"
+	@echo "make crash-test - $(CRASH_ROUNDS) SIGKILLs of a store writer, $(MIGRATE_ROUNDS) of a store migration, $(SERVE_CRASH_ROUNDS) of sen serve while clients ingest"
 	@echo "make load   - sen serve under a bounded load: QPS, p50, p99 (search, ingest, mixed; batching on/off)"
 	@echo "make serve-demo - sen serve on the demo's bundle and store (after make demo); prints the URL"
 	@echo "make screenshot - refresh docs/search-page.png from the browser test with the demo's bundle"
@@ -26,6 +26,7 @@ help:
 	@echo "make test-milvus - replication into and search through Milvus, against milvus-lite (installs it into the cache)"
 	@echo "make milvus-perf - replication rows/s and search latency/recall through milvus-lite (FLAT, HNSW) vs the local store"
 	@echo "make dist-aarch64 - Jetson release tarball (glibc 2.31, cargo-zigbuild) in target/dist/"
+	@echo "make fuzz   - every fuzz target (cargo-fuzz, pinned nightly) for FUZZ_SECONDS (default 20) each"
 	@echo "make deps   - fetch and verify native dependencies into $(SEN_CACHE)"
 	@echo "make deps-cuda - also the CUDA libraries libtorch_cuda loads (GPU machines only, ~2 GB)"
 	@echo "make deps-ort-gpu - ONNX Runtime's GPU build for sen --ort-lib (~255 MB; make deps fetches it too)"
@@ -89,8 +90,10 @@ store-perf: deps
 # and 3 server kills, here with many more. Each prints the number of kills it survived.
 CRASH_ROUNDS ?= 500
 SERVE_CRASH_ROUNDS ?= 50
+MIGRATE_ROUNDS ?= 200
 crash-test: deps
 	SEN_CRASH_ROUNDS=$(CRASH_ROUNDS) $(CARGO) test --release -p sen-store --test crash -- --nocapture kill
+	SEN_MIGRATE_ROUNDS=$(MIGRATE_ROUNDS) $(CARGO) test --release -p sen-store --test migrate -- --nocapture killed
 	SEN_SERVE_CRASH_ROUNDS=$(SERVE_CRASH_ROUNDS) $(CARGO) test --release -p sen-cli --test server -- --nocapture kill
 
 # sen serve under load (README, Serving): one reported run, not a test. LOAD_SECONDS per
@@ -135,3 +138,10 @@ milvus-perf: deps
 # Release binaries for JetPack 5 (glibc 2.31) and newer, checked against that bound.
 dist-aarch64: deps
 	@scripts/dist_aarch64.sh
+
+# Fuzzing every parser that takes outside bytes (README, Hardening): cargo-fuzz on the
+# nightly pinned in fuzz/rust-toolchain.toml, each target FUZZ_SECONDS (default 20) from
+# its committed seed corpus. Installs that nightly and cargo-fuzz when missing.
+FUZZ_SECONDS ?= 20
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh

@@ -20,6 +20,10 @@ pub enum CoreError {
     /// An image could not be decoded (names the file).
     #[error("{path}: cannot decode image: {message}")]
     Image { path: PathBuf, message: String },
+    /// An image over the size limits (side or area), read from its header before
+    /// decoding (names the file and the limit).
+    #[error("{path}: {message}")]
+    ImageTooLarge { path: PathBuf, message: String },
     /// A native dependency or data file from `make deps` is missing or damaged.
     #[error("{0}")]
     Dependency(String),

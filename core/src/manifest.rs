@@ -134,7 +134,15 @@ impl Manifest {
     pub fn read_unverified(dir: &Path) -> Result<Self, CoreError> {
         let path = dir.join(MANIFEST_FILE);
         let s = std::fs::read_to_string(&path).map_err(|e| CoreError::io(&path, e))?;
-        let de = &mut serde_json::Deserializer::from_str(&s);
+        Self::parse(&s, &path)
+    }
+
+    /// Parse and check a manifest's text (`path` names it in errors): its format
+    /// version, its encoders' axes, the model and preprocessing sections. The files
+    /// it lists are not looked at.
+    pub fn parse(s: &str, path: &Path) -> Result<Self, CoreError> {
+        let path = path.to_path_buf();
+        let de = &mut serde_json::Deserializer::from_str(s);
         let m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
             CoreError::format(&path, format!("field `{}`: {}", e.path(), e.inner()))
         })?;

@@ -148,14 +148,98 @@ pub fn jpeg_is_complete(b: &[u8]) -> bool {
     false
 }
 
-/// Decode an image file to RGB8 (EXIF orientation applied, alpha dropped).
+/// The largest image any entry point decodes (SPEC §11: a side of at most 8,192 px and
+/// at most 40 megapixels), checked from the header before any pixel is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    pub max_side: u32,
+    pub max_pixels: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        ImageLimits {
+            max_side: 8192,
+            max_pixels: 40_000_000,
+        }
+    }
+}
+
+impl ImageLimits {
+    /// Refuse `w` x `h` past a limit, naming the image and the limit.
+    pub fn check(&self, w: u32, h: u32, name: &Path) -> Result<(), CoreError> {
+        let too = |m: String| CoreError::ImageTooLarge {
+            path: name.to_path_buf(),
+            message: m,
+        };
+        if w.max(h) > self.max_side {
+            return Err(too(format!(
+                "{w}x{h}: a side of {} px is over the limit of {} px",
+                w.max(h),
+                self.max_side
+            )));
+        }
+        if w as u64 * h as u64 > self.max_pixels {
+            return Err(too(format!(
+                "{w}x{h} is {} pixels, over the limit of {}",
+                w as u64 * h as u64,
+                self.max_pixels
+            )));
+        }
+        Ok(())
+    }
+
+    /// What the decoder may allocate: the largest allowed image as 16-bit RGBA (the
+    /// widest sample format decoded), plus 16 MiB for the decoder's own tables.
+    fn decoder_limits(&self) -> image::Limits {
+        let mut l = image::Limits::default();
+        l.max_image_width = Some(self.max_side);
+        l.max_image_height = Some(self.max_side);
+        l.max_alloc = Some(self.max_pixels * 8 + (16 << 20));
+        l
+    }
+}
+
+/// Decode an image file to RGB8 (EXIF orientation applied, alpha dropped), within
+/// the default [`ImageLimits`].
 pub fn load_rgb8(path: &Path) -> Result<Rgb8, CoreError> {
     let bytes = std::fs::read(path).map_err(|e| CoreError::io(path, e))?;
     decode_rgb8(&bytes, path)
 }
 
-/// Decode image bytes; `name` is used in errors.
+/// Decode image bytes within the default [`ImageLimits`]; `name` is used in errors.
 pub fn decode_rgb8(bytes: &[u8], name: &Path) -> Result<Rgb8, CoreError> {
+    decode_rgb8_limited(bytes, name, &ImageLimits::default())
+}
+
+/// An image's width and height from its header, checked against `limits` (nothing
+/// is decoded).
+pub fn image_size(
+    bytes: &[u8],
+    name: &Path,
+    limits: &ImageLimits,
+) -> Result<(u32, u32), CoreError> {
+    let err = |m: String| CoreError::Image {
+        path: name.to_path_buf(),
+        message: m,
+    };
+    let (w, h) = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| err(e.to_string()))?
+        .into_dimensions()
+        .map_err(|e| err(format!("cannot read the image's size: {e}")))?;
+    limits.check(w, h, name)?;
+    Ok((w, h))
+}
+
+/// Decode image bytes; `name` is used in errors. The size is read from the header
+/// and checked against `limits` before decoding, and the decoder may allocate no
+/// more than the largest allowed image needs.
+pub fn decode_rgb8_limited(
+    bytes: &[u8],
+    name: &Path,
+    limits: &ImageLimits,
+) -> Result<Rgb8, CoreError> {
     let err = |m: String| CoreError::Image {
         path: name.to_path_buf(),
         message: m,
@@ -186,6 +270,11 @@ pub fn decode_rgb8(bytes: &[u8], name: &Path) -> Result<Rgb8, CoreError> {
         None => return Err(err("unknown format (not JPEG, PNG, BMP or WebP)".into())),
     }
     let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    limits.check(w, h, name)?;
+    decoder
+        .set_limits(limits.decoder_limits())
+        .map_err(|e| err(e.to_string()))?;
     let orientation = decoder.orientation().map_err(|e| err(e.to_string()))?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| err(e.to_string()))?;
     img.apply_orientation(orientation);

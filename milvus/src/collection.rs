@@ -10,7 +10,7 @@
 //! so a search sees every acknowledged write.
 
 use crate::expr::Filter;
-use crate::{MilvusError, Settings, Target};
+use crate::{CallKind, MilvusError, Settings, Target};
 use milvus::v2::prelude::{
     ClientV2, CollectionSchema, ConnectConfig, ConsistencyLevel, CreateCollectionRequest, DataType,
     DeleteRequest, DescribeCollectionRequest, DropCollectionRequest, FieldData, FieldSchema,
@@ -213,6 +213,7 @@ fn call_err(target: &Target, what: &str) -> impl Fn(milvus::v2::error::Error) ->
     move |e| MilvusError::Call {
         target: target.clone(),
         what: what.clone(),
+        kind: CallKind::of(&e),
         error: e.to_string(),
     }
 }
@@ -272,6 +273,7 @@ impl Collection {
         .map_err(|_| MilvusError::Call {
             target: target.to_string(),
             what: "connecting".into(),
+            kind: CallKind::Unreachable,
             error: format!(
                 "no answer within {:.0} s (SEN_MILVUS_CONNECT_TIMEOUT); is the server up and the port right?",
                 s.connect_timeout.as_secs_f64()
@@ -531,7 +533,7 @@ impl Collection {
         };
         let mut r = self.client.search(request()?).await;
         if let Err(e) = &r
-            && is_released(e)
+            && CallKind::of(e) == CallKind::NotLoaded
         {
             // The server restarted and holds the collection released: load, retry once.
             self.load().await?;
@@ -566,21 +568,19 @@ impl Collection {
     }
 
     fn classify(&self, e: milvus::v2::error::Error, expr: &str, what: &str) -> MilvusError {
-        let msg = e.to_string();
-        if !expr.is_empty()
-            && matches!(e, milvus::v2::error::Error::Server(_))
-            && is_expr_error(&msg)
-        {
+        let kind = CallKind::of(&e);
+        if !expr.is_empty() && kind == CallKind::BadArgument {
             MilvusError::Expr {
                 target: self.target.to_string(),
                 expr: expr.to_string(),
-                error: msg,
+                error: e.to_string(),
             }
         } else {
             MilvusError::Call {
                 target: self.target.to_string(),
                 what: what.to_string(),
-                error: msg,
+                kind,
+                error: e.to_string(),
             }
         }
     }
@@ -705,20 +705,6 @@ impl Collection {
 /// The primary key of a store's row.
 pub fn key(store: &str, id: u64) -> String {
     format!("{store}:{id}")
-}
-
-fn is_released(e: &milvus::v2::error::Error) -> bool {
-    let m = e.to_string().to_lowercase();
-    m.contains("released") || m.contains("not loaded") || m.contains("load()")
-}
-
-fn is_expr_error(msg: &str) -> bool {
-    let m = msg.to_lowercase();
-    [
-        "expr", "parse", "token", "literal", "escape", "syntax", "column",
-    ]
-    .iter()
-    .any(|w| m.contains(w))
 }
 
 fn read_hit(target: &Target, row: &ResultRow<'_>, score: f32) -> Result<BoxHit, MilvusError> {

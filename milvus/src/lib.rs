@@ -35,6 +35,7 @@ pub enum MilvusError {
     Call {
         target: String,
         what: String,
+        kind: CallKind,
         error: String,
     },
     /// The collection was made for another encoder, dimension or schema.
@@ -49,6 +50,43 @@ pub enum MilvusError {
     },
     #[error(transparent)]
     Store(#[from] sen_store::StoreError),
+}
+
+/// What a failed Milvus call met, read from the SDK's error type and the server's
+/// status codes (Milvus's `merr` codes and the legacy `ErrorCode`s, which milvus-lite
+/// sets too), never from message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// No connection (transport failure, or no answer in time).
+    Unreachable,
+    /// The server holds the collection released (code 101): load it and retry.
+    NotLoaded,
+    /// The server refused an argument (legacy IllegalArgument 6, merr
+    /// ParameterInvalid 1100 / ParameterMissing 1101): with a filter, its expression.
+    BadArgument,
+    /// Any other server status code.
+    Server(i32),
+    /// What the SDK refused or could not read (conversion, validation, a malformed
+    /// response).
+    Client,
+}
+
+impl CallKind {
+    /// The kind of an SDK error.
+    pub fn of(e: &milvus::v2::error::Error) -> CallKind {
+        use milvus::v2::error::Error as E;
+        match e {
+            E::Server(s) => match (s.code(), s.legacy_code()) {
+                (101, _) | (_, 101) => CallKind::NotLoaded,
+                (6 | 1100 | 1101, _) | (_, 6) => CallKind::BadArgument,
+                (c, _) => CallKind::Server(c),
+            },
+            E::Grpc(_) | E::Timeout(_) | E::Cancelled(_) | E::RetryExhausted { .. } => {
+                CallKind::Unreachable
+            }
+            _ => CallKind::Client,
+        }
+    }
 }
 
 /// A Milvus collection to write to or search: `milvus://HOST:PORT/COLLECTION`.

@@ -45,17 +45,49 @@ pub struct Status {
     pub rows_deleted: AtomicU64,
     pub errors: AtomicU64,
     pub connected: AtomicBool,
-    state: Mutex<String>,
+    state: Mutex<State>,
     last_error: Mutex<Option<String>>,
 }
 
+/// Where a replication is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum State {
+    #[default]
+    Starting,
+    Connecting,
+    /// Connected, copying changes.
+    Replicating,
+    /// A one-off catch-up finished (`sen store replicate`).
+    CaughtUp,
+    /// Milvus failed or is away: retrying with backoff.
+    Retrying,
+    /// Stopped for good: the collection is another encoder's, or a setting is wrong.
+    Refused,
+    Stopped,
+}
+
+impl State {
+    /// The name `/v1/stats` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Connecting => "connecting",
+            State::Replicating => "replicating",
+            State::CaughtUp => "caught up",
+            State::Retrying => "retrying",
+            State::Refused => "refused",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
 impl Status {
-    fn set_state(&self, s: &str) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s.to_string();
+    fn set_state(&self, s: State) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s;
     }
 
-    pub fn state(&self) -> String {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn state(&self) -> State {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -83,7 +115,7 @@ impl Status {
         serde_json::json!({
             "target": r.target.to_string(),
             "box": r.box_name,
-            "state": self.state(),
+            "state": self.state().name(),
             "connected": self.connected.load(Ordering::Relaxed),
             "cursor": self.cursor.load(Ordering::Relaxed),
             "head": self.head.load(Ordering::Relaxed),
@@ -150,7 +182,7 @@ impl Replication {
             }
         }
         coll.flush().await?;
-        status.set_state("caught up");
+        status.set_state(State::CaughtUp);
         Ok(Report {
             rows_upserted: status.rows_upserted.load(Ordering::Relaxed),
             rows_deleted: status.rows_deleted.load(Ordering::Relaxed),
@@ -170,7 +202,7 @@ impl Replication {
         {
             Ok(rt) => rt,
             Err(e) => {
-                status.set_state("refused");
+                status.set_state(State::Refused);
                 status.set_error(Some(format!("starting the replication runtime: {e}")));
                 tracing::error!("replication to {}: cannot start: {e}", self.target);
                 return;
@@ -188,7 +220,7 @@ impl Replication {
                 match self.session(&store, &status, &stop, &mut backoff).await {
                     Ok(()) => break,
                     Err(e @ (MilvusError::Mismatch(_) | MilvusError::Input(_))) => {
-                        status.set_state("refused");
+                        status.set_state(State::Refused);
                         status.set_error(Some(e.to_string()));
                         status.errors.fetch_add(1, Ordering::Relaxed);
                         tracing::error!("replication refused: {e}");
@@ -197,7 +229,7 @@ impl Replication {
                     Err(e) => {
                         status.connected.store(false, Ordering::Relaxed);
                         status.errors.fetch_add(1, Ordering::Relaxed);
-                        status.set_state("retrying");
+                        status.set_state(State::Retrying);
                         let msg = e.to_string();
                         if last_logged.as_deref() != Some(msg.as_str()) {
                             tracing::warn!(
@@ -217,7 +249,7 @@ impl Replication {
                     }
                 }
             }
-            status.set_state("stopped");
+            status.set_state(State::Stopped);
         });
     }
 
@@ -228,7 +260,7 @@ impl Replication {
         stop: &AtomicBool,
         backoff: &mut Duration,
     ) -> Result<(), MilvusError> {
-        status.set_state("connecting");
+        status.set_state(State::Connecting);
         let coll = self.open(store, status).await?;
         *backoff = Duration::from_secs(1);
         tracing::info!(
@@ -236,7 +268,7 @@ impl Replication {
             self.target,
             self.box_name
         );
-        status.set_state("replicating");
+        status.set_state(State::Replicating);
         let mut cursor = self.start(&coll, store, status).await?;
         status.set_error(None);
         // Written since the last flush; flushed once caught up, at most every minute.

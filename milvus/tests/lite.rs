@@ -342,7 +342,7 @@ fn a_collection_of_another_encoder_is_refused() {
         status.clone(),
         Arc::new(AtomicBool::new(false)),
     );
-    assert_eq!(status.state(), "refused");
+    assert_eq!(status.state(), sen_milvus::replicate::State::Refused);
     // A rejected expression names the endpoint and the expression.
     let e = rt
         .block_on(coll.count("camera === 1"))

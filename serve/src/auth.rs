@@ -7,6 +7,43 @@ use crate::error::ApiError;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+/// The shortest key accepted, in a keys file and in a request.
+pub const MIN_KEY_CHARS: usize = 16;
+
+/// The key of an `Authorization: Bearer KEY` header (the scheme in any case, as
+/// RFC 9110 has it).
+fn bearer(header: Option<&str>) -> Option<&str> {
+    let (scheme, key) = header?.trim().split_once(' ')?;
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
+}
+
+/// Who presented a key, for what is scoped per caller: the first 16 hex digits of
+/// the key's SHA-256 (the key itself is never kept or logged).
+pub fn caller_id(header: Option<&str>) -> String {
+    match bearer(header) {
+        Some(k) => hex::encode(&Sha256::digest(k.as_bytes())[..8]),
+        None => "anonymous".into(),
+    }
+}
+
+/// Warn about a keys file others may read (`--api-keys`): anyone who can read it can
+/// read, add and delete.
+pub fn check_key_file_mode(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o004 != 0
+    {
+        tracing::warn!(
+            "--api-keys {}: the file is readable by every user of this machine (mode {:o}); \
+             keep it private: chmod 600 {}",
+            path.display(),
+            m.permissions().mode() & 0o777,
+            path.display()
+        );
+    }
+}
+
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scope {
@@ -61,9 +98,9 @@ impl Keys {
                         .map_err(|_| format!("{at}: a sha256 digest is 64 hex digits"))?
                 }
                 None => {
-                    if key.len() < 16 {
+                    if key.len() < MIN_KEY_CHARS {
                         return Err(format!(
-                            "{at}: a key of {} characters is too easy to guess; use at least 16",
+                            "{at}: a key of {} characters is too easy to guess; use at least {MIN_KEY_CHARS}",
                             key.len()
                         ));
                     }
@@ -89,7 +126,12 @@ impl Keys {
     }
 
     /// The scope of `key`, comparing its digest with every known one (no early exit).
+    /// A key shorter than [`MIN_KEY_CHARS`] is nobody's, whatever its digest (a
+    /// `sha256:` line may be the digest of a short key).
     fn scope_of(&self, key: &str) -> Option<Scope> {
+        if key.len() < MIN_KEY_CHARS {
+            return None;
+        }
         let d: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let mut found = None;
         for (k, s) in &self.keys {
@@ -102,11 +144,7 @@ impl Keys {
 
     /// The scope of an `Authorization` header's key, if it is a known one.
     pub fn scope(&self, header: Option<&str>) -> Option<Scope> {
-        header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .and_then(|k| self.scope_of(k))
+        bearer(header).and_then(|k| self.scope_of(k))
     }
 
     /// Check an `Authorization` header value against the scope a route needs.
@@ -114,15 +152,11 @@ impl Keys {
         if need == Scope::Open {
             return Ok(());
         }
-        let key = header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| {
-                ApiError::Unauthenticated(
-                    "this server needs an API key: send `Authorization: Bearer KEY`".into(),
-                )
-            })?;
+        let key = bearer(header).ok_or_else(|| {
+            ApiError::Unauthenticated(
+                "this server needs an API key: send `Authorization: Bearer KEY`".into(),
+            )
+        })?;
         match self.scope_of(key) {
             None => Err(ApiError::Unauthenticated("the API key is not known".into())),
             Some(s) if s < need => Err(ApiError::Forbidden(format!(
@@ -138,6 +172,34 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_short_keys_are_nobodys() {
+        let short = hex::encode(Sha256::digest(b"short"));
+        let k = Keys::parse(
+            &format!("read sha256:{short}\nread reader-key-0123456789\n"),
+            "keys",
+        )
+        .unwrap();
+        for h in [
+            "bearer reader-key-0123456789",
+            "BEARER  reader-key-0123456789 ",
+        ] {
+            assert!(k.check(Some(h), Scope::Read).is_ok(), "{h}");
+        }
+        assert_eq!(
+            k.check(Some("Bearer short"), Scope::Read)
+                .unwrap_err()
+                .code(),
+            "unauthenticated"
+        );
+        assert_eq!(k.scope(Some("Bearer short")), None);
+        // Callers are told apart by a digest of their key, never the key.
+        let a = caller_id(Some("Bearer reader-key-0123456789"));
+        assert_eq!(a, caller_id(Some("bearer reader-key-0123456789")));
+        assert_ne!(a, caller_id(Some("Bearer writer-key-0123456789")));
+        assert!(!a.contains("reader") && a.len() == 16);
+    }
 
     #[test]
     fn keys_parse_hash_and_check_scopes() {

@@ -14,8 +14,12 @@ pub enum ApiError {
     Unauthenticated(String),
     Forbidden(String),
     NotFound(String),
-    /// The body is over `--max-body-mib`.
+    /// The body is over `--max-body-mib`, or a request has too many images.
     TooLarge(String),
+    /// The request target is too long.
+    UriTooLong(String),
+    /// The request's headers are too large.
+    HeadersTooLarge(String),
     /// The image is over `--max-pixels` (from its header).
     ImageTooLarge(String),
     /// Undecodable or truncated image.
@@ -43,6 +47,8 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) | ApiError::ImageTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::BadImage(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -62,6 +68,8 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::TooLarge(_) => "too_large",
+            ApiError::UriTooLong(_) => "uri_too_long",
+            ApiError::HeadersTooLarge(_) => "headers_too_large",
             ApiError::ImageTooLarge(_) => "image_too_large",
             ApiError::BadImage(_) => "bad_image",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -85,6 +93,8 @@ impl ApiError {
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::TooLarge(m)
+            | ApiError::UriTooLong(m)
+            | ApiError::HeadersTooLarge(m)
             | ApiError::ImageTooLarge(m)
             | ApiError::BadImage(m)
             | ApiError::UnsupportedMediaType(m)
@@ -209,5 +219,26 @@ impl ApiError {
             R::Store(s) => ApiError::of_store(s),
             other => ApiError::Internal(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk is 507 whatever reported it (a failed commit, a released reserve);
+    /// a queue's failures map by kind.
+    #[test]
+    fn store_and_queue_failures_map_by_kind() {
+        let full = sen_store::StoreError::DiskFull("no room".into());
+        assert_eq!(ApiError::from(full).status().as_u16(), 507);
+        let q: QueueError<sen_store::StoreError> = QueueError::Full;
+        assert_eq!(ApiError::from(q).status().as_u16(), 429);
+        let q: QueueError<sen_store::StoreError> = QueueError::Failed(std::sync::Arc::new(
+            sen_store::StoreError::DiskFull("x".into()),
+        ));
+        assert_eq!(ApiError::from(q).status().as_u16(), 507);
+        let q: QueueError<sen_store::StoreError> = QueueError::Stopped("search");
+        assert_eq!(ApiError::from(q).code(), "unavailable");
     }
 }

@@ -22,6 +22,7 @@ pub mod central;
 pub mod error;
 mod extract;
 mod handlers;
+pub mod listener;
 pub mod metrics;
 mod middleware;
 mod retention;
@@ -29,6 +30,7 @@ pub mod routes;
 mod start;
 pub mod state;
 
+pub use handlers::ingest::{AddLimits, AddRequest, Meta, Upload, parse_meta, read_add, rows_of};
 pub use handlers::page::CSP;
 pub use state::{App, CentralConfig, ServeConfig};
 
@@ -52,6 +54,7 @@ pub fn run(cfg: ServeConfig) -> Result<()> {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("--api-keys {}", p.display()))?;
+            auth::check_key_file_mode(p);
             Some(auth::Keys::parse(&text, &p.display().to_string()).map_err(anyhow::Error::msg)?)
         }
         None => None,
@@ -80,6 +83,19 @@ pub fn run(cfg: ServeConfig) -> Result<()> {
     if cfg.max_batch == Some(0) {
         bail!("--max-batch must be at least 1 (1 turns batching off)");
     }
+    if cfg.max_images == 0 || cfg.max_images > cfg.max_queue {
+        bail!(
+            "--max-images {}: give 1 to --max-queue ({}); a request's images are admitted to \
+             the queue together, so one of more images than the queue holds could never run",
+            cfg.max_images,
+            cfg.max_queue
+        );
+    }
+    if cfg.conn.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    // A forced SEN_SIMD this CPU lacks stops here, not in every search.
+    sen_store::search::Kernel::active().map_err(|e| anyhow::anyhow!("{e}"))?;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(2))
@@ -102,28 +118,31 @@ pub fn run(cfg: ServeConfig) -> Result<()> {
 }
 
 async fn serve(app: Arc<App>) -> Result<()> {
-    let handle = axum_server::Handle::new();
     let router = routes::router(app.clone());
     let listener = std::net::TcpListener::bind(app.cfg.listen)
         .with_context(|| format!("--listen {}: cannot bind", app.cfg.listen))?;
     listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
-    let scheme = if app.cfg.tls.is_some() {
-        "https"
-    } else {
-        "http"
+    let tls = match &app.cfg.tls {
+        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+        None => None,
     };
-    // Launchers read the bound address (with --listen 127.0.0.1:0) from here:
-    // `listening_url`.
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    // Launchers read the bound address (with --listen 127.0.0.1:0) from here.
     println!("{LISTENING}{scheme}://{addr}");
     tracing::info!("listening on {scheme}://{addr}; loading the bundle and the store");
     {
         use std::io::Write;
         let _ = std::io::stdout().flush();
     }
-    // Load in the background: /healthz answers meanwhile, /readyz says 503.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = Arc::new(stop);
+    // Load in the background: /healthz answers meanwhile, /readyz says 503. A store
+    // that cannot open stops the process (non-zero exit: a supervisor restarts it);
+    // other failures keep it up, /readyz saying why.
     let loader = {
-        let app = app.clone();
+        let (app, stop) = (app.clone(), stop.clone());
         tokio::task::spawn_blocking(move || match start::load(&app) {
             Ok(l) => {
                 let _ = app.loaded.set(l);
@@ -134,20 +153,25 @@ async fn serve(app: Arc<App>) -> Result<()> {
                 tracing::info!("ready in {:.1} s", app.started.elapsed().as_secs_f64());
             }
             Err(e) => {
-                tracing::error!("cannot start: {e:#}");
-                *app.load_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{e:#}"));
+                tracing::error!("cannot start: {:#}", e.error);
+                *app.load_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(format!("{:#}", e.error));
+                if e.fatal {
+                    app.stopping.store(true, Ordering::SeqCst);
+                    let _ = stop.send(true);
+                }
             }
         })
     };
     // Signals: stop accepting, drain, close.
     {
-        let (app, handle) = (app.clone(), handle.clone());
+        let (app, stop) = (app.clone(), stop.clone());
         tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("shutting down: finishing queued work");
             app.stopping.store(true, Ordering::SeqCst);
             app.metrics.ready.set(0);
-            handle.graceful_shutdown(Some(app.cfg.shutdown_timeout));
+            let _ = stop.send(true);
         });
     }
     // Retention, at start (once loaded) and periodically.
@@ -155,30 +179,16 @@ async fn serve(app: Arc<App>) -> Result<()> {
         let app = app.clone();
         tokio::spawn(async move { retention::retention_loop(app, ms).await });
     }
-    let make = router.into_make_service_with_connect_info::<SocketAddr>();
-    match &app.cfg.tls {
-        Some((cert, key)) => {
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .with_context(|| {
-                    format!(
-                        "--tls-cert {} --tls-key {}: cannot load",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
-            axum_server::from_tcp_rustls(listener, tls)?
-                .handle(handle)
-                .serve(make)
-                .await?;
-        }
-        None => {
-            axum_server::from_tcp(listener)?
-                .handle(handle)
-                .serve(make)
-                .await?;
-        }
-    }
+    listener::serve(
+        listener,
+        tls,
+        router,
+        app.cfg.conn,
+        app.metrics.clone(),
+        stopped,
+        app.cfg.shutdown_timeout,
+    )
+    .await;
     // Connections are closed; queued batches were answered by their workers. Stop
     // replicating (after the step in flight), then close the store (its writer thread
     // finishes and joins).
@@ -196,6 +206,35 @@ async fn serve(app: Arc<App>) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The TLS acceptor of `--tls-cert` and `--tls-key` (PEM), offering HTTP/2 and
+/// HTTP/1.1 by ALPN.
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let what = || format!("--tls-cert {} --tls-key {}", cert.display(), key.display());
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("--tls-cert {}: not a PEM certificate chain", cert.display()))?;
+    if certs.is_empty() {
+        bail!("--tls-cert {}: no certificate in the file", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("--tls-key {}: not a PEM private key", key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .with_context(what)?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .with_context(what)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
 async fn shutdown_signal() {

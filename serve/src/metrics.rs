@@ -34,6 +34,10 @@ pub struct Metrics {
     pub replication_rows: IntGaugeVec,
     pub replication_errors: IntGauge,
     pub replication_up: IntGauge,
+    /// Connections open now, and those closed by why (done, idle, header, tls,
+    /// shutdown, error).
+    pub connections: IntGauge,
+    pub connections_closed: IntCounterVec,
 }
 
 fn buckets() -> Vec<f64> {
@@ -70,6 +74,15 @@ impl Metrics {
         let replication_up = IntGauge::new(
             "sen_replication_up",
             "1 while connected to the Milvus collection",
+        )
+        .expect("metric");
+        let connections = IntGauge::new("sen_connections", "Connections open now").expect("metric");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "sen_connections_closed_total",
+                "Connections closed, by why: done (the client closed), idle (past --idle-timeout), header (no complete request header within --header-timeout), tls (a failed handshake), shutdown, error",
+            ),
+            &["reason"],
         )
         .expect("metric");
         let registry = Registry::new();
@@ -160,6 +173,8 @@ impl Metrics {
             Box::new(replication_rows.clone()),
             Box::new(replication_errors.clone()),
             Box::new(replication_up.clone()),
+            Box::new(connections.clone()),
+            Box::new(connections_closed.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -183,6 +198,8 @@ impl Metrics {
             replication_rows,
             replication_errors,
             replication_up,
+            connections,
+            connections_closed,
         }
     }
 

@@ -5,31 +5,61 @@
 use crate::batch::{BatchConfig, queues};
 use crate::central;
 use crate::state::{App, Central, CentralConfig, Loaded, Replicating, ServeConfig};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use sen_runtime::encoders::Encoders;
 use sen_store::{Mode, Store};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+/// Why start-up failed; `fatal` failures stop the process (a store that cannot open:
+/// a supervisor's restart may find it free), the others keep it up with `/readyz`
+/// saying why.
+pub(crate) struct LoadFailure {
+    pub fatal: bool,
+    pub error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for LoadFailure {
+    fn from(error: anyhow::Error) -> Self {
+        LoadFailure {
+            fatal: false,
+            error,
+        }
+    }
+}
+
 /// Verify the bundle, open (or create) the store, load the encoders (TensorRT engines
 /// built or loaded), warm them up, start the batching queues.
-pub(crate) fn load(app: &Arc<App>) -> Result<Loaded> {
+pub(crate) fn load(app: &Arc<App>) -> Result<Loaded, LoadFailure> {
     let cfg = &app.cfg;
     let manifest = sen_core::Manifest::load(&cfg.bundle)
         .with_context(|| format!("--bundle {}", cfg.bundle.display()))?;
-    let digest = manifest.encoder_digest(&manifest.io.image)?;
+    let digest = manifest
+        .encoder_digest(&manifest.io.image)
+        .map_err(anyhow::Error::from)?;
     let (store, central) = match (&cfg.store, &cfg.central) {
-        (Some(dir), None) => (Some(open_store(cfg, dir, &manifest, &digest)?), None),
+        (Some(dir), None) => {
+            let store = open_store(cfg, dir, &manifest, &digest)
+                .map_err(|error| LoadFailure { fatal: true, error })?;
+            (Some(store), None)
+        }
         (None, Some(c)) => (None, Some(open_central(cfg, c, &manifest, &digest)?)),
-        _ => bail!("give --store DIR (a box) or --search-backend milvus://... (a central node)"),
+        _ => {
+            return Err(anyhow::anyhow!(
+                "give --store DIR (a box) or --search-backend milvus://... (a central node)"
+            )
+            .into());
+        }
     };
-    let enc = Encoders::load(&cfg.bundle, &cfg.provider)?;
+    let enc = Encoders::load(&cfg.bundle, &cfg.provider).map_err(anyhow::Error::from)?;
     // One warm-up run per encoder at its optimum, so the first request is not the first run.
     let p = &enc.image.manifest.preprocess;
-    enc.image.encode(
-        ndarray::Array4::<f32>::zeros((enc.image.profile.opt, 3, p.height, p.width)).view(),
-    )?;
-    enc.text.encode(&vec!["a person"; enc.text.profile.opt])?;
+    enc.image
+        .encode(ndarray::Array4::<f32>::zeros((enc.image.profile.opt, 3, p.height, p.width)).view())
+        .map_err(anyhow::Error::from)?;
+    enc.text
+        .encode(&vec!["a person"; enc.text.profile.opt])
+        .map_err(anyhow::Error::from)?;
     let store = store.map(Arc::new);
     let enc = Arc::new(enc);
     let qcfg = |opt: usize| BatchConfig {
@@ -82,13 +112,18 @@ fn open_store(
 ) -> Result<Store> {
     let empty = sen_store::io::missing_or_empty(dir)
         .with_context(|| format!("--store {}", dir.display()))?;
+    let opts = sen_store::Options {
+        row_limits: cfg.row_limits,
+        disk_reserve: cfg.disk_reserve,
+        ..Default::default()
+    };
     let store = if empty {
         tracing::info!(
             "{}: creating a store bound to {}",
             dir.display(),
             cfg.bundle.display()
         );
-        Store::create(
+        Store::create_with(
             dir,
             &sen_store::StoreConfig {
                 image_encoder_sha256: digest.to_string(),
@@ -101,9 +136,10 @@ fn open_store(
                 crops: cfg.crops,
                 bundle_precision: manifest.precision.to_string(),
             },
+            opts,
         )?
     } else {
-        Store::open(dir, Mode::Writer)?
+        Store::open_with(dir, Mode::Writer, opts)?
     };
     store.check_encoder(
         digest,

@@ -36,8 +36,18 @@ pub struct ServeConfig {
     pub max_queue: usize,
     pub max_k: usize,
     pub max_text_chars: usize,
+    /// Bodies over this many bytes are refused from their `Content-Length` (413).
     pub max_body: usize,
-    pub max_pixels: u64,
+    /// Images per request (multipart parts), refused as they arrive past it (413).
+    pub max_images: usize,
+    /// An image's side and area, read from its header before decoding (413).
+    pub image_limits: sen_core::preprocess::ImageLimits,
+    /// `path` and `attrs` of a row (SPEC §11).
+    pub row_limits: sen_store::RowLimits,
+    /// Header read, idle keep-alive, concurrent connections.
+    pub conn: crate::listener::ConnLimits,
+    /// Bytes the store keeps in reserve so deletes work on a full disk.
+    pub disk_reserve: u64,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
     /// Delete rows captured longer ago than this many ms.

@@ -8,8 +8,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::Path;
 
 pub const DB_FILE: &str = "store.db";
-/// Version of the store layout (database schema and segment format) this code uses.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+/// Version of the store layout (database schema and segment format) this code
+/// writes; older stores are migrated to it when the writer opens them
+/// ([`crate::migrate`]).
+pub const STORE_FORMAT_VERSION: u32 = crate::migrate::CURRENT;
 
 const SCHEMA: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -25,7 +27,7 @@ CREATE TABLE rows(
 );
 CREATE INDEX rows_camera_time ON rows(camera, time_ms);
 CREATE INDEX rows_time ON rows(time_ms);
-CREATE TABLE crops(id INTEGER PRIMARY KEY, content_type TEXT NOT NULL, bytes BLOB NOT NULL);
+CREATE TABLE crops(id INTEGER PRIMARY KEY, content_type TEXT NOT NULL, bytes BLOB NOT NULL, crc INTEGER NOT NULL);
 CREATE TABLE pending(id INTEGER PRIMARY KEY, embedding BLOB NOT NULL);
 CREATE TABLE dead(id INTEGER PRIMARY KEY);
 CREATE TABLE segments(
@@ -52,7 +54,7 @@ CREATE TABLE cameras(
     last_ms INTEGER,
     last_ingest_ms INTEGER
 );
-CREATE TABLE idempotency(key TEXT PRIMARY KEY, response TEXT NOT NULL, at_ms INTEGER NOT NULL);
+CREATE TABLE idempotency(key TEXT PRIMARY KEY, response TEXT NOT NULL, at_ms INTEGER NOT NULL, request TEXT NOT NULL);
 ";
 
 pub(crate) fn err(ctx: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -138,9 +140,34 @@ pub struct RowMeta {
     pub crc: u32,
 }
 
-/// The row checksum: CRC-32 over the id, metadata, embedding bytes (storage dtype)
-/// and crop. SQLite has no page checksums: this is what finds a damaged row.
-pub fn row_crc(m: &RowMeta, embedding: &[u8], crop: Option<(&str, &[u8])>) -> u32 {
+/// The row checksum: CRC-32 over the id, metadata and embedding bytes (storage
+/// dtype). SQLite has no page checksums: this is what finds a damaged row. The crop
+/// has its own ([`crop_crc`]), so a search reads no crop.
+pub fn row_crc(m: &RowMeta, embedding: &[u8]) -> u32 {
+    row_hasher(m, embedding).finalize()
+}
+
+/// The CRC-32 of a crop: its content type, a NUL, its bytes.
+pub fn crop_crc(content_type: &str, bytes: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(content_type.as_bytes());
+    h.update(&[0]);
+    h.update(bytes);
+    h.finalize()
+}
+
+/// Format 1's row checksum, which also covered the crop (read by the migration).
+pub fn row_crc_v1(m: &RowMeta, embedding: &[u8], crop: Option<(&str, &[u8])>) -> u32 {
+    let mut h = row_hasher(m, embedding);
+    if let Some((ct, b)) = crop {
+        h.update(ct.as_bytes());
+        h.update(&[0]);
+        h.update(b);
+    }
+    h.finalize()
+}
+
+fn row_hasher(m: &RowMeta, embedding: &[u8]) -> crc32fast::Hasher {
     let mut h = crc32fast::Hasher::new();
     h.update(&m.id.to_le_bytes());
     h.update(m.camera.as_bytes());
@@ -159,12 +186,7 @@ pub fn row_crc(m: &RowMeta, embedding: &[u8], crop: Option<(&str, &[u8])>) -> u3
     h.update(&[0]);
     h.update(&m.ingest_ms.to_le_bytes());
     h.update(embedding);
-    if let Some((ct, b)) = crop {
-        h.update(ct.as_bytes());
-        h.update(&[0]);
-        h.update(b);
-    }
-    h.finalize()
+    h
 }
 
 fn row_meta(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowMeta> {
@@ -190,10 +212,28 @@ pub fn row(c: &Connection, path: &Path, id: u64) -> Result<Option<RowMeta>, Stor
         .map_err(err(path))
 }
 
-pub fn crop(c: &Connection, path: &Path, id: u64) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+/// A stored crop: content type, bytes and checksum ([`crop_crc`]).
+pub type StoredCrop = (String, Vec<u8>, u32);
+
+/// A crop as format 1 stored it (no checksum of its own): content type and bytes.
+pub fn crop_v1(
+    c: &Connection,
+    path: &Path,
+    id: u64,
+) -> Result<Option<(String, Vec<u8>)>, StoreError> {
     c.prepare_cached("SELECT content_type, bytes FROM crops WHERE id = ?1")
         .map_err(err(path))?
         .query_row([id as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(err(path))
+}
+
+pub fn crop(c: &Connection, path: &Path, id: u64) -> Result<Option<StoredCrop>, StoreError> {
+    c.prepare_cached("SELECT content_type, bytes, crc FROM crops WHERE id = ?1")
+        .map_err(err(path))?
+        .query_row([id as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u32))
+        })
         .optional()
         .map_err(err(path))
 }
@@ -241,7 +281,9 @@ pub fn insert_rows(
             .prepare_cached("INSERT INTO pending(id, embedding) VALUES (?1, ?2)")
             .map_err(&e)?;
         let mut crop = c
-            .prepare_cached("INSERT INTO crops(id, content_type, bytes) VALUES (?1, ?2, ?3)")
+            .prepare_cached(
+                "INSERT INTO crops(id, content_type, bytes, crc) VALUES (?1, ?2, ?3, ?4)",
+            )
             .map_err(&e)?;
         for r in rows {
             let m = r.meta;
@@ -259,7 +301,8 @@ pub fn insert_rows(
             pend.execute(params![m.id as i64, r.embedding])
                 .map_err(&e)?;
             if let Some((ct, b)) = r.crop {
-                crop.execute(params![m.id as i64, ct, b]).map_err(&e)?;
+                crop.execute(params![m.id as i64, ct, b, crop_crc(ct, b) as i64])
+                    .map_err(&e)?;
             }
         }
     }
@@ -496,54 +539,66 @@ pub fn scalar(c: &Connection, path: &Path, sql: &str) -> Result<i64, StoreError>
         .map_err(err(path))
 }
 
-/// The ids an idempotency key's add got, if the key was recorded within the last day.
+/// What an idempotency key recorded within the last day: the ids its add got and
+/// the request digest it was given with (empty for keys recorded by format 1).
+pub struct Remembered {
+    pub first: u64,
+    pub last: u64,
+    pub request: String,
+}
+
+/// The record of an idempotency key, if it was recorded within the last day.
 pub fn idempotency(
     c: &Connection,
     path: &Path,
     key: &str,
     now: i64,
-) -> Result<Option<(u64, u64)>, StoreError> {
-    let r: Option<(String, i64)> = c
-        .prepare_cached("SELECT response, at_ms FROM idempotency WHERE key = ?1")
+) -> Result<Option<Remembered>, StoreError> {
+    let r: Option<(String, i64, String)> = c
+        .prepare_cached("SELECT response, at_ms, request FROM idempotency WHERE key = ?1")
         .map_err(err(path))?
-        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()
         .map_err(err(path))?;
     match r {
-        Some((resp, at)) if at >= now - 86_400_000 => {
-            let (a, b) = resp.split_once('-').ok_or_else(|| {
+        Some((resp, at, request)) if at >= now - 86_400_000 => {
+            let damaged = || {
                 StoreError::Damaged(format!(
                     "{}: idempotency record {key:?} is damaged",
                     path.display()
                 ))
-            })?;
+            };
+            let (a, b) = resp.split_once('-').ok_or_else(damaged)?;
             match (a.parse(), b.parse()) {
-                (Ok(a), Ok(b)) => Ok(Some((a, b))),
-                _ => Err(StoreError::Damaged(format!(
-                    "{}: idempotency record {key:?} is damaged",
-                    path.display()
-                ))),
+                (Ok(first), Ok(last)) => Ok(Some(Remembered {
+                    first,
+                    last,
+                    request,
+                })),
+                _ => Err(damaged()),
             }
         }
         _ => Ok(None),
     }
 }
 
-/// Record an idempotency key's ids (inside the add's transaction).
+/// Record an idempotency key's ids and request digest (inside the add's transaction).
 pub fn remember(
     c: &Connection,
     path: &Path,
     key: &str,
+    request: &str,
     first: u64,
     last: u64,
     now: i64,
 ) -> Result<(), StoreError> {
     c.prepare_cached(
-        "INSERT INTO idempotency(key, response, at_ms) VALUES (?1, ?2, ?3)
-         ON CONFLICT(key) DO UPDATE SET response = excluded.response, at_ms = excluded.at_ms",
+        "INSERT INTO idempotency(key, response, at_ms, request) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(key) DO UPDATE SET response = excluded.response, at_ms = excluded.at_ms,
+           request = excluded.request",
     )
     .map_err(err(path))?
-    .execute(params![key, format!("{first}-{last}"), now])
+    .execute(params![key, format!("{first}-{last}"), now, request])
     .map_err(err(path))?;
     Ok(())
 }
@@ -800,4 +855,59 @@ pub fn consumer(c: &Connection, path: &Path, name: &str, now: i64) -> Result<i64
         r.get(0)
     })
     .map_err(&e)
+}
+
+// ------------------------------------------------------------------ migrations
+
+/// The store's format version (`meta`), 0 when absent.
+pub fn format_version(c: &Connection, path: &Path) -> Result<u32, StoreError> {
+    Ok(meta(c, path)?
+        .into_iter()
+        .find(|(k, _)| k == "format_version")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0))
+}
+
+/// Format 2's columns: the crop checksum and the idempotency request digest.
+pub fn add_v2_columns(c: &Connection, path: &Path) -> Result<(), StoreError> {
+    c.execute_batch(
+        "ALTER TABLE crops ADD COLUMN crc INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE idempotency ADD COLUMN request TEXT NOT NULL DEFAULT '';",
+    )
+    .map_err(err(path))
+}
+
+/// A pending row's embedding bytes.
+pub fn pending_embedding(
+    c: &Connection,
+    path: &Path,
+    id: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    c.prepare_cached("SELECT embedding FROM pending WHERE id = ?1")
+        .map_err(err(path))?
+        .query_row([id as i64], |r| r.get(0))
+        .optional()
+        .map_err(err(path))
+}
+
+/// Set a row's checksum and (when it has a crop) its crop's.
+pub fn set_crcs(
+    c: &Connection,
+    path: &Path,
+    id: u64,
+    row: u32,
+    crop: Option<u32>,
+) -> Result<(), StoreError> {
+    let e = err(path);
+    c.prepare_cached("UPDATE rows SET crc = ?2 WHERE id = ?1")
+        .map_err(&e)?
+        .execute(params![id as i64, row as i64])
+        .map_err(&e)?;
+    if let Some(k) = crop {
+        c.prepare_cached("UPDATE crops SET crc = ?2 WHERE id = ?1")
+            .map_err(&e)?
+            .execute(params![id as i64, k as i64])
+            .map_err(&e)?;
+    }
+    Ok(())
 }

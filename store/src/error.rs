@@ -8,8 +8,9 @@ pub enum StoreError {
     /// Bad input: a time, an id, a camera name, a flag (names it).
     #[error("{0}")]
     Input(String),
-    /// Ids that do not exist (nothing was changed).
-    #[error("unknown ids (nothing was deleted): {}", .0.iter().map(u64::to_string).collect::<Vec<_>>().join(", "))]
+    /// Ids that do not exist (nothing was changed); the message names at most the
+    /// first 20.
+    #[error("{}", unknown_ids(.0))]
     UnknownIds(Vec<u64>),
     /// A row id that does not exist.
     #[error("no row with id {0}")]
@@ -35,6 +36,27 @@ pub enum StoreError {
     /// The store was closed (the writer thread stopped).
     #[error("{0}")]
     Closed(String),
+    /// The disk (or a file-size limit) is full: nothing of the failed write was
+    /// stored; deletes still work (the store's reserve is released for them).
+    #[error("{0}")]
+    DiskFull(String),
+}
+
+/// How many unknown ids an error names before it only counts the rest.
+const NAMED_IDS: usize = 20;
+
+fn unknown_ids(ids: &[u64]) -> String {
+    let named: Vec<String> = ids.iter().take(NAMED_IDS).map(u64::to_string).collect();
+    let more = ids.len().saturating_sub(NAMED_IDS);
+    if more == 0 {
+        format!("unknown ids (nothing was deleted): {}", named.join(", "))
+    } else {
+        format!(
+            "{} unknown ids (nothing was deleted): {} and {more} more",
+            ids.len(),
+            named.join(", ")
+        )
+    }
 }
 
 impl StoreError {
@@ -56,6 +78,7 @@ impl StoreError {
     /// is lost, free space and retry.
     pub fn is_disk_full(&self) -> bool {
         match self {
+            StoreError::DiskFull(_) => true,
             StoreError::Io { error, .. } => matches!(error.raw_os_error(), Some(28) | Some(27)),
             StoreError::Db { error, .. } => matches!(
                 error,
@@ -63,6 +86,44 @@ impl StoreError {
                     if e.code == rusqlite::ErrorCode::DiskFull
             ),
             _ => false,
+        }
+    }
+}
+
+impl StoreError {
+    /// The same failure again, for each of several waiting callers (errors hold
+    /// non-cloneable causes): the kind is kept, so a full disk stays a full disk
+    /// (507, not 503) and bad input stays bad input.
+    pub fn duplicate(&self) -> StoreError {
+        if self.is_disk_full() {
+            return StoreError::DiskFull(self.to_string());
+        }
+        match self {
+            StoreError::Core(e) => StoreError::Input(e.to_string()),
+            StoreError::Input(m) => StoreError::Input(m.clone()),
+            StoreError::UnknownIds(v) => StoreError::UnknownIds(v.clone()),
+            StoreError::NotFound(id) => StoreError::NotFound(*id),
+            StoreError::Damaged(m) => StoreError::Damaged(m.clone()),
+            StoreError::Locked(m) => StoreError::Locked(m.clone()),
+            StoreError::Mismatch(m) => StoreError::Mismatch(m.clone()),
+            StoreError::Io { path, error } => StoreError::Io {
+                path: path.clone(),
+                error: std::io::Error::new(error.kind(), error.to_string()),
+            },
+            StoreError::Db { context, error } => StoreError::Db {
+                context: context.clone(),
+                error: match error {
+                    rusqlite::Error::SqliteFailure(f, m) => {
+                        rusqlite::Error::SqliteFailure(*f, m.clone())
+                    }
+                    other => rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                        Some(other.to_string()),
+                    ),
+                },
+            },
+            StoreError::Closed(m) => StoreError::Closed(m.clone()),
+            StoreError::DiskFull(m) => StoreError::DiskFull(m.clone()),
         }
     }
 }

@@ -228,12 +228,22 @@ impl Index {
                 filter: &all,
             })
             .collect();
-        Ok(crate::search::search_batch(
+        let hits = crate::search::search_batch(
             kernel,
             &batch,
             self.rows(),
             crate::search::threads_for(self.len(), threads),
-        ))
+        );
+        // A row that scores NaN holds a non-finite value: the file is damaged.
+        if let Some(h) = hits.iter().flatten().find(|h| h.score.is_nan()) {
+            return Err(StoreError::Damaged(format!(
+                "{}: row {} holds a value that is not finite: the index is damaged; \
+                 rebuild it with `sen index`",
+                self.path.display(),
+                h.row
+            )));
+        }
+        Ok(hits)
     }
 }
 

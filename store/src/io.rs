@@ -20,6 +20,39 @@ pub fn missing_or_empty(dir: &Path) -> Result<bool, crate::StoreError> {
         .is_none())
 }
 
+/// Give `f` `len` bytes of allocated space (`posix_fallocate`; written zeros where
+/// the file system cannot allocate), so they are really taken from the disk.
+pub fn allocate(f: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fallocate on an open descriptor of ours.
+    let r = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len as libc::off_t) };
+    match r {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => {
+            let mut w = std::io::BufWriter::new(f);
+            let zeros = vec![0u8; 1 << 20];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                w.write_all(&zeros[..n])?;
+                left -= n as u64;
+            }
+            w.flush()
+        }
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Bytes free to an unprivileged writer on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct we pass for a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0)
+        .then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 /// File operations with explicit durability.
 pub trait Durable: Send + Sync + std::fmt::Debug {
     /// Create (or truncate) `path`, write the slices in order and fsync the file.

@@ -18,6 +18,7 @@ pub mod error;
 pub mod format;
 pub mod index;
 pub mod io;
+pub mod migrate;
 pub mod results;
 pub mod search;
 pub mod segment;
@@ -27,8 +28,8 @@ pub mod verify;
 
 pub use error::StoreError;
 pub use store::{
-    Added, CameraSummary, Change, CompactReport, Crop, Found, Mode, NewRow, Options, Query,
-    Selector, Snapshot, Stats, Store, StoreConfig, StoreInfo, camera,
+    Added, CameraSummary, Change, CompactReport, Crop, Found, Idempotency, Mode, NewRow, Options,
+    Query, RowLimits, Selector, Snapshot, Stats, Store, StoreConfig, StoreInfo, camera,
 };
 
 use serde::{Deserialize, Serialize};

@@ -54,24 +54,31 @@ struct Layout {
     end: usize,
 }
 
-fn up(n: usize) -> usize {
-    n.div_ceil(ALIGN) * ALIGN
-}
-
 impl Layout {
-    fn new(count: usize, dim: usize, dtype: Storage) -> Layout {
+    /// The columns of `count` rows; None when the sizes overflow (a damaged header).
+    fn new(count: usize, dim: usize, dtype: Storage) -> Option<Layout> {
+        let col = |start: usize, width: usize| {
+            count
+                .checked_mul(width)
+                .and_then(|n| n.checked_add(start))
+                .and_then(|e| e.checked_next_multiple_of(ALIGN))
+        };
         let ids = 0;
-        let times = up(ids + count * 8);
-        let cameras = up(times + count * 8);
-        let embeddings = up(cameras + count * 4);
-        Layout {
+        let times = col(ids, 8)?;
+        let cameras = col(times, 8)?;
+        let embeddings = col(cameras, 4)?;
+        let end = count
+            .checked_mul(dim)?
+            .checked_mul(dtype.bytes())?
+            .checked_add(embeddings)?;
+        Some(Layout {
             ids,
             times,
             cameras,
             embeddings,
             meta_end: embeddings,
-            end: embeddings + count * dim * dtype.bytes(),
-        }
+            end,
+        })
     }
 }
 
@@ -98,7 +105,8 @@ pub fn write(
     cols: &SegmentColumns<'_>,
 ) -> Result<(u64, u32, u32), StoreError> {
     let n = header.count;
-    let l = Layout::new(n, header.dim, header.dtype);
+    let l = Layout::new(n, header.dim, header.dtype)
+        .expect("the columns of rows held in memory fit in usize");
     assert!(
         cols.ids.len() == n
             && cols.times.len() == n
@@ -166,7 +174,15 @@ impl Segment {
         if header.dim == 0 {
             return Err(bad(path, "header says 0 dimensions"));
         }
-        let layout = Layout::new(header.count, header.dim, header.dtype);
+        let layout = Layout::new(header.count, header.dim, header.dtype).ok_or_else(|| {
+            bad(
+                path,
+                format!(
+                    "header says {} rows of {} dims: sizes past any file; the file is damaged",
+                    header.count, header.dim
+                ),
+            )
+        })?;
         if layout.end != pre.data_len {
             return Err(bad(
                 path,

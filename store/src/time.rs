@@ -39,6 +39,24 @@ pub fn from_unix_ms(what: &str, v: i64) -> Result<i64, StoreError> {
     Ok(v)
 }
 
+/// The earliest capture time a row may have (SPEC §11): 2000-01-01T00:00:00Z.
+pub const MIN_CAPTURE_MS: i64 = 946_684_800_000;
+/// The end of the capture times a row may have (SPEC §11): 2100-01-01T00:00:00Z.
+pub const END_CAPTURE_MS: i64 = 4_102_444_800_000;
+
+/// Check a row's capture time: Unix milliseconds (not seconds) within
+/// [2000-01-01, 2100-01-01) UTC.
+pub fn capture_time(what: &str, v: i64) -> Result<i64, StoreError> {
+    from_unix_ms(what, v)?;
+    if !(MIN_CAPTURE_MS..END_CAPTURE_MS).contains(&v) {
+        return Err(StoreError::Input(format!(
+            "{what} {}: capture times run from 2000-01-01 to 2100-01-01 UTC",
+            format(v)
+        )));
+    }
+    Ok(v)
+}
+
 /// A JSON time field: a string (RFC 3339 or digits) or an integer of Unix ms.
 pub fn from_json(what: &str, v: &serde_json::Value) -> Result<i64, StoreError> {
     match v {
@@ -111,7 +129,8 @@ impl TimeRange {
 /// A retention period: `30d`, `12h`, `90m`; returns milliseconds.
 pub fn parse_period(what: &str, s: &str) -> Result<i64, StoreError> {
     let t = s.trim();
-    let (num, unit) = t.split_at(t.len().saturating_sub(1));
+    // The unit is the last character (a multi-byte one is no unit).
+    let (num, unit) = t.split_at(t.char_indices().last().map_or(0, |(i, _)| i));
     let mult = match unit {
         "d" => 86_400_000,
         "h" => 3_600_000,
@@ -129,6 +148,17 @@ pub fn parse_period(what: &str, s: &str) -> Result<i64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `times` fuzz target: a period ending in a multi-byte character
+    /// panicked (`split_at` inside the character) instead of being refused.
+    #[test]
+    fn a_period_ending_in_a_multibyte_character_is_refused() {
+        for s in ["3ϛ", "ϛ", "30dé", "é"] {
+            let e = parse_period("--retention", s).unwrap_err().to_string();
+            assert!(e.contains("--retention") && e.contains("30d"), "{e}");
+        }
+        assert_eq!(parse_period("--retention", "30d").unwrap(), 30 * 86_400_000);
+    }
 
     #[test]
     fn rfc3339_any_offset_and_milliseconds() {

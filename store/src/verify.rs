@@ -53,6 +53,9 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, StoreError> {
     }
     let meta: HashMap<String, String> = db::meta(&c, &path)?.into_iter().collect();
     let crops = meta.get("crops").is_some_and(|v| v == "true");
+    // Format 1 checked the crop with the row; later formats give it its own checksum.
+    let v1 = meta.get("format_version").is_some_and(|v| v == "1");
+    let f16 = meta.get("storage").is_some_and(|v| v == "f16");
     let uuid = meta.get("uuid").cloned().unwrap_or_default();
     // Segments: each file opens, its embeddings match their CRC, it matches its record.
     let mut where_is: HashMap<u64, (usize, usize)> = HashMap::new();
@@ -131,10 +134,11 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, StoreError> {
                 m.id
             ));
         }
-        let crop = if crops {
-            db::crop(&c, &path, m.id)?
-        } else {
-            None
+        let crop = match (crops, v1) {
+            (false, _) => None,
+            // Format 1 has no crop checksum: 0, never compared.
+            (true, true) => db::crop_v1(&c, &path, m.id)?.map(|(t, b)| (t, b, 0)),
+            (true, false) => db::crop(&c, &path, m.id)?,
         };
         if crops && crop.is_none() {
             rep.problems
@@ -142,14 +146,34 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, StoreError> {
         }
         if let Some(emb) = emb {
             rep.bytes_checked += emb.len() as u64 + crop.as_ref().map_or(0, |c| c.1.len() as u64);
-            let crc = db::row_crc(
-                &m,
-                &emb,
-                crop.as_ref().map(|(t, b)| (t.as_str(), b.as_slice())),
-            );
+            let crc = if v1 {
+                db::row_crc_v1(
+                    &m,
+                    &emb,
+                    crop.as_ref().map(|(t, b, _)| (t.as_str(), b.as_slice())),
+                )
+            } else {
+                db::row_crc(&m, &emb)
+            };
             if crc != m.crc {
                 rep.problems.push(format!(
-                    "row {}: does not match its checksum (metadata, embedding or crop damaged)",
+                    "row {}: does not match its checksum (metadata or embedding damaged)",
+                    m.id
+                ));
+            } else if !finite(&emb, f16) {
+                // Written only past the store's checks (a damaged or forged file): it
+                // would score NaN in every search.
+                rep.problems.push(format!(
+                    "row {}: its embedding holds a value that is not finite (NaN or infinity)",
+                    m.id
+                ));
+            }
+            if !v1
+                && let Some((t, b, k)) = &crop
+                && db::crop_crc(t, b) != *k
+            {
+                rep.problems.push(format!(
+                    "row {}: its crop does not match its checksum (crop damaged)",
                     m.id
                 ));
             }
@@ -175,6 +199,17 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, StoreError> {
     }
     let _ = db::commit(&c, &path);
     Ok(rep)
+}
+
+/// Whether stored embedding bytes (f32 or f16, little-endian) are all finite.
+fn finite(emb: &[u8], f16: bool) -> bool {
+    if f16 {
+        emb.chunks_exact(2)
+            .all(|b| half::f16::from_le_bytes([b[0], b[1]]).is_finite())
+    } else {
+        emb.chunks_exact(4)
+            .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+    }
 }
 
 /// Copy the store at `dir` into `out` (missing or empty) consistently while a writer

@@ -532,6 +532,7 @@ fn a_full_disk_loses_nothing_acknowledged() {
         fs: fs.clone(),
         flush_rows: 1_000_000,
         segment_rows: 1_000_000,
+        ..Options::default()
     };
     let store = Store::create_with(&dir, &config(Storage::F32, true), opts).unwrap();
     let (first, last) = store.add((0..64).map(row).collect()).unwrap();

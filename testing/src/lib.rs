@@ -98,6 +98,52 @@ pub fn result_ids(v: &serde_json::Value) -> Vec<u64> {
         .collect()
 }
 
+/// Send raw bytes to an `http://` server and read what comes back until it closes
+/// the connection or `within` passes: the status code (0 when none arrived) and the
+/// response's text. For requests a client library would not send.
+pub fn raw_http(url: &str, request: &[u8], within: Duration) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connecting to the server");
+    s.set_read_timeout(Some(within)).expect("a read timeout");
+    let _ = s.write_all(request);
+    let mut out = vec![];
+    let t = Instant::now();
+    let mut buf = [0u8; 4096];
+    while t.elapsed() < within {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if response_complete(&out) {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// Whether `b` holds a whole HTTP/1 response with a `Content-Length` body.
+fn response_complete(b: &[u8]) -> bool {
+    let t = String::from_utf8_lossy(b);
+    let Some((head, body)) = t.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())
+                .flatten()
+        })
+        .is_some_and(|n| body.len() >= n)
+}
+
 /// Install ring as rustls's provider (reqwest is built without a default one).
 pub fn tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -128,6 +174,7 @@ pub struct Launch {
     env: Vec<(OsString, OsString)>,
     probe: Option<reqwest::blocking::Client>,
     within: Duration,
+    nofile: Option<u64>,
 }
 
 impl Launch {
@@ -157,6 +204,12 @@ impl Launch {
         self
     }
 
+    /// Start it with this open-file limit (`ulimit -n`).
+    pub fn nofile(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
+        self
+    }
+
     /// How long start-up may take (default a minute).
     pub fn ready_within(mut self, d: Duration) -> Self {
         self.within = d;
@@ -165,12 +218,30 @@ impl Launch {
 
     /// Start it and return once it is listening (not yet ready).
     pub fn spawn(self) -> Result<(Serve, Launch), String> {
-        let mut child = sen_core::process::command(&self.sen)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        let mut cmd = sen_core::process::command(&self.sen);
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = cmd
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.sen.display()))?;
         // The server's log, kept to say why it failed.
@@ -248,6 +319,7 @@ impl Serve {
             env: vec![],
             probe: None,
             within: Duration::from_secs(60),
+            nofile: None,
         }
     }
 

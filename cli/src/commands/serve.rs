@@ -68,11 +68,45 @@ pub struct ServeArgs {
     max_k: usize,
     #[arg(long, default_value_t = 1000)]
     max_text_chars: usize,
+    /// Largest body, in MiB: a larger `Content-Length` is refused (413) before the
+    /// body is read.
     #[arg(long, default_value_t = 16)]
     max_body_mib: usize,
+    /// Images one request may add (multipart parts; 413 at the first past it):
+    /// default 64, or --max-queue when that is smaller (a request's images enter the
+    /// queue together, so more than it holds could never run).
+    #[arg(long)]
+    max_images: Option<usize>,
     /// Largest image accepted, in pixels (read from the header before decoding).
     #[arg(long, default_value_t = 40_000_000)]
     max_pixels: u64,
+    /// Longest image side accepted, in pixels (read from the header before decoding).
+    #[arg(long, default_value_t = 8192)]
+    max_image_side: u32,
+    /// Longest row `path`, in bytes.
+    #[arg(long, default_value_t = 4096)]
+    max_path_bytes: usize,
+    /// Largest row `attrs`, in KiB of JSON.
+    #[arg(long, default_value_t = 16)]
+    max_attrs_kib: usize,
+    /// Deepest nesting of a row's `attrs`.
+    #[arg(long, default_value_t = 16)]
+    max_attrs_depth: usize,
+    /// Seconds a connection has to send a request's headers (from its accept, or from
+    /// the first byte of a later request) before it is closed.
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout: f64,
+    /// Seconds an idle kept-alive connection stays open.
+    #[arg(long, default_value_t = 60.0)]
+    idle_timeout: f64,
+    /// Connections served at once (more wait in the kernel's queue; lowered to fit
+    /// the open-file limit).
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// MiB the store keeps in reserve (`STORE/reserve`), released when the disk is
+    /// full so deletes can still free room (0: none).
+    #[arg(long, default_value_t = 64)]
+    disk_reserve_mib: u64,
     /// Seconds before a request is answered 504.
     #[arg(long, default_value_t = 30.0)]
     request_timeout: f64,
@@ -156,7 +190,22 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_k: a.max_k,
         max_text_chars: a.max_text_chars,
         max_body: a.max_body_mib << 20,
-        max_pixels: a.max_pixels,
+        max_images: a.max_images.unwrap_or(64.min(a.max_queue)),
+        image_limits: sen_core::preprocess::ImageLimits {
+            max_side: a.max_image_side,
+            max_pixels: a.max_pixels,
+        },
+        row_limits: sen_store::RowLimits {
+            max_path_bytes: a.max_path_bytes,
+            max_attrs_bytes: a.max_attrs_kib << 10,
+            max_attrs_depth: a.max_attrs_depth,
+        },
+        conn: sen_serve::listener::ConnLimits {
+            header_timeout: secs("--header-timeout", a.header_timeout)?,
+            idle_timeout: secs("--idle-timeout", a.idle_timeout)?,
+            max_connections: a.max_connections,
+        },
+        disk_reserve: a.disk_reserve_mib << 20,
         request_timeout: secs("--request-timeout", a.request_timeout)?,
         shutdown_timeout: secs("--shutdown-timeout", a.shutdown_timeout)?,
         retention_ms: a

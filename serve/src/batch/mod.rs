@@ -120,9 +120,60 @@ impl<I: Send + 'static, O: Send + 'static, E: Send + Sync + 'static> Batcher<I, 
     /// Queue `input` and wait for its output; [`QueueError::Full`] at once when the
     /// queue is full.
     pub async fn submit(&self, input: I) -> Result<(O, Timing), QueueError<E>> {
-        if self.depth.fetch_add(1, Ordering::SeqCst) >= self.max_queue {
-            self.depth.fetch_sub(1, Ordering::SeqCst);
-            return Err(QueueError::Full);
+        self.reserve(1)?.submit(input).await
+    }
+
+    /// Room for `n` requests, taken now as a whole or not at all ([`QueueError::Full`]
+    /// when fewer are free): a request of several inputs is admitted entirely, so it
+    /// never half-runs. `n` must be at most `max_queue` (a request needing more could
+    /// never be admitted: refuse it before asking).
+    pub fn reserve(&self, n: usize) -> Result<Reservation<'_, I, O, E>, QueueError<E>> {
+        let mut cur = self.depth.load(Ordering::SeqCst);
+        loop {
+            if cur + n > self.max_queue {
+                return Err(QueueError::Full);
+            }
+            match self
+                .depth
+                .compare_exchange(cur, cur + n, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => {
+                    return Ok(Reservation {
+                        batcher: self,
+                        left: AtomicUsize::new(n),
+                    });
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// The most requests the queue holds (`--max-queue`).
+    pub fn capacity(&self) -> usize {
+        self.max_queue
+    }
+}
+
+/// Room taken in a queue ([`Batcher::reserve`]); what is not used is given back on drop.
+pub struct Reservation<'a, I, O, E> {
+    batcher: &'a Batcher<I, O, E>,
+    left: AtomicUsize,
+}
+
+impl<I: Send + 'static, O: Send + 'static, E: Send + Sync + 'static> Reservation<'_, I, O, E> {
+    /// Queue `input` in reserved room and wait for its output.
+    pub async fn submit(&self, input: I) -> Result<(O, Timing), QueueError<E>> {
+        let b = self.batcher;
+        if self
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
+            .is_err()
+        {
+            return Err(QueueError::Miscounted {
+                queue: b.name,
+                inputs: 0,
+                outputs: 1,
+            });
         }
         let (reply, rx) = tokio::sync::oneshot::channel();
         let job = Job {
@@ -130,18 +181,29 @@ impl<I: Send + 'static, O: Send + 'static, E: Send + Sync + 'static> Batcher<I, 
             enqueued: Instant::now(),
             reply,
         };
-        match self.tx.try_send(job) {
+        // The reservation counted this job in `depth`, so the channel (as deep as the
+        // queue) has room for it.
+        match b.tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                self.depth.fetch_sub(1, Ordering::SeqCst);
+                b.depth.fetch_sub(1, Ordering::SeqCst);
                 return Err(QueueError::Full);
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.depth.fetch_sub(1, Ordering::SeqCst);
-                return Err(QueueError::Stopped(self.name));
+                b.depth.fetch_sub(1, Ordering::SeqCst);
+                return Err(QueueError::Stopped(b.name));
             }
         }
-        rx.await.map_err(|_| QueueError::Stopped(self.name))?
+        rx.await.map_err(|_| QueueError::Stopped(b.name))?
+    }
+}
+
+impl<I, O, E> Drop for Reservation<'_, I, O, E> {
+    fn drop(&mut self) {
+        let left = self.left.load(Ordering::SeqCst);
+        if left > 0 {
+            self.batcher.depth.fetch_sub(left, Ordering::SeqCst);
+        }
     }
 }
 

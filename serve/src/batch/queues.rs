@@ -14,8 +14,9 @@ use std::sync::Arc;
 pub type TextQueue = Batcher<String, Vec<f32>, RuntimeError>;
 /// Preprocessed crops `[3, H, W]` -> embeddings.
 pub type ImageQueue = Batcher<Array3<f32>, Vec<f32>, RuntimeError>;
-/// Queries -> their results (one scan of the gallery for the whole batch).
-pub type SearchQueue = Batcher<Query, Vec<Found>, StoreError>;
+/// Queries -> their results (one scan of the gallery for the whole batch); each
+/// query fails on its own (a damaged row fails only the query that meets it).
+pub type SearchQueue = Batcher<Query, Result<Vec<Found>, StoreError>, StoreError>;
 
 /// The text encoder's queue; counts the token positions and rows it ran.
 pub fn text(enc: Arc<Encoders>, cfg: BatchConfig, metrics: Arc<Metrics>) -> TextQueue {
@@ -49,6 +50,6 @@ pub fn search(
     metrics: Arc<Metrics>,
 ) -> SearchQueue {
     Batcher::start("search", cfg, metrics, move |qs: Vec<Query>| {
-        store.search(&qs, threads)
+        store.search_each(&qs, threads)
     })
 }

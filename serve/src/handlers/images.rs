@@ -36,10 +36,15 @@ pub(crate) async fn get_image(
     let l = loaded(&app)?;
     let id = parse_id(&id)?;
     let thumb = wants_thumb(&uri)?;
-    if thumb && let Some(b) = app.thumbs.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+    let store = l.store()?.clone();
+    // The cache answers only for a live row: a row deleted by any means (by id, by
+    // camera or time, by retention) is gone from the snapshot at once.
+    if thumb
+        && let Some(b) = app.thumbs.lock().unwrap_or_else(|e| e.into_inner()).get(id)
+        && store.is_live(id)
+    {
         return Ok(image_response("image/jpeg", b));
     }
-    let store = l.store()?.clone();
     let crop = tokio::task::spawn_blocking(move || store.crop(id))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??
@@ -51,9 +56,13 @@ pub(crate) async fn get_image(
     if !thumb {
         return Ok(image_response(&crop.content_type, Bytes::from(crop.bytes)));
     }
-    let b = tokio::task::spawn_blocking(move || thumbnail(&crop.bytes))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let b = super::ingest::decoded(
+        &app,
+        Bytes::from(crop.bytes),
+        format!("the crop of row {id}"),
+        thumbnail,
+    )
+    .await?;
     app.thumbs
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -112,9 +121,10 @@ pub(crate) fn image_response(ct: &str, b: Bytes) -> Response {
 }
 
 /// A JPEG whose longest side is at most 256 px.
-fn thumbnail(bytes: &[u8]) -> Result<Bytes, ApiError> {
-    let img = image::load_from_memory(bytes)
-        .map_err(|e| ApiError::Internal(format!("stored crop: {e}")))?;
+fn thumbnail(rgb: sen_core::preprocess::Rgb8) -> Result<Bytes, ApiError> {
+    let img = image::RgbImage::from_raw(rgb.width as u32, rgb.height as u32, rgb.data)
+        .map(image::DynamicImage::ImageRgb8)
+        .ok_or_else(|| ApiError::Internal("a decoded crop of the wrong size".into()))?;
     let t = if img.width().max(img.height()) > 256 {
         img.thumbnail(256, 256)
     } else {

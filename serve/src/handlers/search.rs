@@ -119,6 +119,7 @@ pub(crate) async fn search(
         .as_ref()
         .ok_or_else(|| ApiError::Internal("no search queue".into()))?;
     let (found, tm) = queue.submit(q).await?;
+    let found = found?;
     app.metrics
         .stage
         .with_label_values(&["queue"])
@@ -200,33 +201,27 @@ pub(crate) async fn embed_text(
     ApiJson(b): ApiJson<EmbedTextBody>,
 ) -> Result<Response, ApiError> {
     let l = loaded(&app)?;
-    if b.texts.is_empty() || b.texts.len() > 256 {
+    // A request's texts are admitted to the queue together, so at most as many as
+    // the queue holds.
+    let cap = l.text.capacity().min(256);
+    if b.texts.is_empty() || b.texts.len() > cap {
         return Err(ApiError::Invalid(format!(
-            "texts: give 1 to 256 texts (got {})",
+            "texts: give 1 to {cap} texts (got {}; at most 256, and at most --max-queue)",
             b.texts.len()
         )));
     }
     for (i, t) in b.texts.iter().enumerate() {
         check_text(&app, t, &format!("texts[{i}]"))?;
     }
-    let mut set = tokio::task::JoinSet::new();
-    for (i, t) in b.texts.into_iter().enumerate() {
-        let app = app.clone();
-        set.spawn(async move {
-            let l = loaded(&app)?;
-            encode_text(&app, l, t).await.map(|v| (i, v))
-        });
+    let room = l.text.reserve(b.texts.len())?;
+    let outs = futures::future::join_all(b.texts.into_iter().map(|t| room.submit(t))).await;
+    let mut embeddings = Vec::with_capacity(outs.len());
+    for o in outs {
+        let (v, tm) = o?;
+        observe_encoder(&app, &tm);
+        embeddings.push(v);
     }
-    let _ = l;
-    let mut out: Vec<(usize, Vec<f32>)> = vec![];
-    while let Some(r) = set.join_next().await {
-        out.push(r.map_err(|e| ApiError::Internal(e.to_string()))??);
-    }
-    out.sort_by_key(|x| x.0);
-    Ok(
-        Json(serde_json::json!({"embeddings": out.into_iter().map(|x| x.1).collect::<Vec<_>>()}))
-            .into_response(),
-    )
+    Ok(Json(serde_json::json!({ "embeddings": embeddings })).into_response())
 }
 
 pub(crate) async fn embed_image(
@@ -242,7 +237,7 @@ pub(crate) async fn embed_image(
         "the body",
     )?;
     let b = body_bytes(body, app.cfg.max_body).await?;
-    let x = prepare(&app, l, b, "the body").await?;
+    let x = prepare(&app, l, b, "the body".into()).await?;
     let e = embed(&app, l, x).await?;
     Ok(Json(serde_json::json!({"embedding": e})).into_response())
 }

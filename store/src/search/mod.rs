@@ -7,7 +7,10 @@
 //!
 //! Order is total and deterministic: higher score first, equal scores by gallery
 //! order (lower row first), as SPEC §7 ranks. Scores are compared as f32 with
-//! `total_cmp`; the index refuses non-finite embeddings, so no NaN reaches here.
+//! `total_cmp`. Stores and indexes refuse non-finite embeddings at write, but a damaged
+//! file can still hold one: a row that scores NaN is never dropped silently, it ranks
+//! first with the score NaN (positive, whatever the arithmetic produced), and the
+//! caller reports it as damaged.
 
 use half::f16;
 
@@ -441,10 +444,13 @@ fn scan(
             score_rows(lo, hi, out);
             let mut thr = top.threshold();
             for (i, &s) in out.iter().enumerate() {
-                if s > thr && (all || filter.allows(glo + i)) {
+                // `!(s <= thr)`: above the threshold, or NaN (one unordered compare).
+                #[allow(clippy::neg_cmp_op_on_partial_ord)]
+                let keep = !(s <= thr);
+                if keep && (all || filter.allows(glo + i)) {
                     top.push(Hit {
                         row: glo + i,
-                        score: s,
+                        score: nan_first(s),
                     });
                     thr = top.threshold();
                 }
@@ -476,10 +482,13 @@ fn scan(
                 let out = &mut scores[..e - r];
                 score_rows(r, e, out);
                 for (i, &s) in out.iter().enumerate() {
-                    if s > top.threshold() {
+                    // Above the threshold, or NaN (see above).
+                    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+                    let keep = !(s <= top.threshold());
+                    if keep {
                         top.push(Hit {
                             row: start + r + i,
-                            score: s,
+                            score: nan_first(s),
                         });
                     }
                 }
@@ -487,6 +496,13 @@ fn scan(
         }
         lo = hi;
     }
+}
+
+/// A score as ranked: NaN as the positive NaN, which `total_cmp` puts above every
+/// number (x86's default NaN has its sign bit set and would sort last).
+#[inline]
+fn nan_first(s: f32) -> f32 {
+    if s.is_nan() { f32::NAN } else { s }
 }
 
 /// Ask the CPU to bring `len` values of `rows` from `at` into cache (x86-64; a

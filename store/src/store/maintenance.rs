@@ -6,8 +6,13 @@ use super::snapshot::{DeadBits, Part, Src};
 use super::writer::{State, publish};
 use super::*;
 
-/// Segment files no record refers to (a crash between writing one and committing it,
-/// or after a compaction committed and before the old files went): removed.
+/// Where files found in `segments/` that no committed state names are moved.
+pub const STRAY_DIR: &str = "stray";
+
+/// Files in `segments/` no record refers to (a crash between writing a segment and
+/// committing it, or after a compaction committed and before the old files went, or
+/// anything else put there): moved aside into `stray/`, never deleted, so a file the
+/// database should have named is still there to examine.
 pub(super) fn remove_stray_segments(
     dir: &Path,
     c: &Connection,
@@ -16,24 +21,77 @@ pub(super) fn remove_stray_segments(
     let path = dir.join(db::DB_FILE);
     let known: HashSet<String> = db::segments(c, &path)?.into_iter().map(|s| s.0).collect();
     let sdir = dir.join(SEGMENTS_DIR);
-    let mut removed = false;
+    let aside = dir.join(STRAY_DIR);
+    let mut moved = false;
     for e in std::fs::read_dir(&sdir).map_err(|e| StoreError::io(&sdir, e))? {
         let e = e.map_err(|e| StoreError::io(&sdir, e))?;
         let name = e.file_name().to_string_lossy().to_string();
-        if !known.contains(&name) {
-            tracing::info!(
-                "{}: removing {name}, which no committed state refers to",
-                sdir.display()
-            );
-            fs.remove(&e.path())
-                .map_err(|er| StoreError::io(e.path(), er))?;
-            removed = true;
+        if known.contains(&name) {
+            continue;
         }
+        std::fs::create_dir_all(&aside).map_err(|er| StoreError::io(&aside, er))?;
+        let mut to = aside.join(&name);
+        let mut n = 0;
+        while to.exists() {
+            n += 1;
+            to = aside.join(format!("{name}.{n}"));
+        }
+        tracing::warn!(
+            "{}: {name} is named by no committed state; moved to {}",
+            sdir.display(),
+            to.display()
+        );
+        fs.rename(&e.path(), &to)
+            .map_err(|er| StoreError::io(e.path(), er))?;
+        moved = true;
     }
-    if removed {
+    if moved {
         fs.sync_dir(&sdir).map_err(|e| StoreError::io(&sdir, e))?;
+        fs.sync_dir(&aside).map_err(|e| StoreError::io(&aside, e))?;
     }
     Ok(())
+}
+
+/// The disk reserve's file.
+pub const RESERVE_FILE: &str = "reserve";
+
+/// Make sure `DIR/reserve` holds `opts.disk_reserve` bytes of allocated space (made
+/// beside and renamed, so a crash leaves no short one); with a reserve of 0, remove it.
+pub(super) fn ensure_reserve(shared: &Shared) -> Result<(), StoreError> {
+    let want = shared.opts.disk_reserve;
+    let path = shared.dir.join(RESERVE_FILE);
+    if want == 0 {
+        let _ = std::fs::remove_file(&path);
+        return Ok(());
+    }
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() >= want) {
+        return Ok(());
+    }
+    let tmp = shared.dir.join(format!("{RESERVE_FILE}.tmp"));
+    let r = (|| -> std::io::Result<()> {
+        let f = std::fs::File::create(&tmp)?;
+        crate::io::allocate(&f, want)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&shared.dir)?.sync_all()
+    })();
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StoreError::io(&path, e));
+    }
+    Ok(())
+}
+
+/// Give the reserve's space back to the file system (the disk is full and a delete
+/// needs room).
+pub(super) fn release_reserve(shared: &Shared) {
+    let path = shared.dir.join(RESERVE_FILE);
+    if std::fs::remove_file(&path).is_ok() {
+        tracing::warn!(
+            "{}: the disk is full: released the store's reserve so deletes can run",
+            shared.dir.display()
+        );
+    }
 }
 
 /// Write every pending row (live ones) to a new segment; then one transaction records

@@ -28,6 +28,7 @@ use half::f16;
 use rusqlite::Connection;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -83,13 +84,7 @@ fn read_info(c: &Connection, dir: &Path) -> Result<(StoreInfo, u64), StoreError>
             .map_err(|_| StoreError::Damaged(format!("{}: `{k}` is not a number", path.display())))
     };
     let format_version = num("format_version")? as u32;
-    if format_version != db::STORE_FORMAT_VERSION {
-        return Err(StoreError::Damaged(format!(
-            "{}: store format version {format_version}, but this sen reads version {}",
-            dir.display(),
-            db::STORE_FORMAT_VERSION
-        )));
-    }
+    crate::migrate::check(format_version, dir, false)?;
     let info = StoreInfo {
         uuid: get("uuid")?,
         format_version,
@@ -126,6 +121,11 @@ struct Shared {
     readers: Mutex<Vec<Connection>>,
     fs: Arc<dyn Durable>,
     opts: Options,
+    /// The last write found the disk full (and no delete has freed room since):
+    /// readiness says the store takes no new rows.
+    disk_full: std::sync::atomic::AtomicBool,
+    /// When the writer last tried to rebuild a released reserve.
+    reserve_tried: Mutex<Option<std::time::Instant>>,
 }
 
 struct WriterHandle {
@@ -246,6 +246,10 @@ impl Store {
         };
         check_db_header(&path)?;
         let c = db::open(dir, mode == Mode::Writer)?;
+        let version = db::format_version(&c, &path)?;
+        if crate::migrate::check(version, dir, mode == Mode::Writer)? {
+            crate::migrate::run(&c, dir, version)?;
+        }
         let (info, next_id) = read_info(&c, dir)?;
         if mode == Mode::Writer {
             remove_stray_segments(dir, &c, fs.as_ref())?;
@@ -275,9 +279,20 @@ impl Store {
             readers: Mutex::new(vec![]),
             fs,
             opts,
+            disk_full: std::sync::atomic::AtomicBool::new(false),
+            reserve_tried: Mutex::new(None),
         });
         let writer = match (mode, lock_file) {
             (Mode::Writer, Some(lock_file)) => {
+                if let Err(e) = maintenance::ensure_reserve(&shared) {
+                    if e.is_disk_full() {
+                        shared.disk_full.store(true, Ordering::SeqCst);
+                    }
+                    tracing::warn!(
+                        "{}: cannot keep the disk reserve ({e}); deletes on a full disk may fail",
+                        dir.display()
+                    );
+                }
                 let (tx, rx) = sync_channel::<Job>(1024);
                 let sh = shared.clone();
                 let thread = std::thread::Builder::new()
@@ -356,13 +371,14 @@ impl Store {
         Ok((a.first_id, a.last_id))
     }
 
-    /// [`Store::add`] with an idempotency key: the key is recorded in the same
-    /// transaction as the rows (`idempotency` table, kept a day), and a later add with
-    /// the same key adds nothing and returns the first add's ids.
+    /// [`Store::add`] with an idempotency key: the key and its request digest are
+    /// recorded in the same transaction as the rows (`idempotency` table, kept a day);
+    /// a later add with the same key and digest adds nothing and returns the first
+    /// add's ids, one with another digest is refused.
     pub fn add_idempotent(
         &self,
         rows: Vec<NewRow>,
-        key: Option<String>,
+        key: Option<Idempotency>,
     ) -> Result<Added, StoreError> {
         if rows.is_empty() {
             return Err(StoreError::Input("nothing to add".into()));
@@ -371,6 +387,7 @@ impl Store {
         for (n, r) in rows.iter().enumerate() {
             check_camera(&r.camera)
                 .map_err(|e| StoreError::Input(format!("row {}: {e}", n + 1)))?;
+            self.shared.opts.row_limits.check(n + 1, r)?;
             if r.embedding.len() != i.dim {
                 return Err(StoreError::Input(format!(
                     "row {} ({}): embedding has {} values, the store holds {}",
@@ -387,7 +404,17 @@ impl Store {
                     r.path
                 )));
             }
-            time::from_unix_ms(&format!("row {} time", n + 1), r.time_ms)?;
+            if i.storage == Storage::F16 && r.embedding.iter().any(|v| v.abs() > f16::MAX.to_f32())
+            {
+                return Err(StoreError::Input(format!(
+                    "row {} ({}): the embedding has a value past float16's range ({}), which \
+                     this store keeps its rows in",
+                    n + 1,
+                    r.path,
+                    f16::MAX
+                )));
+            }
+            time::capture_time(&format!("row {} time", n + 1), r.time_ms)?;
             if i.crops && r.crop.is_none() {
                 return Err(StoreError::Input(format!(
                     "row {} ({}): this store keeps crops and the row has none",
@@ -421,7 +448,19 @@ impl Store {
 
     /// Whether the writer answers and the database takes a write lock (readiness).
     pub fn ping(&self) -> Result<(), StoreError> {
+        if self.shared.disk_full.load(Ordering::SeqCst) {
+            return Err(StoreError::DiskFull(format!(
+                "{}: the disk is full; the store takes no new rows until room is freed \
+                 (deletes still work, and free the room they need from the store's reserve)",
+                self.shared.dir.display()
+            )));
+        }
         self.job(Job::Ping)
+    }
+
+    /// Whether `id` is a live row now (not deleted), from the current snapshot.
+    pub fn is_live(&self, id: u64) -> bool {
+        self.snapshot().locate(id).is_some()
     }
 
     /// Register (or move) a consumer's cursor; returns its sequence number. `None`
@@ -457,80 +496,104 @@ impl Store {
 
     /// Search: exact top-k per query (SPEC §7 ties: higher score, then lower id), with
     /// filters, through the batched kernel. Every returned row is checked against its
-    /// row checksum (a damaged row is an error naming it, never a result).
+    /// row checksum (a damaged row is an error naming it, never a result). Any query's
+    /// failure fails the call; [`Store::search_each`] answers each query on its own.
     pub fn search(&self, queries: &[Query], threads: usize) -> Result<Vec<Vec<Found>>, StoreError> {
+        self.search_each(queries, threads)?.into_iter().collect()
+    }
+
+    /// [`Store::search`], each query with its own answer: a bad query, or one whose
+    /// results meet a damaged row, fails alone (naming the row); the outer error is for
+    /// what fails every query (the kernel, the database).
+    pub fn search_each(
+        &self,
+        queries: &[Query],
+        threads: usize,
+    ) -> Result<Vec<Answer>, StoreError> {
         let kernel = Kernel::active().map_err(|e| StoreError::Input(e.to_string()))?;
         let dim = self.shared.info.dim;
-        for (n, q) in queries.iter().enumerate() {
-            if q.vector.len() != dim {
-                return Err(StoreError::Input(format!(
-                    "query {}: {} values, the store holds {dim}-dim rows",
-                    n + 1,
-                    q.vector.len()
-                )));
-            }
-            if q.vector.iter().any(|v| !v.is_finite()) {
-                return Err(StoreError::Input(format!(
-                    "query {}: a value is not finite",
-                    n + 1
-                )));
-            }
-            if let Some(cams) = &q.cameras {
-                for c in cams {
-                    check_camera(c)?;
-                }
-            }
-        }
-        // A row deleted between the snapshot and reading its metadata: search again
-        // on a newer snapshot (bounded).
+        let mut out: Vec<Option<Answer>> = queries
+            .iter()
+            .enumerate()
+            .map(|(n, q)| check_query(n, q, dim).err().map(Err))
+            .collect();
+        // A row deleted between the snapshot and reading its metadata: search that
+        // query again on a newer snapshot (bounded).
         for _ in 0..8 {
+            let todo: Vec<usize> = (0..queries.len()).filter(|&i| out[i].is_none()).collect();
+            if todo.is_empty() {
+                break;
+            }
             let snap = self.snapshot();
-            let filters: Vec<RowFilter> = queries.iter().map(|q| snap.filter(q)).collect();
-            let batch: Vec<BatchQuery> = queries
+            let filters: Vec<RowFilter> = todo.iter().map(|&i| snap.filter(&queries[i])).collect();
+            let batch: Vec<BatchQuery> = todo
                 .iter()
                 .zip(&filters)
-                .map(|(q, f)| BatchQuery {
-                    vector: &q.vector,
-                    k: q.k,
+                .map(|(&i, f)| BatchQuery {
+                    vector: &queries[i].vector,
+                    k: queries[i].k,
                     filter: f,
                 })
                 .collect();
             let gallery = snap.gallery(dim);
             let threads = search::threads_for(snap.rows_in_parts(), threads);
             let hits = search::search_gallery(kernel, &batch, &gallery, threads);
-            match self.resolve(&snap, &hits)? {
-                Some(found) => return Ok(found),
-                None => continue,
+            for (i, r) in todo.into_iter().zip(self.resolve(&snap, &hits)?) {
+                out[i] = r;
             }
         }
-        Err(StoreError::Closed(
-            "the store changed under eight searches in a row; try again".into(),
-        ))
+        Ok(out
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Closed(
+                        "the store changed under eight searches in a row; try again".into(),
+                    ))
+                })
+            })
+            .collect())
     }
 
-    /// Metadata of the hits, each checked against its checksum; None if a row was
-    /// deleted meanwhile.
+    /// Metadata of each query's hits, each row checked against its checksum: `None`
+    /// for a query one of whose rows was deleted meanwhile (search it again), an error
+    /// for one that met a damaged row.
     fn resolve(
         &self,
         snap: &Snapshot,
         hits: &[Vec<search::Hit>],
-    ) -> Result<Option<Vec<Vec<Found>>>, StoreError> {
+    ) -> Result<Vec<Option<Answer>>, StoreError> {
         self.with_reader(|c| {
             let path = self.shared.dir.join(db::DB_FILE);
             let mut out = Vec::with_capacity(hits.len());
-            for hs in hits {
+            'query: for hs in hits {
                 let mut v = Vec::with_capacity(hs.len());
                 for h in hs {
                     let (pi, i) = snap.part_of(h.row);
                     let part = &snap.parts[pi];
-                    let Some((m, _)) = self.checked_row(c, &path, part, i)? else {
-                        return Ok(None);
-                    };
-                    v.push(found(m, h.score)?);
+                    if h.score.is_nan() {
+                        out.push(Some(Err(not_finite_row(
+                            &self.shared.dir,
+                            part.ids()[i],
+                            part,
+                        ))));
+                        continue 'query;
+                    }
+                    match self.checked_row(c, &path, part, i) {
+                        Ok(Some((m, _))) => v.push(found(m, h.score)?),
+                        Ok(None) => {
+                            out.push(None);
+                            continue 'query;
+                        }
+                        Err(e @ StoreError::Damaged(_)) => {
+                            out.push(Some(Err(e)));
+                            continue 'query;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                out.push(v);
+                out.push(Some(Ok(v)));
             }
-            Ok(Some(out))
+            Ok(out)
         })
     }
 
@@ -556,8 +619,8 @@ impl Store {
     }
 
     /// Row `i` of `part`: its metadata and embedding bytes, checked against the row
-    /// checksum (metadata, embedding, crop); None when the row is no longer in the
-    /// database (deleted after the snapshot was taken).
+    /// checksum (metadata and embedding; the crop has its own); None when the row is no
+    /// longer in the database (deleted after the snapshot was taken).
     fn checked_row(
         &self,
         c: &Connection,
@@ -569,18 +632,8 @@ impl Store {
         let Some(m) = db::row(c, path, id)? else {
             return Ok(None);
         };
-        let crop = if self.shared.info.crops {
-            db::crop(c, path, id)?
-        } else {
-            None
-        };
         let emb = part.row_bytes(i, self.shared.info.dim);
-        let crc = db::row_crc(
-            &m,
-            &emb,
-            crop.as_ref().map(|(t, b)| (t.as_str(), b.as_slice())),
-        );
-        if crc != m.crc {
+        if db::row_crc(&m, &emb) != m.crc {
             return Err(damaged_row(&self.shared.dir, id, part));
         }
         Ok(Some((m, emb)))
@@ -607,10 +660,22 @@ impl Store {
         }
         self.with_reader(|c| {
             let path = self.shared.dir.join(db::DB_FILE);
-            Ok(db::crop(c, &path, id)?.map(|(content_type, bytes)| Crop {
-                content_type,
-                bytes,
-            }))
+            match db::crop(c, &path, id)? {
+                Some((content_type, bytes, crc)) => {
+                    if db::crop_crc(&content_type, &bytes) != crc {
+                        return Err(StoreError::Damaged(format!(
+                            "{}: the crop of row {id} does not match its checksum: the store \
+                             is damaged; run `sen store verify` and restore from a snapshot",
+                            self.shared.dir.display()
+                        )));
+                    }
+                    Ok(Some(Crop {
+                        content_type,
+                        bytes,
+                    }))
+                }
+                None => Ok(None),
+            }
         })
     }
 
@@ -741,15 +806,54 @@ fn found(m: RowMeta, score: f32) -> Result<Found, StoreError> {
     })
 }
 
-fn damaged_row(dir: &Path, id: u64, part: &Part) -> StoreError {
-    let place = match &part.src {
+/// One query's answer: its results, or why it failed.
+pub type Answer = Result<Vec<Found>, StoreError>;
+
+/// A query fit to search: the store's dimension, finite values, good camera names.
+fn check_query(n: usize, q: &Query, dim: usize) -> Result<(), StoreError> {
+    if q.vector.len() != dim {
+        return Err(StoreError::Input(format!(
+            "query {}: {} values, the store holds {dim}-dim rows",
+            n + 1,
+            q.vector.len()
+        )));
+    }
+    if q.vector.iter().any(|v| !v.is_finite()) {
+        return Err(StoreError::Input(format!(
+            "query {}: a value is not finite",
+            n + 1
+        )));
+    }
+    for c in q.cameras.iter().flatten() {
+        check_camera(c)?;
+    }
+    Ok(())
+}
+
+/// Where row `id`'s embedding is, for errors.
+fn place(dir: &Path, part: &Part) -> String {
+    match &part.src {
         Src::Seg(s) => s.path.display().to_string(),
         Src::Mem(_) => format!("{} (pending rows)", dir.join(db::DB_FILE).display()),
-    };
+    }
+}
+
+/// A stored embedding that scores NaN: it holds a value that is not finite.
+fn not_finite_row(dir: &Path, id: u64, part: &Part) -> StoreError {
     StoreError::Damaged(format!(
-        "{}: row {id} does not match its checksum (embedding in {place}, metadata or crop in the \
+        "{}: row {id}'s embedding (in {}) holds a value that is not finite: the store is \
+         damaged; run `sen store verify` and restore from a snapshot",
+        dir.display(),
+        place(dir, part)
+    ))
+}
+
+fn damaged_row(dir: &Path, id: u64, part: &Part) -> StoreError {
+    StoreError::Damaged(format!(
+        "{}: row {id} does not match its checksum (embedding in {}, metadata in the \
          database): the store is damaged; run `sen store verify` and restore from a snapshot",
-        dir.display()
+        dir.display(),
+        place(dir, part)
     ))
 }
 

@@ -137,6 +137,11 @@ pub struct Options {
     pub flush_rows: usize,
     /// The most rows compaction puts in one segment.
     pub segment_rows: usize,
+    /// Limits on a new row's free-form fields.
+    pub row_limits: RowLimits,
+    /// Bytes kept in `DIR/reserve` by the writer and released when the disk is full,
+    /// so that deletes (which SQLite needs room in its WAL for) still work (0: none).
+    pub disk_reserve: u64,
 }
 
 impl Default for Options {
@@ -145,8 +150,99 @@ impl Default for Options {
             fs: Arc::new(RealFs),
             flush_rows: FLUSH_ROWS,
             segment_rows: SEGMENT_ROWS,
+            row_limits: RowLimits::default(),
+            disk_reserve: DISK_RESERVE,
         }
     }
+}
+
+/// The default disk reserve: 64 MiB, room for SQLite's WAL while deleting on a full
+/// disk (a delete rewrites the pages it frees: `secure_delete`).
+pub const DISK_RESERVE: u64 = 64 << 20;
+
+/// Limits on a row's free-form fields (SPEC §11; `sen serve` flags), checked on every
+/// add, whatever the entry point. `camera` (and later `track`) are fixed at
+/// [`MAX_CAMERA_BYTES`], capture times at 2000-01-01 to 2100-01-01 UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowLimits {
+    pub max_path_bytes: usize,
+    /// `attrs` as compact JSON.
+    pub max_attrs_bytes: usize,
+    /// Nesting of `attrs` (the object itself is depth 1).
+    pub max_attrs_depth: usize,
+}
+
+impl Default for RowLimits {
+    fn default() -> Self {
+        RowLimits {
+            max_path_bytes: 4096,
+            max_attrs_bytes: 16 << 10,
+            max_attrs_depth: 16,
+        }
+    }
+}
+
+impl RowLimits {
+    /// Check row `n` (1-based, for the message) against the limits.
+    pub fn check(&self, n: usize, r: &NewRow) -> Result<(), StoreError> {
+        let at = |m: String| StoreError::Input(format!("row {n}: {m}"));
+        if r.path.len() > self.max_path_bytes {
+            return Err(at(format!(
+                "path is {} bytes, over the limit of {}",
+                r.path.len(),
+                self.max_path_bytes
+            )));
+        }
+        if let Some(a) = &r.attrs {
+            let depth = json_depth(&serde_json::Value::Object(a.clone()));
+            if depth > self.max_attrs_depth {
+                return Err(at(format!(
+                    "attrs nest {depth} deep, over the limit of {}",
+                    self.max_attrs_depth
+                )));
+            }
+            let bytes = serde_json::Value::Object(a.clone()).to_string().len();
+            if bytes > self.max_attrs_bytes {
+                return Err(at(format!(
+                    "attrs are {bytes} bytes of JSON, over the limit of {}",
+                    self.max_attrs_bytes
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How deep a JSON value nests (a scalar is 0, `{}` and `[]` are 1), without
+/// recursion (a value parsed elsewhere may nest deeper than the stack allows).
+pub fn json_depth(v: &serde_json::Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            serde_json::Value::Object(m) => {
+                max = max.max(d + 1);
+                stack.extend(m.values().map(|c| (c, d + 1)));
+            }
+            serde_json::Value::Array(a) => {
+                max = max.max(d + 1);
+                stack.extend(a.iter().map(|c| (c, d + 1)));
+            }
+            _ => max = max.max(d),
+        }
+    }
+    max
+}
+
+/// An add's idempotency key, bound to the request it was given with: a later add
+/// with the same key and the same `request` digest replays the first add's ids; with
+/// another digest it is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The key, qualified by whoever scopes it (the server: the route and the API key).
+    pub key: String,
+    /// A digest of the request (sha256 hex of what the add was asked to do).
+    pub request: String,
 }
 
 /// How a store is opened.

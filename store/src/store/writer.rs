@@ -2,14 +2,14 @@
 //! here, one at a time; adds and deletes queued together share one transaction and
 //! one sync (group commit). Its [`State`] is what snapshots are made of.
 
-use super::maintenance::{compact, flush};
+use super::maintenance::{compact, ensure_reserve, flush, release_reserve};
 use super::snapshot::{Chunk, DeadBits, Emb, Part, Snapshot, Src};
 use super::*;
 
 pub(super) type Reply<T> = SyncSender<Result<T, StoreError>>;
 
 pub(super) enum Job {
-    Add(Vec<NewRow>, Option<String>, Reply<Added>),
+    Add(Vec<NewRow>, Option<Idempotency>, Reply<Added>),
     Delete(Selector, Reply<usize>),
     Compact(Reply<CompactReport>),
     Flush(Reply<()>),
@@ -260,6 +260,15 @@ pub(super) fn publish(shared: &Shared, st: &State) {
     *shared.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(st.snapshot());
 }
 
+/// A maintenance job that found the disk full marks the store full (readiness).
+fn note_disk<T>(shared: &Shared, r: &Result<T, StoreError>) {
+    if let Err(e) = r
+        && e.is_disk_full()
+    {
+        shared.disk_full.store(true, Ordering::SeqCst);
+    }
+}
+
 pub(super) fn writer_loop(shared: Arc<Shared>, c: Connection, mut st: State, rx: Receiver<Job>) {
     let path = shared.dir.join(db::DB_FILE);
     while let Ok(first) = rx.recv() {
@@ -285,10 +294,14 @@ pub(super) fn writer_loop(shared: Arc<Shared>, c: Connection, mut st: State, rx:
         for job in rest {
             match job {
                 Job::Compact(reply) => {
-                    let _ = reply.send(compact(&shared, &c, &path, &mut st));
+                    let r = compact(&shared, &c, &path, &mut st);
+                    note_disk(&shared, &r);
+                    let _ = reply.send(r);
                 }
                 Job::Flush(reply) => {
-                    let _ = reply.send(flush(&shared, &c, &path, &mut st));
+                    let r = flush(&shared, &c, &path, &mut st);
+                    note_disk(&shared, &r);
+                    let _ = reply.send(r);
                 }
                 Job::Consumer(name, seq, reply) => {
                     let _ = reply.send(consumer(&c, &path, &name, seq));
@@ -308,13 +321,23 @@ pub(super) fn writer_loop(shared: Arc<Shared>, c: Connection, mut st: State, rx:
     }
 }
 
-pub(super) enum Done {
-    Added(Reply<Added>, Result<Added, StoreError>),
-    Deleted(Reply<usize>, Result<usize, StoreError>),
+/// One grouped job's outcome.
+enum Outcome {
+    Added(Result<Added, StoreError>),
+    Deleted(Result<usize, StoreError>),
+}
+
+fn is_delete(j: &Job) -> bool {
+    matches!(j, Job::Delete(..))
 }
 
 /// Run adds and deletes in one transaction, each in a savepoint (one job's failure
 /// undoes only that job), then commit once and answer every job.
+///
+/// On a full disk (the last write found it full) deletes run first, in their own
+/// transaction, with the store's reserve released: they are what frees room, and
+/// SQLite needs room in its WAL even to delete. A delete that frees room gives the
+/// WAL's space back and rebuilds the reserve; the store takes rows again once it can.
 pub(super) fn run_group(
     shared: &Shared,
     c: &Connection,
@@ -322,69 +345,196 @@ pub(super) fn run_group(
     st: &mut State,
     jobs: Vec<Job>,
 ) {
-    if let Err(err) = db::begin_write(c, path) {
-        answer_all(jobs, &err);
+    let full = shared.disk_full.load(Ordering::SeqCst);
+    let deletes = jobs.iter().filter(|j| is_delete(j)).count();
+    if full && deletes > 0 && deletes < jobs.len() {
+        let (dels, adds): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(is_delete);
+        run_group(shared, c, path, st, dels);
+        run_group(shared, c, path, st, adds);
         return;
     }
+    let only_deletes = deletes == jobs.len();
+    if full && only_deletes {
+        make_room(shared, c, path);
+    }
+    let mut r = commit_group(shared, c, path, st, &jobs);
+    if let Err(e) = &r
+        && e.is_disk_full()
+    {
+        shared.disk_full.store(true, Ordering::SeqCst);
+        if only_deletes && !full {
+            make_room(shared, c, path);
+            r = commit_group(shared, c, path, st, &jobs);
+        }
+        if only_deletes && r.as_ref().is_err_and(StoreError::is_disk_full) {
+            r = Ok(jobs
+                .iter()
+                .map(|j| match j {
+                    Job::Delete(sel, _) => {
+                        Outcome::Deleted(delete_in_steps(shared, c, path, st, sel))
+                    }
+                    _ => unreachable!("only deletes"),
+                })
+                .collect());
+        }
+    }
+    match r {
+        Ok(outcomes) => {
+            // A write just committed: the store takes writes, unless a job of this
+            // group found the disk full. Said before anyone is answered, so what a
+            // caller asks next sees it.
+            let is_full = |o: &Outcome| match o {
+                Outcome::Added(v) => v.as_ref().is_err_and(StoreError::is_disk_full),
+                Outcome::Deleted(v) => v.as_ref().is_err_and(StoreError::is_disk_full),
+            };
+            let full_now = outcomes.iter().any(is_full);
+            let freed = outcomes
+                .iter()
+                .any(|o| matches!(o, Outcome::Deleted(Ok(n)) if *n > 0));
+            if full && freed {
+                // The WAL holds what the delete wrote: give its room back.
+                let _ = db::checkpoint_truncate(c, path);
+            }
+            if full && !full_now {
+                tracing::info!("{}: writes succeed again", shared.dir.display());
+            }
+            shared.disk_full.store(full_now, Ordering::SeqCst);
+            if !full_now {
+                rebuild_reserve(shared);
+            }
+            for (job, out) in jobs.into_iter().zip(outcomes) {
+                match (job, out) {
+                    (Job::Add(_, _, reply), Outcome::Added(v)) => {
+                        let _ = reply.send(v);
+                    }
+                    (Job::Delete(_, reply), Outcome::Deleted(v)) => {
+                        let _ = reply.send(v);
+                    }
+                    _ => unreachable!("one outcome per job, in order"),
+                }
+            }
+        }
+        Err(err) => {
+            let err = failed_commit(&err);
+            for j in jobs {
+                match j {
+                    Job::Add(_, _, r) => {
+                        let _ = r.send(Err(err.duplicate()));
+                    }
+                    Job::Delete(_, r) => {
+                        let _ = r.send(Err(err.duplicate()));
+                    }
+                    _ => unreachable!("only adds and deletes are grouped"),
+                }
+            }
+        }
+    }
+}
+
+/// Room for a delete on a full disk: release the reserve, then checkpoint the WAL
+/// into the database and truncate it. The WAL of a disk that filled up holds pages
+/// its last checkpoints could not copy (the database file could not grow); until they
+/// are copied the WAL cannot shrink, and a delete, which adds the pages it frees to
+/// the WAL, would find no room.
+fn make_room(shared: &Shared, c: &Connection, path: &Path) {
+    release_reserve(shared);
+    let _ = db::checkpoint_truncate(c, path);
+}
+
+/// Rebuild the disk reserve after it was released, once the file system has room
+/// for it twice over (rebuilding it into the last free bytes would fill the disk
+/// again), looked at most every 10 s.
+fn rebuild_reserve(shared: &Shared) {
+    let path = shared.dir.join(super::maintenance::RESERVE_FILE);
+    let want = shared.opts.disk_reserve;
+    if want == 0 || path.exists() {
+        return;
+    }
+    let mut last = shared
+        .reserve_tried
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(10)) {
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    if crate::io::free_bytes(&shared.dir).is_some_and(|free| free < want.saturating_mul(2)) {
+        return;
+    }
+    match ensure_reserve(shared) {
+        Ok(()) => tracing::info!("{}: the disk reserve is back", shared.dir.display()),
+        Err(e) => tracing::warn!(
+            "{}: cannot rebuild the disk reserve yet ({e}); deletes on a full disk may fail",
+            shared.dir.display()
+        ),
+    }
+}
+
+/// One transaction for the jobs (adds and deletes): each job's outcome, or the error
+/// that undid all of them (nothing is durable then). On success the new state is
+/// published before returning, so every acknowledgement follows visibility.
+fn commit_group(
+    shared: &Shared,
+    c: &Connection,
+    path: &Path,
+    st: &mut State,
+    jobs: &[Job],
+) -> Result<Vec<Outcome>, StoreError> {
+    db::begin_write(c, path)?;
     let now = time::now_ms();
     let next_before = st.next_id;
-    let mut done = vec![];
+    let mut outcomes = Vec::with_capacity(jobs.len());
     let mut new_chunks = vec![];
     let mut dead_ids: Vec<u64> = vec![];
     for job in jobs {
         let sp = db::savepoint(c, path);
         match job {
-            Job::Add(rows, key, reply) => {
-                let r = sp.and_then(|_| add_rows(c, path, st, &rows, key.as_deref(), now));
-                match r {
+            Job::Add(rows, key, _) => {
+                match sp.and_then(|_| add_rows(c, path, st, rows, key.as_ref(), now)) {
                     Ok((added, chunk)) => {
                         db::release(c);
                         new_chunks.extend(chunk);
-                        done.push(Done::Added(reply, Ok(added)));
+                        outcomes.push(Outcome::Added(Ok(added)));
                     }
                     Err(err) => {
+                        if c.is_autocommit() {
+                            // SQLite undid the whole transaction (it may on a full disk):
+                            // nothing of the group stands.
+                            st.next_id = next_before;
+                            return Err(err);
+                        }
                         db::rollback_job(c);
-                        done.push(Done::Added(reply, Err(err)));
+                        outcomes.push(Outcome::Added(Err(err)));
                     }
                 }
             }
-            Job::Delete(sel, reply) => {
-                let r = sp.and_then(|_| delete_rows(c, path, st, &sel, now));
-                match r {
-                    Ok(ids) => {
-                        db::release(c);
-                        let n = ids.len();
-                        dead_ids.extend(ids);
-                        done.push(Done::Deleted(reply, Ok(n)));
-                    }
-                    Err(err) => {
-                        db::rollback_job(c);
-                        done.push(Done::Deleted(reply, Err(err)));
-                    }
+            Job::Delete(sel, _) => match sp.and_then(|_| delete_rows(c, path, st, sel, now)) {
+                Ok(ids) => {
+                    db::release(c);
+                    outcomes.push(Outcome::Deleted(Ok(ids.len())));
+                    dead_ids.extend(ids);
                 }
-            }
+                Err(err) => {
+                    if c.is_autocommit() {
+                        st.next_id = next_before;
+                        return Err(err);
+                    }
+                    db::rollback_job(c);
+                    outcomes.push(Outcome::Deleted(Err(err)));
+                }
+            },
             _ => unreachable!("only adds and deletes are grouped"),
         }
     }
     if let Err(err) =
         db::set_meta(c, path, "next_id", &st.next_id.to_string()).and_then(|_| db::commit(c, path))
     {
-        // Nothing of this group is durable: undo and report it to every job.
+        // Nothing of this group is durable: undo it.
         db::rollback(c);
         st.next_id = next_before;
-        for d in done {
-            match d {
-                Done::Added(r, _) => {
-                    let _ = r.send(Err(clone_err(&err)));
-                }
-                Done::Deleted(r, _) => {
-                    let _ = r.send(Err(clone_err(&err)));
-                }
-            }
-        }
-        return;
+        return Err(err);
     }
-    // Durable: make it visible, then acknowledge.
+    // Durable: make it visible (the caller then acknowledges).
     for ch in new_chunks {
         st.push_chunk(ch);
     }
@@ -392,58 +542,18 @@ pub(super) fn run_group(
         st.mark_dead(id);
     }
     publish(shared, st);
-    for d in done {
-        match d {
-            Done::Added(r, v) => {
-                let _ = r.send(v);
-            }
-            Done::Deleted(r, v) => {
-                let _ = r.send(v);
-            }
-        }
-    }
+    Ok(outcomes)
 }
 
-/// The same failure for every job of a group whose commit failed (a disk-full failure
-/// stays recognisable as one).
-pub(super) fn clone_err(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Db {
-            context,
-            error: rusqlite::Error::SqliteFailure(f, m),
-        } => StoreError::Db {
-            context: format!("{context} (the commit failed; nothing of this request was stored)"),
-            error: rusqlite::Error::SqliteFailure(*f, m.clone()),
-        },
-        other => StoreError::Closed(format!(
-            "{other} (the commit failed; nothing of this request was stored)"
-        )),
-    }
-}
-
-pub(super) fn answer_all(jobs: Vec<Job>, err: &StoreError) {
-    for j in jobs {
-        let e = || StoreError::Closed(err.to_string());
-        match j {
-            Job::Add(_, _, r) => {
-                let _ = r.send(Err(e()));
-            }
-            Job::Delete(_, r) => {
-                let _ = r.send(Err(e()));
-            }
-            Job::Compact(r) => {
-                let _ = r.send(Err(e()));
-            }
-            Job::Flush(r) => {
-                let _ = r.send(Err(e()));
-            }
-            Job::Consumer(_, _, r) => {
-                let _ = r.send(Err(e()));
-            }
-            Job::Ping(r) => {
-                let _ = r.send(Err(e()));
-            }
-        }
+/// The error every job of a group whose transaction failed gets: its kind kept (a
+/// full disk stays a full disk), saying nothing was stored.
+fn failed_commit(e: &StoreError) -> StoreError {
+    let m = format!("{e} (the commit failed; nothing of this request was stored)");
+    match e.duplicate() {
+        StoreError::DiskFull(_) => StoreError::DiskFull(m),
+        StoreError::Input(_) => StoreError::Input(m),
+        StoreError::Damaged(_) => StoreError::Damaged(m),
+        _ => StoreError::Closed(m),
     }
 }
 
@@ -454,16 +564,24 @@ pub(super) fn add_rows(
     path: &Path,
     st: &mut State,
     rows: &[NewRow],
-    key: Option<&str>,
+    key: Option<&Idempotency>,
     now: i64,
 ) -> Result<(Added, Option<Chunk>), StoreError> {
     if let Some(k) = key
-        && let Some((first_id, last_id)) = db::idempotency(c, path, k, now)?
+        && let Some(seen) = db::idempotency(c, path, &k.key, now)?
     {
+        // Format-1 keys recorded no digest: they replay as they did.
+        if !seen.request.is_empty() && seen.request != k.request {
+            return Err(StoreError::Input(format!(
+                "Idempotency-Key {:?} was used within the last day for another request \
+                 (another body, or another API key); a new request needs a new key",
+                k.key.rsplit(' ').next().unwrap_or(&k.key)
+            )));
+        }
         return Ok((
             Added {
-                first_id,
-                last_id,
+                first_id: seen.first,
+                last_id: seen.last,
                 replayed: true,
             },
             None,
@@ -495,15 +613,8 @@ pub(super) fn add_rows(
     let metas: Vec<RowMeta> = metas
         .into_iter()
         .zip(rows.iter().zip(&embs))
-        .map(|(mut m, (r, e))| {
-            let crop = if st.info.crops {
-                r.crop
-                    .as_ref()
-                    .map(|c| (c.content_type.as_str(), c.bytes.as_slice()))
-            } else {
-                None
-            };
-            m.crc = db::row_crc(&m, e, crop);
+        .map(|(mut m, (_, e))| {
+            m.crc = db::row_crc(&m, e);
             m
         })
         .collect();
@@ -533,7 +644,7 @@ pub(super) fn add_rows(
         &embs.concat(),
     );
     if let Some(k) = key {
-        db::remember(c, path, k, first, last, now)?;
+        db::remember(c, path, &k.key, &k.request, first, last, now)?;
     }
     Ok((
         Added {
@@ -553,7 +664,14 @@ pub(super) fn delete_rows(
     sel: &Selector,
     now: i64,
 ) -> Result<Vec<u64>, StoreError> {
-    let ids = match sel {
+    let ids = selected(c, path, sel)?;
+    db::delete_rows(c, path, &ids, &|id| st.in_segment(id), now)?;
+    Ok(ids)
+}
+
+/// The ids a delete selects (ids must all exist: none is deleted otherwise).
+fn selected(c: &Connection, path: &Path, sel: &Selector) -> Result<Vec<u64>, StoreError> {
+    Ok(match sel {
         Selector::Ids(ids) => {
             let mut want: Vec<u64> = ids.clone();
             want.sort_unstable();
@@ -569,9 +687,53 @@ pub(super) fn delete_rows(
         }
         Selector::Camera(cam) => db::ids_of_camera(c, path, cam)?,
         Selector::Before(t) => db::ids_before(c, path, *t)?,
-    };
-    db::delete_rows(c, path, &ids, &|id| st.in_segment(id), now)?;
-    Ok(ids)
+    })
+}
+
+/// A delete on a full disk that the released reserve did not hold in one
+/// transaction (SQLite rewrites every page it frees, `secure_delete`, so a delete
+/// needs WAL room in proportion to what it frees): in steps, each its own
+/// transaction, each step's WAL given back (checkpoint, truncate) before the next,
+/// halving a step that still does not fit. Every step is acknowledged only as part
+/// of the whole; a crash between steps leaves the earlier steps deleted (a delete
+/// repeated deletes the rest).
+fn delete_in_steps(
+    shared: &Shared,
+    c: &Connection,
+    path: &Path,
+    st: &mut State,
+    sel: &Selector,
+) -> Result<usize, StoreError> {
+    let ids = selected(c, path, sel)?;
+    let mut step = 256.min(ids.len()).max(1);
+    let mut done = 0;
+    while done < ids.len() {
+        let chunk = &ids[done..(done + step).min(ids.len())];
+        let r = db::begin_write(c, path).and_then(|_| {
+            db::delete_rows(c, path, chunk, &|id| st.in_segment(id), time::now_ms())
+                .and_then(|_| db::commit(c, path))
+        });
+        match r {
+            Ok(()) => {
+                for &id in chunk {
+                    st.mark_dead(id);
+                }
+                publish(shared, st);
+                done += chunk.len();
+                // Give the WAL's room back when the file system lets the checkpoint
+                // run; when it does not, the next step may still fit.
+                let _ = db::checkpoint_truncate(c, path);
+            }
+            Err(e) => {
+                db::rollback(c);
+                if !e.is_disk_full() || step == 1 {
+                    return Err(e);
+                }
+                step /= 2;
+            }
+        }
+    }
+    Ok(ids.len())
 }
 
 /// Move a consumer's cursor (`Some`), or read it (`None`, registering it at 0).

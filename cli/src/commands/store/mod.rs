@@ -1,7 +1,7 @@
 //! `sen store ...`: the gallery store from the command line (SPEC §11 JSON), one
 //! module per subcommand; compact, stats, verify and snapshot are here.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use sen_store::results::stats_json;
 use sen_store::time::{self};
 use sen_store::{Mode, Store};
@@ -55,6 +55,10 @@ pub enum StoreCommand {
         #[arg(long, value_name = "DIR2")]
         out: PathBuf,
     },
+    /// Bring a store made by an older sen to this sen's format, in place (one
+    /// transaction: a crash leaves it at the old format or the new; its writer,
+    /// `sen serve` included, does the same when it opens it).
+    Migrate { dir: PathBuf },
     /// Add the rows of a `sen index` file (embeddings, paths, pids; no re-encoding).
     Import(ImportArgs),
     /// Copy the store's rows and deletes into a Milvus collection, up to now (resumes
@@ -124,6 +128,20 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
         StoreCommand::Snapshot { dir, out } => {
             sen_store::verify::snapshot(&dir, &out)?;
             println!("{} -> {} (consistent copy)", dir.display(), out.display());
+            Ok(())
+        }
+        StoreCommand::Migrate { dir } => {
+            let path = dir.join(sen_store::db::DB_FILE);
+            let before = sen_store::db::open(&dir, false)
+                .and_then(|c| sen_store::db::format_version(&c, &path))
+                .with_context(|| format!("{}: reading the store's format", dir.display()))?;
+            let store = Store::open(&dir, Mode::Writer)?;
+            let after = store.info().format_version;
+            if before == after {
+                println!("{}: already at format {after}", dir.display());
+            } else {
+                println!("{}: format {before} -> {after}", dir.display());
+            }
             Ok(())
         }
         StoreCommand::Import(a) => import::run(a),
