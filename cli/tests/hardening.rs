@@ -587,28 +587,10 @@ fn what_cannot_start_exits() {
 #[test]
 fn a_full_disk_answers_507_and_deletes_free_room() {
     let d = tempfile::tempdir().unwrap();
-    let mnt = d.path().join("tmpfs");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "cannot mount a tmpfs (needs root): the disk-full test must run under CI"
-        );
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+    let Some(fs) = sen_testing::Tmpfs::mount(&d.path().join("tmpfs"), "16m") else {
         return;
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _u = Unmount(&mnt);
+    };
+    let mnt = fs.dir.clone();
     let b = tiny_bundle(d.path(), 5);
     let s = start(&b, &mnt.join("store"), &["--disk-reserve-mib", "6"]);
     let c = client();

@@ -266,28 +266,10 @@ fn a_segment_header_with_overflowing_sizes_is_damaged_not_a_panic() {
 #[test]
 fn a_full_disk_refuses_adds_and_deletes_still_free_room() {
     let d = tempfile::tempdir().unwrap();
-    let mnt = d.path().join("tmpfs");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "cannot mount a tmpfs (needs root): the disk-full test must run under CI"
-        );
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+    let Some(fs) = sen_testing::Tmpfs::mount(&d.path().join("tmpfs"), "16m") else {
         return;
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _u = Unmount(&mnt);
+    };
+    let mnt = fs.dir.clone();
     let dir = mnt.join("s");
     let opts = Options {
         disk_reserve: 6 << 20,

@@ -144,6 +144,42 @@ fn response_complete(b: &[u8]) -> bool {
         .is_some_and(|n| body.len() >= n)
 }
 
+/// A tmpfs mounted for a test of a full disk, unmounted on drop.
+pub struct Tmpfs {
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs of `size` (`16m`) at `dir` (created). `None` where mounting is
+    /// not allowed (it needs root): the test says it is skipped and returns, except
+    /// under CI (`CI` set), where that is a failure.
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).expect("a mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(Tmpfs {
+                dir: dir.to_path_buf(),
+            });
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "cannot mount a tmpfs (needs root): a disk-full test must run under CI"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+    }
+}
+
 /// Install ring as rustls's provider (reqwest is built without a default one).
 pub fn tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -448,11 +448,9 @@ pub(crate) async fn add_images(
             .map(|(i, u)| prepare(&app, l, u.bytes.clone(), u.what(i))),
     )
     .await?;
-    let outs = futures::future::join_all(tensors.into_iter().map(|x| room.submit(x))).await;
+    let embeddings = super::encode_reserved(&app, &room, tensors).await?;
     drop(room);
-    for (row, o) in rows.iter_mut().zip(outs) {
-        let (v, tm) = o?;
-        observe_encoder(&app, &tm);
+    for (row, v) in rows.iter_mut().zip(embeddings) {
         row.embedding = v;
     }
     let n = rows.len();

@@ -214,13 +214,7 @@ pub(crate) async fn embed_text(
         check_text(&app, t, &format!("texts[{i}]"))?;
     }
     let room = l.text.reserve(b.texts.len())?;
-    let outs = futures::future::join_all(b.texts.into_iter().map(|t| room.submit(t))).await;
-    let mut embeddings = Vec::with_capacity(outs.len());
-    for o in outs {
-        let (v, tm) = o?;
-        observe_encoder(&app, &tm);
-        embeddings.push(v);
-    }
+    let embeddings = super::encode_reserved(&app, &room, b.texts).await?;
     Ok(Json(serde_json::json!({ "embeddings": embeddings })).into_response())
 }
 

@@ -487,43 +487,33 @@ fn commit_group(
     let mut new_chunks = vec![];
     let mut dead_ids: Vec<u64> = vec![];
     for job in jobs {
-        let sp = db::savepoint(c, path);
-        match job {
-            Job::Add(rows, key, _) => {
-                match sp.and_then(|_| add_rows(c, path, st, rows, key.as_ref(), now)) {
-                    Ok((added, chunk)) => {
-                        db::release(c);
-                        new_chunks.extend(chunk);
-                        outcomes.push(Outcome::Added(Ok(added)));
-                    }
-                    Err(err) => {
-                        if c.is_autocommit() {
-                            // SQLite undid the whole transaction (it may on a full disk):
-                            // nothing of the group stands.
-                            st.next_id = next_before;
-                            return Err(err);
-                        }
-                        db::rollback_job(c);
-                        outcomes.push(Outcome::Added(Err(err)));
-                    }
-                }
-            }
-            Job::Delete(sel, _) => match sp.and_then(|_| delete_rows(c, path, st, sel, now)) {
-                Ok(ids) => {
-                    db::release(c);
-                    outcomes.push(Outcome::Deleted(Ok(ids.len())));
-                    dead_ids.extend(ids);
-                }
-                Err(err) => {
-                    if c.is_autocommit() {
-                        st.next_id = next_before;
-                        return Err(err);
-                    }
-                    db::rollback_job(c);
-                    outcomes.push(Outcome::Deleted(Err(err)));
-                }
-            },
+        let done = db::savepoint(c, path).and_then(|_| match job {
+            Job::Add(rows, key, _) => add_rows(c, path, st, rows, key.as_ref(), now)
+                .map(|(added, chunk)| (Outcome::Added(Ok(added)), chunk, vec![])),
+            Job::Delete(sel, _) => delete_rows(c, path, st, sel, now)
+                .map(|ids| (Outcome::Deleted(Ok(ids.len())), None, ids)),
             _ => unreachable!("only adds and deletes are grouped"),
+        });
+        match done {
+            Ok((outcome, chunk, ids)) => {
+                db::release(c);
+                outcomes.push(outcome);
+                new_chunks.extend(chunk);
+                dead_ids.extend(ids);
+            }
+            Err(err) if c.is_autocommit() => {
+                // SQLite undid the whole transaction (it may on a full disk):
+                // nothing of the group stands.
+                st.next_id = next_before;
+                return Err(err);
+            }
+            Err(err) => {
+                db::rollback_job(c);
+                outcomes.push(match job {
+                    Job::Add(..) => Outcome::Added(Err(err)),
+                    _ => Outcome::Deleted(Err(err)),
+                });
+            }
         }
     }
     if let Err(err) =
