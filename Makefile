@@ -8,7 +8,7 @@ export SEN_CACHE
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: fuzz deps deps-cuda deps-ort-gpu test demo bench bench-baseline bench-check perf store-perf crash-test load serve-demo screenshot test-aarch64 dist-aarch64 test-milvus milvus-perf help
+.PHONY: fuzz deps deps-cuda deps-ort-gpu test demo bench bench-baseline bench-check perf store-perf crash-test load serve-demo screenshot test-aarch64 dist-aarch64 test-milvus milvus-perf test-sources source-load help
 
 help:
 	@echo "make demo   - run the sen pipeline end to end (what exists so far)"
@@ -25,6 +25,8 @@ help:
 	@echo "make test-aarch64 - build for aarch64 and run the tests under qemu (sets itself up)"
 	@echo "make test-milvus - replication into and search through Milvus, against milvus-lite (installs it into the cache)"
 	@echo "make milvus-perf - replication rows/s and search latency/recall through milvus-lite (FLAT, HNSW) vs the local store"
+	@echo "make test-sources - the Frigate source under faults: SIGKILL rounds, a broker restart, Frigate down (mosquitto)"
+	@echo "make source-load - the Frigate source's events/s next to HTTP ingest, and its publish-to-durable lag"
 	@echo "make dist-aarch64 - Jetson release tarball (glibc 2.31, cargo-zigbuild) in target/dist/"
 	@echo "make fuzz   - every fuzz target (cargo-fuzz, pinned nightly) for FUZZ_SECONDS (default 20) each"
 	@echo "make deps   - fetch and verify native dependencies into $(SEN_CACHE)"
@@ -100,6 +102,18 @@ crash-test: deps
 # cell (default 5), LOAD_CLIENTS (default 1,8,32).
 load: deps
 	@scripts/load.sh
+
+# Sources (README, Sources): the fault runs of the Frigate source (SIGKILL rounds while
+# events flow, a broker restart without persistence, Frigate down for 5 s) against
+# Debian's mosquitto. SOURCE_KILL_ROUNDS (default 10).
+SOURCE_KILL_ROUNDS ?= 10
+test-sources: deps
+	SEN_SOURCE_KILL_ROUNDS=$(SOURCE_KILL_ROUNDS) $(CARGO) test -p sen-cli --test sources -- --ignored --nocapture
+
+# The Frigate source's events/s next to HTTP ingest, and its lag at half that rate
+# (README, Sources): one reported run, not a test.
+source-load: deps
+	@scripts/source_load.sh
 
 # The search page on the demo's gallery (after `make demo`): open the printed URL.
 SERVE_LISTEN ?= 127.0.0.1:8750

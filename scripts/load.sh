@@ -11,20 +11,12 @@
 # each cell runs that many times on each server, interleaved, keeping the best).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=target/load
+t=${CARGO_TARGET_DIR:-target}
+out=$t/load
 mkdir -p "$out"
 cargo build --release -q -p sen-cli -p sen-export -p sen-benches --bin sen --bin sen-export --bin serve-load
-bundle=target/demo/bundle-fp32
-data=target/demo/synth
-if [ ! -f "$bundle/manifest.json" ] || [ ! -f "$data/reid_raw.json" ]; then
-  bundle=$out/bundle-tiny
-  data=$out/synth
-  [ -f "$bundle/manifest.json" ] ||
-    target/release/sen-export --random-weights tiny --out "$bundle" --force > /dev/null
-  [ -f "$data/reid_raw.json" ] || target/release/sen synth --out "$data" --ids 130 > /dev/null
-  echo "(no target/demo: a tiny bundle of random weights and a 130-identity synthetic set)"
-fi
-target/release/serve-load --sen target/release/sen --bundle "$bundle" --dataset "$data" \
+. scripts/load_inputs.sh
+$t/release/serve-load --sen $t/release/sen --bundle "$bundle" --dataset "$data" \
   --seconds "${LOAD_SECONDS:-5}" --clients "${LOAD_CLIENTS:-1,8,32}" --rounds "${LOAD_ROUNDS:-2}" --work "$out/work" \
   --json "$out/load.json"
 echo "JSON: $out/load.json"

@@ -76,15 +76,18 @@ fn api_ids(url: &str, body: Value) -> Vec<u64> {
 }
 
 fn api_ids_blocking(url: &str, body: Value) -> Vec<u64> {
-    let v: Value = reqwest::blocking::Client::new()
+    result_ids(&api_blocking(url, body))
+}
+
+fn api_blocking(url: &str, body: Value) -> Value {
+    reqwest::blocking::Client::new()
         .post(format!("{url}/v1/search"))
         .bearer_auth(READ)
         .json(&body)
         .send()
         .unwrap()
         .json()
-        .unwrap();
-    result_ids(&v)
+        .unwrap()
 }
 
 #[test]
@@ -122,15 +125,20 @@ fn the_search_page_in_a_real_browser() {
                 1 => "cam-b",
                 _ => XSS,
             };
+            // cam-a's crops are two tracks of five (SPEC §12), so the page groups them.
+            let mut q = vec![
+                ("camera", cam.to_string()),
+                (
+                    "time",
+                    (1_795_961_002_120i64 + i as i64 * 60_000).to_string(),
+                ),
+            ];
+            if cam == "cam-a" {
+                q.push(("track", format!("walk-{}", i % 2)));
+            }
             let r = http
                 .post(format!("{}/v1/images", s.url))
-                .query(&[
-                    ("camera", cam),
-                    (
-                        "time",
-                        &(1_795_961_002_120i64 + i as i64 * 60_000).to_string(),
-                    ),
-                ])
+                .query(&q)
                 .bearer_auth(WRITE)
                 .header("content-type", "image/jpeg")
                 .body(img)
@@ -189,16 +197,34 @@ fn the_search_page_in_a_real_browser() {
         page.find_element("#q").await.unwrap().click().await.unwrap().type_str(text).await.unwrap().press_key("Enter").await.unwrap();
         until(&page, "document.querySelectorAll('#results li').length > 0", "results").await;
         let grid: Vec<u64> = serde_json::from_value(js(&page, GRID).await).unwrap();
-        assert_eq!(grid, api_ids(&s.url, json!({"text": text, "k": 24})), "the grid is /v1/search's ranking");
+        let grouped = |mut b: Value| {
+            if trained.is_none() {
+                b["group"] = "track".into();
+            }
+            b
+        };
+        assert_eq!(grid, api_ids(&s.url, grouped(json!({"text": text, "k": 24}))), "the grid is /v1/search's ranking, one item per track");
         until(&page, "Array.from(document.querySelectorAll('#results img')).every(i => i.src.startsWith('blob:'))", "thumbnails fetched with the key").await;
         assert!(js(&page, "document.getElementById('latency').textContent").await.as_str().unwrap().contains("ms"));
         if trained.is_none() {
             // Filter by a camera: the grid follows.
             js(&page, "const o = Array.from(document.querySelectorAll('#cameras option')).find(o => o.value === 'cam-b'); o.selected = true; 0").await;
             page.find_element("#search").await.unwrap().click().await.unwrap();
-            until(&page, "document.getElementById('message').textContent.startsWith('10 results')", "the filtered grid").await;
+            until(&page, "document.getElementById('message').textContent.startsWith('10 ')", "the filtered grid").await;
             let grid: Vec<u64> = serde_json::from_value(js(&page, GRID).await).unwrap();
-            assert_eq!(grid, api_ids(&s.url, json!({"text": text, "k": 24, "cameras": ["cam-b"]})));
+            assert_eq!(grid, api_ids(&s.url, grouped(json!({"text": text, "k": 24, "cameras": ["cam-b"]}))));
+            // cam-a's tracks: one tile each, with their crop count and time span.
+            js(&page, "Array.from(document.querySelectorAll('#cameras option')).forEach(o => o.selected = o.value === 'cam-a'); 0").await;
+            page.find_element("#search").await.unwrap().click().await.unwrap();
+            until(&page, "document.getElementById('message').textContent.startsWith('2 tracks')", "cam-a's two tracks").await;
+            let spans = js(&page, "Array.from(document.querySelectorAll('#results .track')).map(e => e.textContent)").await;
+            let spans: Vec<String> = serde_json::from_value(spans).unwrap();
+            assert_eq!(spans.len(), 2, "{spans:?}");
+            assert!(spans.iter().all(|t| t.starts_with("5 crops · ") && t.contains('–')), "{spans:?}");
+            js(&page, "Array.from(document.querySelectorAll('#cameras option')).forEach(o => o.selected = false); 0").await;
+            page.find_element("#search").await.unwrap().click().await.unwrap();
+            until(&page, "!document.getElementById('message').textContent.startsWith('2 tracks') && document.querySelectorAll('#results li').length > 2", "the whole grid again").await;
+            let grid: Vec<u64> = serde_json::from_value(js(&page, GRID).await).unwrap();
             js(&page, "Array.from(document.querySelectorAll('#cameras option')).forEach(o => o.selected = false); 0").await;
             // Nothing from the hostile camera name ran; it shows as text.
             assert_eq!(js(&page, "window.__xss === undefined && document.querySelectorAll('img[src=\"x\"]').length === 0").await, json!(true));
@@ -213,9 +239,20 @@ fn the_search_page_in_a_real_browser() {
             until(&page, "document.getElementById('detail-img').complete && document.getElementById('detail-img').naturalWidth > 0", "the detail image").await;
             assert_eq!(js(&page, "document.getElementById('detail-like').getBoundingClientRect().top").await, before, "layout shift in the detail dialog");
             page.find_element("#detail-like").await.unwrap().focus().await.unwrap().press_key("Enter").await.unwrap();
-            until(&page, &format!("document.getElementById('message').textContent.includes('like row {first}')"), "more like this").await;
-            let grid: Vec<u64> = serde_json::from_value(js(&page, GRID).await).unwrap();
-            assert_eq!(grid, api_ids(&s.url, json!({"like": first, "k": 24})));
+            // More like this of a track is the mean of its crops (like_track).
+            let top = tokio::task::block_in_place(|| api_blocking(&s.url, json!({"text": text, "k": 1, "group": "track"})));
+            let top = &top["results"][0];
+            let grid = if let Some(track) = top["track"].as_str() {
+                until(&page, &format!("document.getElementById('message').textContent.includes('like track {track}')"), "more like this track").await;
+                let grid: Vec<u64> = serde_json::from_value(js(&page, GRID).await).unwrap();
+                assert_eq!(grid, api_ids(&s.url, json!({"like_track": {"camera": top["camera"], "track": track}, "k": 24, "group": "track"})));
+                grid
+            } else {
+                until(&page, &format!("document.getElementById('message').textContent.includes('like row {first}')"), "more like this").await;
+                let grid: Vec<u64> = serde_json::from_value(js(&page, GRID).await).unwrap();
+                assert_eq!(grid, api_ids(&s.url, json!({"like": first, "k": 24})));
+                grid
+            };
             assert!(!grid.contains(&first));
             // A wrong key: a clear message.
             js(&page, "sessionStorage.setItem('sen.apiKey', 'wrong-key-0123456789'); 0").await;
@@ -229,7 +266,7 @@ fn the_search_page_in_a_real_browser() {
             until(&page, "document.getElementById('message').textContent.includes('Key set')", "the key").await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             page.find_element("#search").await.unwrap().click().await.unwrap();
-            until(&page, "document.querySelectorAll('#results li').length > 0 && document.getElementById('message').textContent.includes('results')", "results with the write key").await;
+            until(&page, "document.querySelectorAll('#results li').length > 0 && document.getElementById('message').textContent.includes('tracks and rows')", "results with the write key").await;
             let victim: u64 = serde_json::from_value(js(&page, "Number(document.querySelector('#results li').dataset.id)").await).unwrap();
             page.find_element("#results li button").await.unwrap().click().await.unwrap();
             until(&page, "document.getElementById('detail').open && !document.getElementById('detail-delete').hidden", "the delete button").await;

@@ -14,6 +14,9 @@ fuzz_target!(|data: &[u8]| {
                 attrs: m.attrs,
                 embedding: vec![],
                 crop: None,
+                track: m.track,
+                bbox: m.bbox,
+                source: Some("http".into()),
             };
             let _ = sen_store::camera(Some(row.camera.clone()));
             let _ = sen_store::RowLimits::default().check(i + 1, &row);

@@ -53,6 +53,7 @@ fn main() {
                 attrs: None,
                 embedding: unit(),
                 crop: None,
+                ..Default::default()
             })
             .collect();
         store.add(rows).unwrap();
@@ -65,7 +66,7 @@ fn main() {
             k: 10,
             cameras: None,
             time: Default::default(),
-            exclude: None,
+            ..Default::default()
         };
         store.search(&[query], 1).unwrap()[0]
             .iter()

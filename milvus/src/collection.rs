@@ -5,6 +5,7 @@
 //! Schema (one row per store row): `key` (VARCHAR primary key, `STORE_UUID:ID`, so an
 //! upsert of the same row from any retry replaces it), `store`, `box`, `id`,
 //! `camera`, `time` (Unix ms), `path`, `pid` (nullable), `attrs` (JSON, nullable),
+//! `track`, `source` (nullable strings) and `bbox` (JSON, nullable; schema 2: SPEC §12),
 //! `embedding` (FLOAT_VECTOR of the encoder's dimension, inner product: the rows are
 //! unit length, so it is the cosine the local store ranks by). Consistency: Strong,
 //! so a search sees every acknowledged write.
@@ -25,13 +26,14 @@ use std::time::Duration;
 pub type SearchFilter = Filter;
 
 /// The schema version sen writes (`sen.schema`); a collection of another is refused.
-pub const SCHEMA_VERSION: &str = "1";
+/// 2 added tracks (`track`, `bbox`, `source`).
+pub const SCHEMA_VERSION: &str = "2";
 const P_SCHEMA: &str = "sen.schema";
 const P_ENCODER: &str = "sen.encoder_sha256";
 const P_DIM: &str = "sen.dim";
 const P_INDEX: &str = "sen.index";
 /// Every field of the schema (a collection without one of them is not sen's).
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 13] = [
     "key",
     "store",
     "box",
@@ -41,16 +43,21 @@ const FIELDS: [&str; 10] = [
     "path",
     "pid",
     "attrs",
+    "track",
+    "bbox",
+    "source",
     "embedding",
 ];
 /// The fields every result reads.
-const OUTPUT: [&str; 8] = [
-    "store", "box", "id", "camera", "time", "path", "pid", "attrs",
+const OUTPUT: [&str; 11] = [
+    "store", "box", "id", "camera", "time", "path", "pid", "attrs", "track", "bbox", "source",
 ];
 /// Longest values (bytes): a box name, a camera (the store allows 128), a path.
 const MAX_BOX: u32 = 128;
 const MAX_CAMERA: u32 = 512;
 const MAX_PATH: u32 = 65_535;
+/// A track id (the store allows 128 bytes).
+const MAX_TRACK: u32 = 512;
 /// Milvus answers at most this many rows per query.
 const QUERY_WINDOW: i64 = 16_384;
 
@@ -379,6 +386,14 @@ impl Collection {
                     .data_type(DataType::Json)
                     .nullable(true),
             )
+            .add_field(var("track", MAX_TRACK).nullable(true))
+            .add_field(
+                FieldSchema::new()
+                    .name("bbox")
+                    .data_type(DataType::Json)
+                    .nullable(true),
+            )
+            .add_field(var("source", 16).nullable(true))
             .add_field(
                 FieldSchema::new()
                     .name("embedding")
@@ -460,6 +475,26 @@ impl Collection {
                 rows.iter().filter_map(|r| r.found.attrs.clone()).collect(),
             )
             .with_validity(attrs_valid)
+            .map_err(bad)?,
+            FieldData::varchar(
+                "track",
+                rows.iter().filter_map(|r| r.found.track.clone()).collect(),
+            )
+            .with_validity(rows.iter().map(|r| r.found.track.is_some()).collect())
+            .map_err(bad)?,
+            FieldData::json(
+                "bbox",
+                rows.iter()
+                    .filter_map(|r| r.found.bbox.map(|b| serde_json::Value::from(b.to_vec())))
+                    .collect(),
+            )
+            .with_validity(rows.iter().map(|r| r.found.bbox.is_some()).collect())
+            .map_err(bad)?,
+            FieldData::varchar(
+                "source",
+                rows.iter().filter_map(|r| r.found.source.clone()).collect(),
+            )
+            .with_validity(rows.iter().map(|r| r.found.source.is_some()).collect())
             .map_err(bad)?,
             FieldData::float_vector(
                 "embedding",
@@ -719,6 +754,18 @@ fn read_hit(target: &Target, row: &ResultRow<'_>, score: f32) -> Result<BoxHit, 
     } else {
         Some(row.get_json("attrs").map_err(e)?.clone()).filter(|v| !v.is_null())
     };
+    let opt_str = |name: &str| -> Result<Option<String>, MilvusError> {
+        Ok(if row.is_null(name).map_err(e)? {
+            None
+        } else {
+            Some(row.get_str(name).map_err(e)?.to_string())
+        })
+    };
+    let bbox = if row.is_null("bbox").map_err(e)? {
+        None
+    } else {
+        serde_json::from_value::<[f64; 4]>(row.get_json("bbox").map_err(e)?.clone()).ok()
+    };
     Ok(BoxHit {
         found: Found {
             id: row.get_i64("id").map_err(e)? as u64,
@@ -728,6 +775,10 @@ fn read_hit(target: &Target, row: &ResultRow<'_>, score: f32) -> Result<BoxHit, 
             path: row.get_str("path").map_err(e)?.to_string(),
             pid,
             attrs,
+            track: opt_str("track")?,
+            bbox,
+            source: opt_str("source")?,
+            group: None,
         },
         box_name: row.get_str("box").map_err(e)?.to_string(),
         store: row.get_str("store").map_err(e)?.to_string(),
@@ -746,6 +797,13 @@ fn check_identity(
             "{target}: this collection was not made by sen (no {P_SCHEMA} property); give another collection name"
         )));
     };
+    if schema == "1" {
+        return Err(MilvusError::Mismatch(format!(
+            "{target}: the collection was made by an older sen (schema 1, without tracks); this sen \
+             writes and reads schema {SCHEMA_VERSION}: replicate into a new collection name (or drop \
+             this one and replicate again: the box's store holds every row)"
+        )));
+    }
     if schema != SCHEMA_VERSION {
         return Err(MilvusError::Mismatch(format!(
             "{target}: the collection has sen schema {schema}, this sen writes and reads {SCHEMA_VERSION}; give another collection name"
@@ -835,7 +893,7 @@ mod tests {
         let t = Target::parse("milvus://127.0.0.1:1/c").unwrap();
         let fields: Vec<String> = FIELDS.iter().map(|s| s.to_string()).collect();
         let props = HashMap::from([
-            (P_SCHEMA.to_string(), "1".to_string()),
+            (P_SCHEMA.to_string(), SCHEMA_VERSION.to_string()),
             (P_ENCODER.to_string(), "aaa".to_string()),
             (P_DIM.to_string(), "512".to_string()),
         ]);
@@ -859,9 +917,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not made by sen"), "{e}");
-        let e = check_identity(&t, &props, &fields[..9], None)
+        let e = check_identity(&t, &props, &fields[..12], None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("no field \"embedding\""), "{e}");
+        let mut old = props.clone();
+        old.insert(P_SCHEMA.to_string(), "1".to_string());
+        let e = check_identity(&t, &old, &fields, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("older sen") && e.contains("new collection"),
+            "{e}"
+        );
     }
 }

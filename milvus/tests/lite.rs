@@ -78,6 +78,7 @@ fn fill(s: &Store, n: usize, per_add: usize, seed: u64) {
                 }),
                 embedding: unit(&mut r),
                 crop: None,
+                ..Default::default()
             })
             .collect();
         i += rows.len();
@@ -169,7 +170,7 @@ fn replicated_rows_rank_as_the_local_store_and_deletes_follow() {
                             k,
                             cameras: cameras.clone(),
                             time,
-                            exclude: None,
+                            ..Default::default()
                         }],
                         1,
                     )

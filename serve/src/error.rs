@@ -206,7 +206,9 @@ impl ApiError {
         }
         match e {
             S::Input(m) => ApiError::Invalid(m.clone()),
-            S::UnknownIds(_) | S::NotFound(_) => ApiError::NotFound(e.to_string()),
+            S::UnknownIds(_) | S::NotFound(_) | S::UnknownTrack { .. } => {
+                ApiError::NotFound(e.to_string())
+            }
             S::Closed(m) => ApiError::Unavailable(m.clone()),
             other => ApiError::Internal(other.to_string()),
         }

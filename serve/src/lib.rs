@@ -27,6 +27,7 @@ pub mod metrics;
 mod middleware;
 mod retention;
 pub mod routes;
+mod sources;
 mod start;
 pub mod state;
 
@@ -112,6 +113,7 @@ pub fn run(cfg: ServeConfig) -> Result<()> {
         keys,
         decode_slots: tokio::sync::Semaphore::new(workers),
         thumbs: Mutex::new(handlers::images::ThumbCache::new(cfg.thumb_cache_bytes)),
+        source: OnceLock::new(),
         cfg,
     });
     rt.block_on(serve(app))
@@ -146,6 +148,14 @@ async fn serve(app: Arc<App>) -> Result<()> {
         tokio::task::spawn_blocking(move || match start::load(&app) {
             Ok(l) => {
                 let _ = app.loaded.set(l);
+                if let Err(e) = sources::start(&app) {
+                    tracing::error!("cannot start the source: {e:#}");
+                    *app.load_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(format!("--source: {e:#}"));
+                    app.stopping.store(true, Ordering::SeqCst);
+                    let _ = stop.send(true);
+                    return;
+                }
                 app.metrics.ready.set(1);
                 println!("ready");
                 use std::io::Write;
@@ -193,6 +203,9 @@ async fn serve(app: Arc<App>) -> Result<()> {
     // replicating (after the step in flight), then close the store (its writer thread
     // finishes and joins).
     let _ = loader.await;
+    if let Some(s) = app.source.get() {
+        s.stop().await;
+    }
     if let Some(r) = app.loaded.get().and_then(|l| l.replication.as_ref()) {
         tokio::task::block_in_place(|| r.stop());
     }

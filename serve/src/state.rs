@@ -57,6 +57,8 @@ pub struct ServeConfig {
     pub f16: bool,
     pub crops: bool,
     pub thumb_cache_bytes: usize,
+    /// `--source`: crops from Frigate or DeepStream over MQTT.
+    pub source: Option<sen_sources::SourceConfig>,
 }
 
 /// A central search node's backend (`--search-backend`, `--boxes`).
@@ -133,6 +135,8 @@ pub struct App {
     /// Decoding and preprocessing run on the blocking pool, this many at a time.
     pub decode_slots: tokio::sync::Semaphore,
     pub thumbs: Mutex<handlers::images::ThumbCache>,
+    /// The running `--source`, once loaded.
+    pub source: OnceLock<sen_sources::Source>,
 }
 
 impl App {

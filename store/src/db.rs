@@ -23,7 +23,10 @@ CREATE TABLE rows(
     pid INTEGER,
     attrs TEXT,
     ingest_ms INTEGER NOT NULL,
-    crc INTEGER NOT NULL
+    crc INTEGER NOT NULL,
+    track TEXT,
+    bbox TEXT,
+    source TEXT
 );
 CREATE INDEX rows_camera_time ON rows(camera, time_ms);
 CREATE INDEX rows_time ON rows(time_ms);
@@ -55,6 +58,41 @@ CREATE TABLE cameras(
     last_ingest_ms INTEGER
 );
 CREATE TABLE idempotency(key TEXT PRIMARY KEY, response TEXT NOT NULL, at_ms INTEGER NOT NULL, request TEXT NOT NULL);
+";
+
+/// What format 3 adds (also run by its migration): tracks on rows, the key a crop from
+/// an MQTT source is added under (kept as long as its row), the sources' durable
+/// inbox, their skip counts and cursors.
+pub(crate) const SCHEMA_V3: &str = "
+CREATE INDEX rows_track ON rows(camera, track) WHERE track IS NOT NULL;
+CREATE UNIQUE INDEX rows_source_key ON rows(source, camera, track, time_ms)
+    WHERE source IN ('frigate', 'deepstream');
+CREATE TABLE inbox(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    received_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ms INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE source_skips(
+    source TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    last_detail TEXT,
+    PRIMARY KEY(source, reason)
+);
+CREATE TABLE source_state(source TEXT PRIMARY KEY, cursor_ms INTEGER NOT NULL);
+CREATE TABLE source_done(
+    source TEXT NOT NULL,
+    item TEXT NOT NULL,
+    end_ms INTEGER NOT NULL,
+    PRIMARY KEY(source, item)
+);
+CREATE INDEX source_done_end ON source_done(source, end_ms);
 ";
 
 pub(crate) fn err(ctx: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -92,6 +130,7 @@ pub fn open(dir: &Path, write: bool) -> Result<Connection, StoreError> {
 /// Create the schema and write the identity (a new store).
 pub fn init(c: &Connection, path: &Path, meta: &[(&str, String)]) -> Result<(), StoreError> {
     c.execute_batch(SCHEMA).map_err(err(path))?;
+    c.execute_batch(SCHEMA_V3).map_err(err(path))?;
     let mut st = c
         .prepare("INSERT INTO meta(key, value) VALUES (?1, ?2)")
         .map_err(err(path))?;
@@ -138,6 +177,12 @@ pub struct RowMeta {
     pub attrs: Option<String>,
     pub ingest_ms: i64,
     pub crc: u32,
+    /// The source's tracked-object id (format 3).
+    pub track: Option<String>,
+    /// `[x1, y1, x2, y2]` as JSON text.
+    pub bbox: Option<String>,
+    /// The entry point that added the row.
+    pub source: Option<String>,
 }
 
 /// The row checksum: CRC-32 over the id, metadata and embedding bytes (storage
@@ -185,11 +230,31 @@ fn row_hasher(m: &RowMeta, embedding: &[u8]) -> crc32fast::Hasher {
     h.update(m.attrs.as_deref().unwrap_or("").as_bytes());
     h.update(&[0]);
     h.update(&m.ingest_ms.to_le_bytes());
+    // Format 3's fields, only when the row has one: rows without them keep the
+    // checksum they had.
+    if m.track.is_some() || m.bbox.is_some() || m.source.is_some() {
+        h.update(b"\x01tracks");
+        for f in [&m.track, &m.bbox, &m.source] {
+            match f {
+                Some(v) => {
+                    h.update(&[1]);
+                    h.update(v.as_bytes());
+                }
+                None => h.update(&[0]),
+            }
+            h.update(&[0]);
+        }
+    }
     h.update(embedding);
     h
 }
 
+/// A row's metadata from a query of [`ROW_COLUMNS`] (or of the first eight of them,
+/// from a store older than format 3).
 fn row_meta(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowMeta> {
+    let tracks = r.as_ref().column_count() > 8;
+    let opt =
+        |i: usize| -> rusqlite::Result<Option<String>> { if tracks { r.get(i) } else { Ok(None) } };
     Ok(RowMeta {
         id: r.get::<_, i64>(0)? as u64,
         camera: r.get(1)?,
@@ -199,10 +264,16 @@ fn row_meta(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowMeta> {
         attrs: r.get(5)?,
         ingest_ms: r.get(6)?,
         crc: r.get::<_, i64>(7)? as u32,
+        track: opt(8)?,
+        bbox: opt(9)?,
+        source: opt(10)?,
     })
 }
 
-const ROW_COLUMNS: &str = "id, camera, time_ms, path, pid, attrs, ingest_ms, crc";
+const ROW_COLUMNS: &str =
+    "id, camera, time_ms, path, pid, attrs, ingest_ms, crc, track, bbox, source";
+/// The columns formats 1 and 2 have.
+const ROW_COLUMNS_V2: &str = "id, camera, time_ms, path, pid, attrs, ingest_ms, crc";
 
 pub fn row(c: &Connection, path: &Path, id: u64) -> Result<Option<RowMeta>, StoreError> {
     c.prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM rows WHERE id = ?1"))
@@ -238,14 +309,21 @@ pub fn crop(c: &Connection, path: &Path, id: u64) -> Result<Option<StoredCrop>, 
         .map_err(err(path))
 }
 
-/// Every row's metadata in id order, to `f` (verify).
+/// Every row's metadata in id order, to `f` (verify, migrations); `version` is the
+/// store's format (the columns differ before 3).
 pub fn for_each_row(
     c: &Connection,
     path: &Path,
+    version: u32,
     mut f: impl FnMut(RowMeta) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
+    let cols = if version >= 3 {
+        ROW_COLUMNS
+    } else {
+        ROW_COLUMNS_V2
+    };
     let mut st = c
-        .prepare(&format!("SELECT {ROW_COLUMNS} FROM rows ORDER BY id"))
+        .prepare(&format!("SELECT {cols} FROM rows ORDER BY id"))
         .map_err(err(path))?;
     let mut rows = st.query([]).map_err(err(path))?;
     while let Some(r) = rows.next().map_err(err(path))? {
@@ -274,7 +352,7 @@ pub fn insert_rows(
     {
         let mut ins = c
             .prepare_cached(
-                "INSERT INTO rows(id, camera, time_ms, path, pid, attrs, ingest_ms, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO rows(id, camera, time_ms, path, pid, attrs, ingest_ms, crc, track, bbox, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .map_err(&e)?;
         let mut pend = c
@@ -295,7 +373,10 @@ pub fn insert_rows(
                 m.pid,
                 m.attrs,
                 m.ingest_ms,
-                m.crc as i64
+                m.crc as i64,
+                m.track,
+                m.bbox,
+                m.source
             ])
             .map_err(&e)?;
             pend.execute(params![m.id as i64, r.embedding])
@@ -910,4 +991,280 @@ pub fn set_crcs(
             .map_err(&e)?;
     }
     Ok(())
+}
+
+// ------------------------------------------------------------------ tracks
+
+/// The row a crop from an MQTT source was added under (source, camera, track, frame
+/// time), if any.
+pub fn source_key(
+    c: &Connection,
+    path: &Path,
+    source: &str,
+    camera: &str,
+    track: &str,
+    time_ms: i64,
+) -> Result<Option<u64>, StoreError> {
+    c.prepare_cached(
+        "SELECT id FROM rows WHERE source = ?1 AND camera = ?2 AND track = ?3 AND time_ms = ?4",
+    )
+    .map_err(err(path))?
+    .query_row(params![source, camera, track, time_ms], |r| {
+        r.get::<_, i64>(0)
+    })
+    .optional()
+    .map(|v| v.map(|v| v as u64))
+    .map_err(err(path))
+}
+
+/// The live rows of a track, by id.
+pub fn track_rows(
+    c: &Connection,
+    path: &Path,
+    camera: &str,
+    track: &str,
+) -> Result<Vec<u64>, StoreError> {
+    let e = err(path);
+    c.prepare_cached("SELECT id FROM rows WHERE camera = ?1 AND track = ?2 ORDER BY id")
+        .map_err(&e)?
+        .query_map(params![camera, track], |r| r.get::<_, i64>(0))
+        .map_err(&e)?
+        .map(|r| r.map(|v| v as u64))
+        .collect::<Result<_, _>>()
+        .map_err(&e)
+}
+
+/// A track's rows captured in `[from, to)` (either end open): (id, capture time).
+pub fn track_times(
+    c: &Connection,
+    path: &Path,
+    camera: &str,
+    track: &str,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Result<Vec<(u64, i64)>, StoreError> {
+    let e = err(path);
+    c.prepare_cached(
+        "SELECT id, time_ms FROM rows WHERE camera = ?1 AND track = ?2
+           AND time_ms >= ?3 AND time_ms < ?4",
+    )
+    .map_err(&e)?
+    .query_map(
+        params![
+            camera,
+            track,
+            from.unwrap_or(i64::MIN),
+            to.unwrap_or(i64::MAX)
+        ],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)),
+    )
+    .map_err(&e)?
+    .collect::<Result<_, _>>()
+    .map_err(&e)
+}
+
+// ------------------------------------------------------------------ sources' inbox
+
+/// One message a source received, durable until it is resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxEntry {
+    pub id: u64,
+    pub source: String,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub received_ms: i64,
+    pub attempts: u32,
+    pub next_ms: i64,
+}
+
+/// Append a message to the inbox (inside the caller's transaction); its id.
+pub fn inbox_push(
+    c: &Connection,
+    path: &Path,
+    source: &str,
+    topic: &str,
+    payload: &[u8],
+    received_ms: i64,
+) -> Result<u64, StoreError> {
+    c.prepare_cached(
+        "INSERT INTO inbox(source, topic, payload, received_ms) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .map_err(err(path))?
+    .execute(params![source, topic, payload, received_ms])
+    .map_err(err(path))?;
+    Ok(c.last_insert_rowid() as u64)
+}
+
+/// Up to `limit` of a source's entries due by `now_ms` (not waiting for a retry), in
+/// arrival order.
+pub fn inbox_due(
+    c: &Connection,
+    path: &Path,
+    source: &str,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<InboxEntry>, StoreError> {
+    let e = err(path);
+    c.prepare_cached(
+        "SELECT id, source, topic, payload, received_ms, attempts, next_ms FROM inbox
+          WHERE source = ?1 AND next_ms <= ?2 ORDER BY id LIMIT ?3",
+    )
+    .map_err(&e)?
+    .query_map(params![source, now_ms, limit as i64], |r| {
+        Ok(InboxEntry {
+            id: r.get::<_, i64>(0)? as u64,
+            source: r.get(1)?,
+            topic: r.get(2)?,
+            payload: r.get(3)?,
+            received_ms: r.get(4)?,
+            attempts: r.get::<_, i64>(5)? as u32,
+            next_ms: r.get(6)?,
+        })
+    })
+    .map_err(&e)?
+    .collect::<Result<_, _>>()
+    .map_err(&e)
+}
+
+/// Entries of a source waiting, and when the earliest retry is due (for the status).
+pub fn inbox_depth(c: &Connection, path: &Path, source: &str) -> Result<u64, StoreError> {
+    c.prepare_cached("SELECT count(*) FROM inbox WHERE source = ?1")
+        .map_err(err(path))?
+        .query_row([source], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+        .map_err(err(path))
+}
+
+/// Remove a resolved entry (inside the transaction that stored its crop or its skip).
+pub fn inbox_remove(c: &Connection, path: &Path, id: u64) -> Result<(), StoreError> {
+    c.prepare_cached("DELETE FROM inbox WHERE id = ?1")
+        .map_err(err(path))?
+        .execute([id as i64])
+        .map_err(err(path))?;
+    Ok(())
+}
+
+/// Put an entry back for a later try.
+pub fn inbox_retry(
+    c: &Connection,
+    path: &Path,
+    id: u64,
+    attempts: u32,
+    next_ms: i64,
+    error: &str,
+) -> Result<(), StoreError> {
+    c.prepare_cached("UPDATE inbox SET attempts = ?2, next_ms = ?3, last_error = ?4 WHERE id = ?1")
+        .map_err(err(path))?
+        .execute(params![id as i64, attempts as i64, next_ms, error])
+        .map_err(err(path))?;
+    Ok(())
+}
+
+/// Count a skip of a source's message by its reason.
+pub fn count_skip(
+    c: &Connection,
+    path: &Path,
+    source: &str,
+    reason: &str,
+    detail: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO source_skips(source, reason, count, last_ms, last_detail) VALUES (?1, ?2, 1, ?3, ?4)
+         ON CONFLICT(source, reason) DO UPDATE SET count = count + 1, last_ms = excluded.last_ms,
+           last_detail = excluded.last_detail",
+    )
+    .map_err(err(path))?
+    .execute(params![source, reason, now, detail])
+    .map_err(err(path))?;
+    Ok(())
+}
+
+/// A source's skips: (reason, count, last detail), by reason.
+pub fn skips(
+    c: &Connection,
+    path: &Path,
+    source: &str,
+) -> Result<Vec<(String, u64, Option<String>)>, StoreError> {
+    let e = err(path);
+    c.prepare_cached(
+        "SELECT reason, count, last_detail FROM source_skips WHERE source = ?1 ORDER BY reason",
+    )
+    .map_err(&e)?
+    .query_map([source], |r| {
+        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+    })
+    .map_err(&e)?
+    .collect::<Result<_, _>>()
+    .map_err(&e)
+}
+
+/// A source's durable cursor (e.g. the end time up to which a backfill has looked).
+pub fn source_cursor(c: &Connection, path: &Path, source: &str) -> Result<Option<i64>, StoreError> {
+    c.prepare_cached("SELECT cursor_ms FROM source_state WHERE source = ?1")
+        .map_err(err(path))?
+        .query_row([source], |r| r.get(0))
+        .optional()
+        .map_err(err(path))
+}
+
+pub fn set_source_cursor(
+    c: &Connection,
+    path: &Path,
+    source: &str,
+    cursor_ms: i64,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO source_state(source, cursor_ms) VALUES (?1, ?2)
+         ON CONFLICT(source) DO UPDATE SET cursor_ms = max(cursor_ms, excluded.cursor_ms)",
+    )
+    .map_err(err(path))?
+    .execute(params![source, cursor_ms])
+    .map_err(err(path))?;
+    Ok(())
+}
+
+/// Record a source's item as done (it ended at `end_ms`), move the source's cursor to
+/// its end, and forget items that ended a week before the cursor.
+pub fn set_done(
+    c: &Connection,
+    path: &Path,
+    source: &str,
+    item: &str,
+    end_ms: i64,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO source_done(source, item, end_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT(source, item) DO UPDATE SET end_ms = excluded.end_ms",
+    )
+    .map_err(err(path))?
+    .execute(params![source, item, end_ms])
+    .map_err(err(path))?;
+    set_source_cursor(c, path, source, end_ms)?;
+    c.prepare_cached("DELETE FROM source_done WHERE source = ?1 AND end_ms < ?2 - 7 * 86400000")
+        .map_err(err(path))?
+        .execute(params![source, end_ms])
+        .map_err(err(path))?;
+    Ok(())
+}
+
+/// Whether a source's item is done with.
+pub fn is_done(c: &Connection, path: &Path, source: &str, item: &str) -> Result<bool, StoreError> {
+    c.prepare_cached("SELECT 1 FROM source_done WHERE source = ?1 AND item = ?2")
+        .map_err(err(path))?
+        .query_row(params![source, item], |_| Ok(()))
+        .optional()
+        .map(|v| v.is_some())
+        .map_err(err(path))
+}
+
+/// Format 3's schema, added by its migration.
+pub fn add_v3_schema(c: &Connection, path: &Path) -> Result<(), StoreError> {
+    c.execute_batch(
+        "ALTER TABLE rows ADD COLUMN track TEXT;
+         ALTER TABLE rows ADD COLUMN bbox TEXT;
+         ALTER TABLE rows ADD COLUMN source TEXT;",
+    )
+    .map_err(err(path))?;
+    c.execute_batch(SCHEMA_V3).map_err(err(path))
 }

@@ -15,6 +15,9 @@ pub enum StoreError {
     /// A row id that does not exist.
     #[error("no row with id {0}")]
     NotFound(u64),
+    /// A track with no live rows.
+    #[error("no rows of track {track:?} on camera {camera:?}")]
+    UnknownTrack { camera: String, track: String },
     /// A damaged, mismatched or unreadable store or index file (names the file).
     #[error("{0}")]
     Damaged(String),
@@ -103,6 +106,10 @@ impl StoreError {
             StoreError::Input(m) => StoreError::Input(m.clone()),
             StoreError::UnknownIds(v) => StoreError::UnknownIds(v.clone()),
             StoreError::NotFound(id) => StoreError::NotFound(*id),
+            StoreError::UnknownTrack { camera, track } => StoreError::UnknownTrack {
+                camera: camera.clone(),
+                track: track.clone(),
+            },
             StoreError::Damaged(m) => StoreError::Damaged(m.clone()),
             StoreError::Locked(m) => StoreError::Locked(m.clone()),
             StoreError::Mismatch(m) => StoreError::Mismatch(m.clone()),

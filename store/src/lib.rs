@@ -28,8 +28,10 @@ pub mod verify;
 
 pub use error::StoreError;
 pub use store::{
-    Added, CameraSummary, Change, CompactReport, Crop, Found, Idempotency, Mode, NewRow, Options,
-    Query, RowLimits, Selector, Snapshot, Stats, Store, StoreConfig, StoreInfo, camera,
+    Added, CameraSummary, Change, CompactReport, Crop, Finished, Found, Group, Idempotency,
+    InboxEntry, InboxMessage, MAX_TRACK_BYTES, Mode, NewRow, Options, Query, Resolve, Resolved,
+    RowLimits, SOURCES, Selector, Skip, Snapshot, Stats, Store, StoreConfig, StoreInfo, camera,
+    check_bbox, check_track, group_rows,
 };
 
 use serde::{Deserialize, Serialize};

@@ -10,6 +10,9 @@
 //!   idempotency keys record the digest of their request (`idempotency.request`;
 //!   keys recorded by format 1 keep an empty digest and replay as before, for the
 //!   day they are kept).
+//! - 2 -> 3: tracks (SPEC §12): `track`, `bbox` and `source` on rows (null for the
+//!   rows already there, whose checksums stay as they were), the unique key of a crop
+//!   from an MQTT source, and the sources' durable inbox, skip counts and cursors.
 
 use crate::db::{self, RowMeta};
 use crate::error::StoreError;
@@ -19,13 +22,13 @@ use rusqlite::Connection;
 use std::path::Path;
 
 /// The format this sen writes.
-pub const CURRENT: u32 = 2;
+pub const CURRENT: u32 = 3;
 
 /// One step: from the version it names to the next.
 type Step = fn(&Connection, &Path, &Path) -> Result<(), StoreError>;
 
 /// Every step, in order, by the version it starts from.
-const STEPS: &[(u32, Step)] = &[(1, v1_to_v2)];
+const STEPS: &[(u32, Step)] = &[(1, v1_to_v2), (2, v2_to_v3)];
 
 /// Refuse a store of another format than [`CURRENT`] for a reader, or one newer than
 /// this sen for anyone; `Ok(true)` when the writer should migrate it.
@@ -94,7 +97,7 @@ fn v1_to_v2(c: &Connection, dir: &Path, path: &Path) -> Result<(), StoreError> {
         segs.push(Segment::open(&dir.join(SEGMENTS_DIR).join(&file))?);
     }
     let mut updates: Vec<(u64, u32, Option<u32>)> = vec![];
-    db::for_each_row(c, path, |m: RowMeta| {
+    db::for_each_row(c, path, 2, |m: RowMeta| {
         let emb = match segs.iter().find_map(|s| s.find(m.id).map(|i| (s, i))) {
             Some((s, i)) => s.row_bytes(i).to_vec(),
             None => db::pending_embedding(c, path, m.id)?.ok_or_else(|| {
@@ -135,4 +138,9 @@ fn v1_to_v2(c: &Connection, dir: &Path, path: &Path) -> Result<(), StoreError> {
         db::set_crcs(c, path, id, row, crop)?;
     }
     Ok(())
+}
+
+/// 2 -> 3: tracks, source keys and the sources' inbox (no row changes).
+fn v2_to_v3(c: &Connection, _dir: &Path, path: &Path) -> Result<(), StoreError> {
+    db::add_v3_schema(c, path)
 }

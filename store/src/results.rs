@@ -35,12 +35,32 @@ pub fn results_object<'a>(
                 "pid": f.pid,
                 "attrs": f.attrs,
             });
+            track_fields(&mut r, f);
             if let Some(b) = b {
                 r["box"] = b.into();
             }
             r
         }).collect::<Vec<_>>(),
     })
+}
+
+/// SPEC §12's fields of a result, beside `attrs`, when the row has them: `track`,
+/// `bbox`, `source`, and a grouped item's `first`, `last` and `crops`.
+pub fn track_fields(r: &mut serde_json::Value, f: &crate::Found) {
+    if let Some(t) = &f.track {
+        r["track"] = t.as_str().into();
+    }
+    if let Some(b) = &f.bbox {
+        r["bbox"] = b.to_vec().into();
+    }
+    if let Some(s) = &f.source {
+        r["source"] = s.as_str().into();
+    }
+    if let Some(g) = &f.group {
+        r["first"] = time::format(g.first_ms).into();
+        r["last"] = time::format(g.last_ms).into();
+        r["crops"] = g.crops.into();
+    }
 }
 
 /// `sen store stats --json` (and the server's `/v1/stats`).

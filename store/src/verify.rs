@@ -54,7 +54,11 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, StoreError> {
     let meta: HashMap<String, String> = db::meta(&c, &path)?.into_iter().collect();
     let crops = meta.get("crops").is_some_and(|v| v == "true");
     // Format 1 checked the crop with the row; later formats give it its own checksum.
-    let v1 = meta.get("format_version").is_some_and(|v| v == "1");
+    let version: u32 = meta
+        .get("format_version")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let v1 = version == 1;
     let f16 = meta.get("storage").is_some_and(|v| v == "f16");
     let uuid = meta.get("uuid").cloned().unwrap_or_default();
     // Segments: each file opens, its embeddings match their CRC, it matches its record.
@@ -109,7 +113,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, StoreError> {
     rep.pending_rows = pending.len() as u64;
     // Rows: each has its embedding in exactly one place and matches its checksum.
     let mut seen: HashSet<u64> = HashSet::new();
-    db::for_each_row(&c, &path, |m| {
+    db::for_each_row(&c, &path, version, |m| {
         rep.rows += 1;
         seen.insert(m.id);
         let emb: Option<Vec<u8>> = match (where_is.get(&m.id), pending.get(&m.id)) {

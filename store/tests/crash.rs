@@ -410,7 +410,8 @@ fn a_snapshot_taken_during_writes_opens_and_verifies() {
             k: 3,
             cameras: None,
             time: Default::default(),
-            exclude: None,
+            exclude: vec![],
+            group: false,
         };
         assert_eq!(s.search(&[q], 1).unwrap()[0].len(), 3);
     }
@@ -501,7 +502,8 @@ fn bad_input_is_a_clear_error_and_the_store_stays_whole() {
         k: 50,
         cameras: None,
         time: Default::default(),
-        exclude: None,
+        exclude: vec![],
+        group: false,
     };
     let e = store.search(&[q], 1).unwrap_err().to_string();
     assert!(

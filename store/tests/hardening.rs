@@ -18,7 +18,8 @@ fn query(v: Vec<f32>, cameras: Option<Vec<String>>) -> Query {
         k: 5,
         cameras,
         time: time::TimeRange::default(),
-        exclude: None,
+        exclude: vec![],
+        group: false,
     }
 }
 

@@ -41,6 +41,9 @@ fn fixture(dir: &Path) -> PathBuf {
     s
 }
 
+/// The format this code writes: 3 (tracks, sources' inbox) since issue 28.
+const CURRENT: u32 = 3;
+
 fn version(dir: &Path) -> u32 {
     let c = db::open(dir, false).unwrap();
     db::format_version(&c, &dir.join(db::DB_FILE)).unwrap()
@@ -85,7 +88,7 @@ fn a_format_1_store_is_migrated_when_its_writer_opens_it() {
     // format 1 still verifies (its row checksums cover the crop).
     assert!(sen_store::verify::verify(&dir).unwrap().problems.is_empty());
     let store = Store::open(&dir, Mode::Writer).unwrap();
-    assert_eq!(store.info().format_version, 2);
+    assert_eq!(store.info().format_version, CURRENT);
     check_rows(&store, &fixture_ids());
     // The replication cursor and the deletes' tombstones survived.
     assert_eq!(store.consumer(CONSUMER, None).unwrap(), 3);
@@ -108,12 +111,40 @@ fn a_format_1_store_is_migrated_when_its_writer_opens_it() {
         )
         .unwrap();
     assert!(again.replayed);
-    // New rows, flushes and compaction work on the migrated store.
-    store.add((60..70).map(row).collect()).unwrap();
+    // New rows, flushes and compaction work on the migrated store, and so do the
+    // format-3 fields (a track) and tables (a source's inbox).
+    store.add((60..69).map(row).collect()).unwrap();
+    let (tracked, _) = store
+        .add(vec![sen_store::NewRow {
+            track: Some("1607123955.475377-mxklsc".into()),
+            bbox: Some([415.0, 489.0, 528.0, 700.0]),
+            source: Some("cli".into()),
+            ..row(69)
+        }])
+        .unwrap();
+    let camera = store.row(tracked).unwrap().camera;
+    assert_eq!(
+        store
+            .track_rows(&camera, "1607123955.475377-mxklsc")
+            .unwrap(),
+        vec![tracked]
+    );
+    let found = store.row(tracked).unwrap();
+    assert_eq!(found.bbox, Some([415.0, 489.0, 528.0, 700.0]));
+    assert_eq!(found.source.as_deref(), Some("cli"));
+    store
+        .inbox_push(vec![sen_store::InboxMessage {
+            source: "frigate".into(),
+            topic: "frigate/events".into(),
+            payload: b"{}".to_vec(),
+            received_ms: 1,
+        }])
+        .unwrap();
+    assert_eq!(store.inbox_depth("frigate").unwrap(), 1);
     store.flush().unwrap();
     store.compact().unwrap();
     drop(store);
-    assert_eq!(version(&dir), 2);
+    assert_eq!(version(&dir), CURRENT);
     let v = sen_store::verify::verify(&dir).unwrap();
     assert!(v.problems.is_empty(), "{:?}", v.problems);
     let store = Store::open(&dir, Mode::Reader).unwrap();
@@ -133,7 +164,7 @@ fn a_newer_store_is_refused_naming_both_versions() {
     for mode in [Mode::Reader, Mode::Writer] {
         match Store::open(&dir, mode) {
             Err(StoreError::Damaged(m)) => {
-                assert!(m.contains("format 99") && m.contains("up to 2"), "{m}")
+                assert!(m.contains("format 99") && m.contains("up to 3"), "{m}")
             }
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("a newer store was opened"),
@@ -169,6 +200,9 @@ fn grow_v1(dir: &Path, n: u64) -> Vec<u64> {
             attrs: r.attrs.map(|a| serde_json::Value::Object(a).to_string()),
             ingest_ms: T0,
             crc: 0,
+            track: None,
+            bbox: None,
+            source: None,
         };
         let emb: Vec<u8> = r.embedding.iter().flat_map(|x| x.to_le_bytes()).collect();
         let crop = r.crop.unwrap();
@@ -218,7 +252,7 @@ fn rounds() -> usize {
 }
 
 #[test]
-fn killed_while_migrating_the_store_is_format_1_or_2_and_whole() {
+fn killed_while_migrating_the_store_is_format_1_or_current_and_whole() {
     let d = tempfile::tempdir().unwrap();
     let base = fixture(d.path());
     let mut live = fixture_ids();
@@ -243,7 +277,7 @@ fn killed_while_migrating_the_store_is_format_1_or_2_and_whole() {
     let t = Instant::now();
     assert!(child(&probe).wait().unwrap().success());
     let full = t.elapsed();
-    assert_eq!(version(&probe), 2);
+    assert_eq!(version(&probe), CURRENT);
     let (mut old, mut new) = (0, 0);
     let started = Instant::now();
     for round in 0..rounds() {
@@ -258,19 +292,19 @@ fn killed_while_migrating_the_store_is_format_1_or_2_and_whole() {
         let _ = c.wait();
         match version(&dir) {
             1 => old += 1,
-            2 => new += 1,
+            CURRENT => new += 1,
             v => panic!("round {round}: format {v}"),
         }
         let v = sen_store::verify::verify(&dir).unwrap();
         assert!(v.problems.is_empty(), "round {round}: {:?}", v.problems);
         let store = Store::open(&dir, Mode::Writer).unwrap();
-        assert_eq!(store.info().format_version, 2);
+        assert_eq!(store.info().format_version, CURRENT);
         assert_eq!(store.live_ids(0, u64::MAX), live, "round {round}");
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }
     println!(
-        "{} kills during a {:.0} ms migration of {} rows: {old} left format 1, {new} format 2",
+        "{} kills during a {:.0} ms migration of {} rows: {old} left format 1, {new} format {CURRENT}",
         rounds(),
         full.as_secs_f64() * 1e3,
         live.len()

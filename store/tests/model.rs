@@ -1,7 +1,10 @@
 //! The store against a plain in-memory model (proptest): random sequences of adds,
 //! deletes of every kind, flushes, compactions and reopens; after each step every
 //! search, filtered or not, is the same ranking (SPEC §11) as a brute force over the
-//! model, and the counts and camera summaries agree.
+//! model, and the counts and camera summaries agree. Most rows belong to tracks
+//! (SPEC §12): every grouped search equals the brute-force grouping of the model's
+//! ranking (one item per `(camera, track)`, its best crop, with the count and time
+//! span of the track's crops that pass the filters).
 
 mod common;
 
@@ -47,7 +50,7 @@ fn brute(model: &BTreeMap<u64, sen_store::NewRow>, q: &Query, dtype: Storage) ->
     let mut v: Vec<(f64, u64)> = model
         .iter()
         .filter(|(id, r)| {
-            Some(**id) != q.exclude
+            !q.exclude.contains(id)
                 && q.cameras.as_ref().is_none_or(|c| c.contains(&r.camera))
                 && q.time.contains(r.time_ms)
         })
@@ -142,7 +145,8 @@ fn check(store: &Store, model: &BTreeMap<u64, sen_store::NewRow>, dtype: Storage
             k: [1, 5, 10, 1000][(h % 4) as usize],
             cameras,
             time,
-            exclude,
+            exclude: exclude.into_iter().collect(),
+            group: false,
         });
     }
     for threads in [1, 2] {
@@ -158,11 +162,95 @@ fn check(store: &Store, model: &BTreeMap<u64, sen_store::NewRow>, dtype: Storage
                 );
             }
         }
+        // Grouped by track: the brute-force grouping of the model's ranking.
+        let grouped: Vec<Query> = queries
+            .iter()
+            .map(|q| Query {
+                group: true,
+                ..q.clone()
+            })
+            .collect();
+        for (i, (q, got)) in grouped
+            .iter()
+            .zip(store.search(&grouped, threads).unwrap())
+            .enumerate()
+        {
+            same_groups(
+                &got,
+                &brute_groups(model, q, dtype),
+                &format!("grouped query {i}, {threads} threads"),
+            );
+        }
         // One at a time gives the same.
         for q in &queries[..2] {
             let one = store.search(std::slice::from_ref(q), threads).unwrap();
             same_ranking(&one[0], &brute(model, q, dtype), "single");
         }
+    }
+}
+
+/// A row; two in three belong to one of five tracks per camera.
+fn tracked(tag: u64) -> sen_store::NewRow {
+    let h = mix(tag ^ 0x7777);
+    sen_store::NewRow {
+        track: (!h.is_multiple_of(3)).then(|| format!("t{}", h % 5)),
+        bbox: Some([1.0, 2.0, 30.0, 60.0]),
+        source: Some("cli".into()),
+        ..row(tag)
+    }
+}
+
+/// Brute-force grouping of the whole ranking: items (best id, its score, crops,
+/// first, last) by rank, `k` of them.
+fn brute_groups(
+    model: &BTreeMap<u64, sen_store::NewRow>,
+    q: &Query,
+    dtype: Storage,
+) -> Vec<(u64, f64, u64, i64, i64)> {
+    let all = brute(
+        model,
+        &Query {
+            k: usize::MAX,
+            ..q.clone()
+        },
+        dtype,
+    );
+    let mut out: Vec<(u64, f64, u64, i64, i64)> = vec![];
+    let mut at: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (score, id) in all {
+        let r = &model[&id];
+        let t = r.time_ms;
+        match &r.track {
+            None => out.push((id, score, 1, t, t)),
+            Some(track) => match at.get(&(r.camera.clone(), track.clone())) {
+                Some(&i) => {
+                    let g = &mut out[i];
+                    g.2 += 1;
+                    g.3 = g.3.min(t);
+                    g.4 = g.4.max(t);
+                }
+                None => {
+                    at.insert((r.camera.clone(), track.clone()), out.len());
+                    out.push((id, score, 1, t, t));
+                }
+            },
+        }
+    }
+    out.truncate(q.k);
+    out
+}
+
+fn same_groups(got: &[sen_store::Found], want: &[(u64, f64, u64, i64, i64)], what: &str) {
+    let ranking: Vec<(f64, u64)> = want.iter().map(|w| (w.1, w.0)).collect();
+    same_ranking(got, &ranking, what);
+    for (g, w) in got.iter().zip(want) {
+        let span = g.group.as_ref().map_or((1, g.time_ms, g.time_ms), |s| {
+            (s.crops, s.first_ms, s.last_ms)
+        });
+        if g.id == w.0 {
+            assert_eq!(span, (w.2, w.3, w.4), "{what}: the group of row {}", g.id);
+        }
+        assert_eq!(g.group.is_some(), g.track.is_some(), "{what}: row {}", g.id);
     }
 }
 
@@ -175,7 +263,7 @@ fn run(ops: Vec<Op>, dtype: Storage) {
         let s = store.as_ref().unwrap();
         match op {
             Op::Add(tags) => {
-                let rows: Vec<_> = tags.iter().map(|&t| row(t)).collect();
+                let rows: Vec<_> = tags.iter().map(|&t| tracked(t)).collect();
                 let (first, last) = s.add(rows.clone()).unwrap();
                 assert_eq!(last - first + 1, rows.len() as u64, "contiguous ids");
                 assert!(

@@ -12,6 +12,9 @@
 //! The `sen` binary's path is the caller's: `env!("CARGO_BIN_EXE_sen")` in the
 //! `sen-cli` package's tests, a flag in the load generator.
 
+pub mod frigate;
+pub mod mqtt;
+
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

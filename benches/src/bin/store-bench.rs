@@ -73,6 +73,7 @@ fn new_row(i: usize, emb: &[f32], crop: Option<&[u8]>) -> NewRow {
             content_type: "image/jpeg".into(),
             bytes: b.to_vec(),
         }),
+        ..Default::default()
     }
 }
 
@@ -176,7 +177,8 @@ fn main() {
                         k: 100,
                         cameras: None,
                         time: TimeRange::default(),
-                        exclude: None,
+                        exclude: vec![],
+                        group: false,
                     }],
                     threads,
                 )
@@ -219,7 +221,8 @@ fn main() {
         k: 10,
         cameras,
         time,
-        exclude: None,
+        exclude: vec![],
+        group: false,
     };
     let runs = 20;
     let all = median_ms(

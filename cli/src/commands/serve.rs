@@ -134,6 +134,161 @@ pub struct ServeArgs {
     no_crops: bool,
     #[command(flatten)]
     provider: ProviderArgs,
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+/// Crops from a pipeline over MQTT (SPEC §12; README "Sources"). Credentials come
+/// from the environment or files, never from flags: SEN_MQTT_USER,
+/// SEN_MQTT_PASSWORD[_FILE], SEN_FRIGATE_TOKEN[_FILE] or SEN_FRIGATE_USER and
+/// SEN_FRIGATE_PASSWORD[_FILE].
+#[derive(clap::Args, Debug)]
+pub struct SourceArgs {
+    /// Read crops from Frigate's tracked-object events or DeepStream's nvmsgconv
+    /// messages.
+    #[arg(long, value_parser = ["frigate", "deepstream"], requires_all = ["mqtt", "store"])]
+    source: Option<String>,
+    /// The broker: mqtt://HOST:PORT or mqtts://HOST:PORT.
+    #[arg(long, value_name = "URL", requires = "source")]
+    mqtt: Option<String>,
+    /// The CA certificates (PEM) an mqtts:// broker's certificate is checked against
+    /// (default: the system's).
+    #[arg(long, value_name = "PEM", requires = "mqtt")]
+    mqtt_ca: Option<PathBuf>,
+    /// The MQTT client id; the broker keeps this box's session under it (default:
+    /// sen-SOURCE- and a hash of the host name and the store directory).
+    #[arg(long, requires = "mqtt")]
+    mqtt_client_id: Option<String>,
+    /// Frigate's API: http://HOST:5000 (unauthenticated) or https://HOST:8971.
+    #[arg(long, value_name = "URL")]
+    frigate_api: Option<String>,
+    /// Frigate labels to ingest (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "person")]
+    frigate_labels: Vec<String>,
+    /// Frigate cameras to ingest (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    frigate_cameras: Option<Vec<String>>,
+    /// Frigate's MQTT topic prefix (its `mqtt: topic_prefix`).
+    #[arg(long, default_value = "frigate")]
+    frigate_topic_prefix: String,
+    /// On each (re)connect, ask Frigate for events that started up to this long before
+    /// the last one sen finished (`1h`, `30m`): an event that ended after it may have
+    /// started before.
+    #[arg(long, default_value = "1h")]
+    frigate_backfill: String,
+    /// The topic DeepStream's nvmsgbroker publishes to (its `topic=`).
+    #[arg(long, value_name = "TOPIC")]
+    deepstream_topic: Option<String>,
+    /// DeepStream object classes to ingest (comma-separated, any case).
+    #[arg(long, value_delimiter = ',', default_value = "person")]
+    deepstream_labels: Vec<String>,
+    /// Where DeepStream's crop files are (`crop_file` names are read inside it only).
+    #[arg(long, value_name = "DIR")]
+    crops_dir: Option<PathBuf>,
+    /// Delete a crop file from --crops-dir once its row is stored.
+    #[arg(long, requires = "crops_dir")]
+    crops_dir_delete: bool,
+    /// Seconds a failing fetch is retried (with backoff) before the event is skipped
+    /// (`fetch_failed`, in /v1/stats).
+    #[arg(long, default_value_t = 600.0)]
+    source_give_up: f64,
+    /// Inbox entries processed at once.
+    #[arg(long, default_value_t = 8)]
+    source_concurrency: usize,
+}
+
+impl SourceArgs {
+    fn config(
+        &self,
+        store: Option<&std::path::Path>,
+        max_payload: usize,
+    ) -> Result<Option<sen_sources::SourceConfig>> {
+        let Some(kind) = self.source.as_deref() else {
+            for (set, flag) in [
+                (self.frigate_api.is_some(), "--frigate-api"),
+                (self.deepstream_topic.is_some(), "--deepstream-topic"),
+                (self.crops_dir.is_some(), "--crops-dir"),
+            ] {
+                if set {
+                    bail!(
+                        "{flag} belongs to a source: give --source frigate|deepstream and --mqtt URL too"
+                    );
+                }
+            }
+            return Ok(None);
+        };
+        let store = store.context("--source needs --store DIR")?;
+        let client_id = self
+            .mqtt_client_id
+            .clone()
+            .unwrap_or_else(|| sen_sources::config::default_client_id(kind, store));
+        let mqtt = sen_sources::MqttConfig::parse(
+            self.mqtt.as_deref().context("--source needs --mqtt URL")?,
+            self.mqtt_ca.as_deref(),
+            client_id,
+        )?;
+        let kind = match kind {
+            "frigate" => {
+                if self.deepstream_topic.is_some() || self.crops_dir.is_some() {
+                    bail!("--deepstream-topic and --crops-dir are for --source deepstream");
+                }
+                let api = self
+                    .frigate_api
+                    .clone()
+                    .context("--source frigate needs --frigate-api http://HOST:5000 (its crops come from there)")?;
+                let labels: Vec<String> = self
+                    .frigate_labels
+                    .iter()
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                if labels.is_empty() {
+                    bail!("--frigate-labels: give at least one label (person)");
+                }
+                let window =
+                    sen_store::time::parse_period("--frigate-backfill", &self.frigate_backfill)?;
+                sen_sources::Kind::Frigate(sen_sources::FrigateConfig {
+                    api,
+                    labels,
+                    cameras: self.frigate_cameras.clone(),
+                    prefix: self.frigate_topic_prefix.trim_end_matches('/').to_string(),
+                    backfill_window: std::time::Duration::from_millis(window.max(0) as u64),
+                    auth: sen_sources::FrigateAuth::from_env()?,
+                })
+            }
+            _ => {
+                if self.frigate_api.is_some() {
+                    bail!("--frigate-api is for --source frigate");
+                }
+                let topic = self.deepstream_topic.clone().context(
+                    "--source deepstream needs --deepstream-topic TOPIC (nvmsgbroker's topic=)",
+                )?;
+                sen_sources::Kind::DeepStream(sen_sources::DeepStreamConfig {
+                    topic,
+                    labels: self.deepstream_labels.clone(),
+                    crops_dir: self.crops_dir.clone(),
+                    delete: self.crops_dir_delete,
+                })
+            }
+        };
+        if !(self.source_give_up > 0.0 && self.source_give_up.is_finite()) {
+            bail!(
+                "--source-give-up {}: a positive number of seconds",
+                self.source_give_up
+            );
+        }
+        if self.source_concurrency == 0 {
+            bail!("--source-concurrency must be at least 1");
+        }
+        Ok(Some(sen_sources::SourceConfig {
+            kind,
+            mqtt,
+            concurrency: self.source_concurrency,
+            fetch_timeout: std::time::Duration::from_secs(10),
+            give_up: std::time::Duration::from_secs_f64(self.source_give_up),
+            max_payload,
+        }))
+    }
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -221,6 +376,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         f16: a.f16,
         crops: !a.no_crops,
         thumb_cache_bytes: 64 << 20,
+        source: a.source.config(a.store.as_deref(), a.max_body_mib << 20)?,
     };
     sen_serve::run(cfg)
 }

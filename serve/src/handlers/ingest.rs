@@ -35,6 +35,9 @@ struct AddParams {
     camera: Option<String>,
     time: Option<String>,
     pid: Option<i64>,
+    track: Option<String>,
+    /// `x1,y1,x2,y2`.
+    bbox: Option<String>,
 }
 
 /// One `meta` entry of a multipart add.
@@ -45,13 +48,28 @@ pub struct Meta {
     pub time: Option<serde_json::Value>,
     pub pid: Option<i64>,
     pub attrs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The tracked object this crop is of (SPEC §12).
+    pub track: Option<String>,
+    /// `[x1, y1, x2, y2]` in the source frame's pixels.
+    pub bbox: Option<[f64; 4]>,
+}
+
+/// A `bbox` query parameter: `x1,y1,x2,y2`.
+fn parse_bbox(s: &str) -> Result<[f64; 4], ApiError> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| ApiError::Invalid(format!("bbox {s:?}: four numbers x1,y1,x2,y2")))?;
+    <[f64; 4]>::try_from(v)
+        .map_err(|_| ApiError::Invalid(format!("bbox {s:?}: four numbers x1,y1,x2,y2")))
 }
 
 /// A `meta` part: a JSON array of [`Meta`], one per image in order.
 pub fn parse_meta(b: &[u8]) -> Result<Vec<Meta>, ApiError> {
     serde_json::from_slice(b).map_err(|e| {
         ApiError::Invalid(format!(
-            "`meta`: a JSON array of {{camera, time, pid, attrs}}: {e}"
+            "`meta`: a JSON array of {{camera, time, pid, attrs, track, bbox}}: {e}"
         ))
     })
 }
@@ -255,6 +273,8 @@ pub async fn read_add(req: Request, limits: &AddLimits) -> Result<AddRequest, Ap
             time: p.time.map(serde_json::Value::String),
             pid: p.pid,
             attrs: None,
+            track: p.track,
+            bbox: p.bbox.as_deref().map(parse_bbox).transpose()?,
         };
         return Ok(AddRequest {
             multipart,
@@ -402,6 +422,9 @@ pub fn rows_of(r: &AddRequest) -> Result<Vec<NewRow>, ApiError> {
                 content_type: sniffed(&u.bytes, u.content_type.as_deref()),
                 bytes: u.bytes.to_vec(),
             }),
+            track: m.and_then(|m| m.track.clone()),
+            bbox: m.and_then(|m| m.bbox),
+            source: Some("http".into()),
         });
     }
     Ok(rows)

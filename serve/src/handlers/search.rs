@@ -31,6 +31,29 @@ pub(crate) struct SearchBody {
     cameras: Option<Vec<String>>,
     from: Option<serde_json::Value>,
     to: Option<serde_json::Value>,
+    /// `"track"`: one item per track (SPEC §12).
+    group: Option<String>,
+    /// "More like this" of a track: the normalised mean of its crops.
+    like_track: Option<LikeTrack>,
+}
+
+/// A track, as `like_track` names it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LikeTrack {
+    camera: Option<String>,
+    track: String,
+}
+
+/// `group`: absent, or `"track"`.
+fn grouping(g: Option<&str>) -> Result<bool, ApiError> {
+    match g {
+        None => Ok(false),
+        Some("track") => Ok(true),
+        Some(other) => Err(ApiError::Invalid(format!(
+            "group {other:?}: the one grouping is \"track\" (one item per tracked person)"
+        ))),
+    }
 }
 
 fn check_text(app: &App, t: &str, what: &str) -> Result<(), ApiError> {
@@ -85,7 +108,13 @@ pub(crate) async fn search(
             sen_store::camera(Some(c.clone()))?;
         }
     }
+    let group = grouping(b.group.as_deref())?;
     if let Some(c) = &l.central {
+        if group || b.like_track.is_some() {
+            return Err(ApiError::Invalid(
+                "grouping by track and like_track are not supported on a central search node yet; search a box for them".into(),
+            ));
+        }
         return search_central(&app, l, c, b, k, range, t0).await;
     }
     if b.like_box.is_some() || b.boxes.is_some() {
@@ -93,19 +122,33 @@ pub(crate) async fn search(
             "like_box and boxes are for a central search node (--search-backend); this box searches its own store".into(),
         ));
     }
-    let (vector, exclude) = match (&b.text, b.like) {
-        (Some(t), None) => {
+    let (vector, exclude) = match (&b.text, b.like, &b.like_track) {
+        (Some(t), None, None) => {
             check_text(&app, t, "text")?;
-            (encode_text(&app, l, t.clone()).await?, None)
+            (encode_text(&app, l, t.clone()).await?, vec![])
         }
-        (None, Some(id)) => {
+        (None, Some(id), None) => {
             let store = l.store()?.clone();
             let v = tokio::task::spawn_blocking(move || store.embedding(id))
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))??;
-            (v, Some(id))
+            (v, vec![id])
         }
-        _ => return Err(ApiError::Invalid("give exactly one of text or like".into())),
+        (None, None, Some(lt)) => {
+            let camera = sen_store::camera(lt.camera.clone())?;
+            sen_store::check_track(&lt.track)
+                .map_err(|e| ApiError::Invalid(format!("like_track: {e}")))?;
+            let store = l.store()?.clone();
+            let track = lt.track.clone();
+            tokio::task::spawn_blocking(move || store.track_embedding(&camera, &track))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??
+        }
+        _ => {
+            return Err(ApiError::Invalid(
+                "give exactly one of text, like or like_track".into(),
+            ));
+        }
     };
     let q = sen_store::Query {
         vector,
@@ -113,6 +156,7 @@ pub(crate) async fn search(
         cameras: b.cameras.clone(),
         time: range,
         exclude,
+        group,
     };
     let queue = l
         .search
@@ -129,7 +173,17 @@ pub(crate) async fn search(
         .with_label_values(&["search"])
         .observe(tm.ran.as_secs_f64());
     let took = t0.elapsed().as_secs_f64() * 1e3;
-    Ok(Json(result_json(b.text.as_deref(), b.like, took, &found)).into_response())
+    let mut v = result_json(b.text.as_deref(), b.like, took, &found);
+    if let Some(lt) = &b.like_track {
+        v["like_track"] = serde_json::json!({
+            "camera": lt.camera.as_deref().unwrap_or(sen_store::store::DEFAULT_CAMERA),
+            "track": lt.track,
+        });
+    }
+    if group {
+        v["group"] = "track".into();
+    }
+    Ok(Json(v).into_response())
 }
 
 /// A search on a central node: through the replicated collection, results with `box`.

@@ -26,7 +26,15 @@ pub(crate) async fn readyz(State(app): State<S>) -> Response {
             };
             // Writable: the writer thread answers and takes the database's write lock.
             match tokio::task::spawn_blocking(move || store.ping()).await {
-                Ok(Ok(_)) => Json(serde_json::json!({"ready": true})).into_response(),
+                Ok(Ok(_)) => {
+                    let mut v = serde_json::json!({"ready": true});
+                    // A source's connection is detail: the box still answers searches
+                    // and HTTP ingest while the broker is away.
+                    if let Some(s) = source_json(&app).await {
+                        v["source"] = s;
+                    }
+                    Json(v).into_response()
+                }
                 Ok(Err(e)) => {
                     ApiError::Unavailable(format!("the store is not writable: {e}")).into_response()
                 }
@@ -37,7 +45,21 @@ pub(crate) async fn readyz(State(app): State<S>) -> Response {
     }
 }
 
+/// The running source's state (connection, inbox, skips), read off the async workers.
+async fn source_json(app: &S) -> Option<serde_json::Value> {
+    app.source.get()?;
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || app.source.get().map(|s| s.json()))
+        .await
+        .ok()
+        .flatten()
+}
+
 pub(crate) async fn metrics(State(app): State<S>) -> Response {
+    if app.source.get().is_some() {
+        let a = app.clone();
+        let _ = tokio::task::spawn_blocking(move || a.source.get().map(|s| s.refresh())).await;
+    }
     if let Some(l) = app.loaded.get() {
         app.metrics
             .queue_depth
@@ -118,6 +140,9 @@ pub(crate) async fn stats(
     let obj = v.as_object_mut().expect("object");
     if let Some(r) = &l.replication {
         obj.insert("replication".into(), r.status.json(&r.spec));
+    }
+    if let Some(s) = source_json(&app).await {
+        obj.insert("source".into(), s);
     }
     obj.insert(
         "bundle".into(),

@@ -8,6 +8,7 @@ let objectUrls = [];
 let keyScope = null;
 let detailId = null;
 let detailBox = null;
+let detailItem = null;
 
 function key() {
   return sessionStorage.getItem(KEY) || "";
@@ -105,6 +106,13 @@ async function refreshStatus() {
   ready.textContent = s.ready ? "ready" : "not ready";
   ready.className = s.ready ? "pill ok" : "pill bad";
   $("status-rows").textContent = s.rows + " rows";
+  // A central node cannot group by track yet (SPEC §12): the box is unticked there.
+  const group = $("group");
+  if (s.backend !== undefined && !group.disabled) {
+    group.checked = false;
+    group.disabled = true;
+    $("group-hint").textContent = "(not on a central node)";
+  }
   $("status-model").textContent = s.provider + ", " + s.bundle.precision;
   const list = $("status-cameras");
   list.replaceChildren();
@@ -138,7 +146,9 @@ async function run(body) {
   const res = r.body.results;
   $("latency").textContent = "Server " + r.body.took_ms.toFixed(1) + " ms, page " + (performance.now() - t).toFixed(0) + " ms";
   if (res.length === 0) return say("No results: nothing matches these filters.", false);
-  say(res.length + " results" + (r.body.like !== null ? " like row " + r.body.like : ""), false);
+  const like = r.body.like_track ? " like track " + r.body.like_track.track + " (" + r.body.like_track.camera + ")"
+    : (r.body.like !== null && r.body.like !== undefined ? " like row " + r.body.like : "");
+  say(res.length + (r.body.group ? " tracks and rows" : " results") + like, false);
   const ol = $("results");
   for (const x of res) {
     const li = document.createElement("li");
@@ -156,11 +166,27 @@ async function run(body) {
     meta.className = "meta";
     meta.textContent = x.camera + " · " + localTime(x.time);
     b.append(img, rank, meta);
+    if (x.crops !== undefined) {
+      // A track: how many crops it has and the time they span.
+      const span = document.createElement("span");
+      span.className = "track";
+      span.textContent = x.crops + (x.crops === 1 ? " crop" : " crops") + " · " + spanText(x.first, x.last);
+      b.appendChild(span);
+      b.setAttribute("aria-label", b.getAttribute("aria-label") + ", a track of " + x.crops + " crops");
+    }
     b.addEventListener("click", () => openDetail(x));
     li.appendChild(b);
     ol.appendChild(li);
     imageUrl(x, true).then((u) => { if (u) img.src = u; });
   }
+}
+
+/// "10:02:03–10:04:10" (one day) or two full local times.
+function spanText(first, last) {
+  const a = localTime(first), b = localTime(last);
+  if (a === b) return a;
+  const [da, ta] = a.split(" "), [db, tb] = b.split(" ");
+  return da === db && tb !== undefined ? da + " " + ta + "–" + tb : a + " – " + b;
 }
 
 function search() {
@@ -172,11 +198,13 @@ function search() {
   const f = rfc3339($("from").value), t = rfc3339($("to").value);
   if (f) body.from = f;
   if (t) body.to = t;
+  if ($("group").checked) body.group = "track";
   return run(body);
 }
 
 async function openDetail(x) {
   detailId = x.id;
+  detailItem = x;
   detailBox = x.box === undefined ? null : x.box;
   $("detail-title").textContent = "Row " + x.id + " (#" + x.rank + ")";
   $("detail-message").textContent = "";
@@ -186,6 +214,10 @@ async function openDetail(x) {
     ["Path", x.path], ["Person id", x.pid === null ? "-" : String(x.pid)],
     ["Attributes", x.attrs === null ? "-" : JSON.stringify(x.attrs)]];
   if (detailBox !== null) rows.splice(1, 0, ["Box", detailBox]);
+  if (x.track !== undefined) rows.push(["Track", x.track]);
+  if (x.crops !== undefined) rows.push(["Crops", x.crops + ", " + spanText(x.first, x.last)]);
+  if (x.bbox !== undefined) rows.push(["Position", x.bbox.map((v) => Math.round(v)).join(", ")]);
+  if (x.source !== undefined) rows.push(["Source", x.source]);
   for (const [k, v] of rows) {
     const dt = document.createElement("dt");
     dt.textContent = k;
@@ -235,9 +267,15 @@ function init() {
   });
   $("detail-close").addEventListener("click", () => $("detail").close());
   $("detail-like").addEventListener("click", () => {
-    const id = detailId;
+    const id = detailId, x = detailItem;
     $("detail").close();
-    const body = { like: id, k: Number($("k").value) || 24 };
+    const k = Number($("k").value) || 24;
+    // A track's "more like this" is the mean of its crops (like_track), grouped too.
+    if (x && x.track !== undefined && detailBox === null) {
+      run({ like_track: { camera: x.camera, track: x.track }, k: k, group: $("group").checked ? "track" : undefined });
+      return;
+    }
+    const body = { like: id, k: k };
     if (detailBox !== null) body.like_box = detailBox;
     run(body);
   });

@@ -383,6 +383,12 @@ impl Store {
         if rows.is_empty() {
             return Err(StoreError::Input("nothing to add".into()));
         }
+        self.check_rows(&rows)?;
+        self.job(|tx| Job::Add(rows, key, tx))
+    }
+
+    /// Every rule a new row meets, whatever the entry point (SPEC §11, §12).
+    fn check_rows(&self, rows: &[NewRow]) -> Result<(), StoreError> {
         let i = &self.shared.info;
         for (n, r) in rows.iter().enumerate() {
             check_camera(&r.camera)
@@ -423,7 +429,7 @@ impl Store {
                 )));
             }
         }
-        self.job(|tx| Job::Add(rows, key, tx))
+        Ok(())
     }
 
     /// Delete rows; returns how many. Once it returns, they never appear in results.
@@ -467,6 +473,127 @@ impl Store {
     /// reads it (registering at 0 when new).
     pub fn consumer(&self, name: &str, seq: Option<i64>) -> Result<i64, StoreError> {
         self.job(|tx| Job::Consumer(name.to_string(), seq, tx))
+    }
+
+    // -------------------------------------------------------------- sources
+
+    /// Write messages a source received to its durable inbox (one group commit with
+    /// whatever else is queued); their entry ids, in order. Once this returns they
+    /// survive `kill -9` and a power cut, and the source may acknowledge them.
+    pub fn inbox_push(&self, msgs: Vec<InboxMessage>) -> Result<Vec<u64>, StoreError> {
+        if msgs.is_empty() {
+            return Ok(vec![]);
+        }
+        self.job(|tx| Job::Inbox(msgs, tx))
+    }
+
+    /// Resolve an inbox entry: store its rows (a keyed crop at most once: SPEC §12),
+    /// count its skip, record its item done, and remove it, in one transaction.
+    pub fn resolve(&self, r: Resolve) -> Result<Resolved, StoreError> {
+        self.check_rows(&r.rows)?;
+        if r.rows
+            .iter()
+            .any(|row| row.source.as_deref() != Some(r.source.as_str()))
+        {
+            return Err(StoreError::Input(format!(
+                "inbox entry {}: every row it adds has source {:?}",
+                r.inbox, r.source
+            )));
+        }
+        self.job(|tx| Job::Resolve(r, tx))
+    }
+
+    /// Put an inbox entry back to be tried again at `next_ms` (its `attempts`-th
+    /// failure was `error`).
+    pub fn inbox_retry(
+        &self,
+        id: u64,
+        attempts: u32,
+        next_ms: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.job(|tx| Job::Retry(id, attempts, next_ms, error.to_string(), tx))
+    }
+
+    /// Up to `limit` of a source's inbox entries due by `now_ms`, oldest first.
+    pub fn inbox_due(
+        &self,
+        source: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<InboxEntry>, StoreError> {
+        self.with_reader(|c| db::inbox_due(c, &self.db_path(), source, now_ms, limit))
+    }
+
+    /// How many of a source's messages wait in the inbox.
+    pub fn inbox_depth(&self, source: &str) -> Result<u64, StoreError> {
+        self.with_reader(|c| db::inbox_depth(c, &self.db_path(), source))
+    }
+
+    /// A source's skipped messages: (reason, count, last detail), by reason.
+    pub fn source_skips(
+        &self,
+        source: &str,
+    ) -> Result<Vec<(String, u64, Option<String>)>, StoreError> {
+        self.with_reader(|c| db::skips(c, &self.db_path(), source))
+    }
+
+    /// The end time (Unix ms) of the latest item a source is done with.
+    pub fn source_cursor(&self, source: &str) -> Result<Option<i64>, StoreError> {
+        self.with_reader(|c| db::source_cursor(c, &self.db_path(), source))
+    }
+
+    /// Whether a source's item (a Frigate event) is done with.
+    pub fn is_done(&self, source: &str, item: &str) -> Result<bool, StoreError> {
+        self.with_reader(|c| db::is_done(c, &self.db_path(), source, item))
+    }
+
+    // -------------------------------------------------------------- tracks
+
+    /// A track's live rows, by id.
+    pub fn track_rows(&self, camera: &str, track: &str) -> Result<Vec<u64>, StoreError> {
+        check_camera(camera)?;
+        check_track(track)?;
+        let snap = self.snapshot();
+        let ids = self.with_reader(|c| db::track_rows(c, &self.db_path(), camera, track))?;
+        Ok(ids
+            .into_iter()
+            .filter(|&id| snap.locate(id).is_some())
+            .collect())
+    }
+
+    /// "More like this" of a track: the normalised mean of its crops' embeddings, and
+    /// the track's row ids (to leave out of the results).
+    pub fn track_embedding(
+        &self,
+        camera: &str,
+        track: &str,
+    ) -> Result<(Vec<f32>, Vec<u64>), StoreError> {
+        let ids = self.track_rows(camera, track)?;
+        let mut sum = vec![0f64; self.shared.info.dim];
+        let mut used = vec![];
+        for &id in &ids {
+            match self.embedding(id) {
+                Ok(v) => {
+                    sum.iter_mut().zip(&v).for_each(|(s, x)| *s += *x as f64);
+                    used.push(id);
+                }
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let norm = sum.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if used.is_empty() || norm == 0.0 || !norm.is_finite() {
+            return Err(StoreError::UnknownTrack {
+                camera: camera.into(),
+                track: track.into(),
+            });
+        }
+        Ok((sum.iter().map(|v| (v / norm) as f32).collect(), used))
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.shared.dir.join(db::DB_FILE)
     }
 
     fn with_reader<T>(
@@ -517,6 +644,12 @@ impl Store {
             .enumerate()
             .map(|(n, q)| check_query(n, q, dim).err().map(Err))
             .collect();
+        // Grouped queries search ungrouped ones of their own.
+        for (i, q) in queries.iter().enumerate() {
+            if q.group && out[i].is_none() {
+                out[i] = Some(self.search_grouped(q, threads)?);
+            }
+        }
         // A row deleted between the snapshot and reading its metadata: search that
         // query again on a newer snapshot (bounded).
         for _ in 0..8 {
@@ -538,7 +671,7 @@ impl Store {
             let gallery = snap.gallery(dim);
             let threads = search::threads_for(snap.rows_in_parts(), threads);
             let hits = search::search_gallery(kernel, &batch, &gallery, threads);
-            for (i, r) in todo.into_iter().zip(self.resolve(&snap, &hits)?) {
+            for (i, r) in todo.into_iter().zip(self.hit_rows(&snap, &hits)?) {
                 out[i] = r;
             }
         }
@@ -554,10 +687,64 @@ impl Store {
             .collect())
     }
 
+    /// One grouped query (SPEC §12): search ungrouped for `8k` rows, group them by
+    /// track in rank order (a track ranks by its best crop; rows without a track are
+    /// items of their own), and search four times deeper while fewer than `k` items
+    /// come out of a search that filled its `k`. Each track's `first`, `last` and
+    /// `crops` count its rows that pass the query's filters.
+    fn search_grouped(&self, q: &Query, threads: usize) -> Result<Answer, StoreError> {
+        let total = self.snapshot().rows_in_parts();
+        let mut depth = q.k.saturating_mul(8).clamp(64, total.max(64));
+        loop {
+            let sub = Query {
+                k: depth,
+                group: false,
+                ..q.clone()
+            };
+            let rows = match self.search_each(std::slice::from_ref(&sub), threads)?.pop() {
+                Some(Ok(rows)) => rows,
+                Some(Err(e)) => return Ok(Err(e)),
+                None => return Ok(Ok(vec![])),
+            };
+            let exhausted = rows.len() < depth || depth >= total;
+            let mut items = group_rows(rows);
+            if items.len() >= q.k || exhausted {
+                items.truncate(q.k);
+                return self.with_reader(|c| {
+                    let path = self.db_path();
+                    for f in &mut items {
+                        if let Some(t) = &f.track {
+                            let times =
+                                db::track_times(c, &path, &f.camera, t, q.time.from, q.time.to)?;
+                            let kept = times.iter().filter(|(id, _)| !q.exclude.contains(id));
+                            let (mut n, mut first, mut last) = (0u64, i64::MAX, i64::MIN);
+                            for &(_, ms) in kept {
+                                n += 1;
+                                first = first.min(ms);
+                                last = last.max(ms);
+                            }
+                            if n == 0 {
+                                (first, last) = (f.time_ms, f.time_ms);
+                                n = 1;
+                            }
+                            f.group = Some(Group {
+                                first_ms: first,
+                                last_ms: last,
+                                crops: n,
+                            });
+                        }
+                    }
+                    Ok(Ok(items))
+                });
+            }
+            depth = depth.saturating_mul(4).min(total.max(depth + 1));
+        }
+    }
+
     /// Metadata of each query's hits, each row checked against its checksum: `None`
     /// for a query one of whose rows was deleted meanwhile (search it again), an error
     /// for one that met a damaged row.
-    fn resolve(
+    fn hit_rows(
         &self,
         snap: &Snapshot,
         hits: &[Vec<search::Hit>],
@@ -795,6 +982,12 @@ fn found(m: RowMeta, score: f32) -> Result<Found, StoreError> {
             })?),
             None => None,
         };
+    let bbox = match m.bbox {
+        Some(b) => Some(serde_json::from_str::<[f64; 4]>(&b).map_err(|e| {
+            StoreError::Damaged(format!("row {}: bbox is not four numbers ({e})", m.id))
+        })?),
+        None => None,
+    };
     Ok(Found {
         id: m.id,
         score,
@@ -803,7 +996,23 @@ fn found(m: RowMeta, score: f32) -> Result<Found, StoreError> {
         path: m.path,
         pid: m.pid,
         attrs,
+        track: m.track,
+        bbox,
+        source: m.source,
+        group: None,
     })
+}
+
+/// Ranked rows grouped by track (`(camera, track)`), in rank order: a track's first
+/// (best) row stands for it; rows without a track stay items of their own.
+pub fn group_rows(rows: Vec<Found>) -> Vec<Found> {
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    rows.into_iter()
+        .filter(|f| match &f.track {
+            Some(t) => seen.insert((f.camera.clone(), t.clone())),
+            None => true,
+        })
+        .collect()
 }
 
 /// One query's answer: its results, or why it failed.

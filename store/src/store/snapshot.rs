@@ -137,7 +137,7 @@ impl Snapshot {
     /// `All` when nothing is filtered and nothing is deleted.
     pub(super) fn filter(&self, q: &Query) -> RowFilter {
         let any_dead = self.parts.iter().any(|p| p.dead.is_some());
-        if q.cameras.is_none() && q.time.is_all() && !any_dead && q.exclude.is_none() {
+        if q.cameras.is_none() && q.time.is_all() && !any_dead && q.exclude.is_empty() {
             return RowFilter::All;
         }
         let total = self.rows_in_parts();
@@ -208,11 +208,11 @@ impl Snapshot {
             }
             base += n;
         }
-        if let Some(x) = q.exclude
-            && let Some((pi, i)) = self.locate(x)
-        {
-            let r: usize = self.parts[..pi].iter().map(Part::len).sum::<usize>() + i;
-            words[r / 64] &= !(1 << (r % 64));
+        for &x in &q.exclude {
+            if let Some((pi, i)) = self.locate(x) {
+                let r: usize = self.parts[..pi].iter().map(Part::len).sum::<usize>() + i;
+                words[r / 64] &= !(1 << (r % 64));
+            }
         }
         RowFilter::Bitmap(words)
     }

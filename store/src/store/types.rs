@@ -13,6 +13,14 @@ pub const LOCK_FILE: &str = "lock";
 /// Longest camera name, in bytes of UTF-8 (SPEC §11).
 pub const MAX_CAMERA_BYTES: usize = 128;
 pub const DEFAULT_CAMERA: &str = "default";
+/// Longest track id, in bytes of UTF-8 (SPEC §12).
+pub const MAX_TRACK_BYTES: usize = 128;
+/// The entry points a row's `source` names (SPEC §12); set by the entry point, never
+/// read from input.
+pub const SOURCES: &[&str] = &["http", "cli", "frigate", "deepstream", "python", "c"];
+/// The sources whose crops are keyed by `(source, camera, track, frame time)`: the
+/// same key adds nothing twice (SPEC §12).
+pub const KEYED_SOURCES: &[&str] = &["frigate", "deepstream"];
 
 /// What a store is bound to, given at creation.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,7 +54,7 @@ pub struct Crop {
 }
 
 /// A row to add (SPEC §11); its id is assigned by the store.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct NewRow {
     pub camera: String,
     pub time_ms: i64,
@@ -55,6 +63,12 @@ pub struct NewRow {
     pub attrs: Option<serde_json::Map<String, serde_json::Value>>,
     pub embedding: Vec<f32>,
     pub crop: Option<Crop>,
+    /// The source's tracked-object id (SPEC §12): a track is `(camera, track)`.
+    pub track: Option<String>,
+    /// `[x1, y1, x2, y2]` in the source frame's pixels.
+    pub bbox: Option<[f64; 4]>,
+    /// The entry point that adds the row (one of [`SOURCES`]).
+    pub source: Option<String>,
 }
 
 /// Which rows to delete.
@@ -67,16 +81,18 @@ pub enum Selector {
     Before(i64),
 }
 
-/// One search: a query embedding (unit length), how many results, filters, and an id
-/// to leave out ("more like this" of that row).
-#[derive(Debug, Clone, PartialEq)]
+/// One search: a query embedding (unit length), how many results, filters, ids to
+/// leave out ("more like this" of a row or a track), and whether to group by track.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Query {
     pub vector: Vec<f32>,
     pub k: usize,
     /// Only these cameras (None: every camera).
     pub cameras: Option<Vec<String>>,
     pub time: TimeRange,
-    pub exclude: Option<u64>,
+    pub exclude: Vec<u64>,
+    /// One result per track (SPEC §12): `k` counts items.
+    pub group: bool,
 }
 
 /// One entry of the change sequence: rows `first_id..=last_id` added, or row
@@ -101,6 +117,69 @@ pub struct Found {
     pub path: String,
     pub pid: Option<i64>,
     pub attrs: Option<serde_json::Value>,
+    pub track: Option<String>,
+    pub bbox: Option<[f64; 4]>,
+    pub source: Option<String>,
+    /// In grouped results, the track this row is the best crop of.
+    pub group: Option<Group>,
+}
+
+/// A track's share of a grouped result (SPEC §12): the crops that passed the filters.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Group {
+    /// Capture times of the earliest and latest crop (Unix ms).
+    pub first_ms: i64,
+    pub last_ms: i64,
+    pub crops: u64,
+}
+
+/// A message a source received, for the durable inbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxMessage {
+    pub source: String,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub received_ms: i64,
+}
+
+pub use crate::db::InboxEntry;
+
+/// How an inbox entry ends: its rows stored (each keyed crop at most once), or the
+/// reason it was skipped counted; either way the entry leaves the inbox in the same
+/// transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolve {
+    pub inbox: u64,
+    pub source: String,
+    pub rows: Vec<NewRow>,
+    pub skip: Option<Skip>,
+    /// The source's item (a Frigate event) ended and is done with: recorded, and the
+    /// source's cursor moved to its end.
+    pub finished: Option<Finished>,
+}
+
+/// A source's item that is done with (SPEC §12: a backfill queues only the ones not).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub item: String,
+    /// When it ended (Unix ms).
+    pub end_ms: i64,
+}
+
+/// Why a source's message added nothing (`/v1/stats` counts them by reason).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skip {
+    pub reason: String,
+    pub detail: String,
+}
+
+/// What a [`Resolve`] did.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct Resolved {
+    /// Ids of the rows added.
+    pub ids: Vec<u64>,
+    /// Rows whose key was already stored (redelivery, backfill).
+    pub duplicates: usize,
 }
 
 /// A camera's summary.
@@ -186,6 +265,20 @@ impl RowLimits {
     /// Check row `n` (1-based, for the message) against the limits.
     pub fn check(&self, n: usize, r: &NewRow) -> Result<(), StoreError> {
         let at = |m: String| StoreError::Input(format!("row {n}: {m}"));
+        if let Some(t) = &r.track {
+            check_track(t).map_err(|e| at(e.to_string()))?;
+        }
+        if let Some(b) = &r.bbox {
+            check_bbox(b).map_err(|e| at(e.to_string()))?;
+        }
+        if let Some(s) = &r.source
+            && !SOURCES.contains(&s.as_str())
+        {
+            return Err(at(format!(
+                "source {s:?} is not one of {}",
+                SOURCES.join(", ")
+            )));
+        }
         if r.path.len() > self.max_path_bytes {
             return Err(at(format!(
                 "path is {} bytes, over the limit of {}",
@@ -288,6 +381,31 @@ pub(crate) fn check_camera(c: &str) -> Result<(), StoreError> {
     if c.is_empty() || c.len() > MAX_CAMERA_BYTES {
         return Err(StoreError::Input(format!(
             "camera {c:?}: a camera name is 1 to {MAX_CAMERA_BYTES} bytes of UTF-8"
+        )));
+    }
+    Ok(())
+}
+
+/// The track-id rule (SPEC §12): 1 to [`MAX_TRACK_BYTES`] bytes of UTF-8.
+pub fn check_track(t: &str) -> Result<(), StoreError> {
+    if t.is_empty() || t.len() > MAX_TRACK_BYTES {
+        return Err(StoreError::Input(format!(
+            "track {t:?}: a track id is 1 to {MAX_TRACK_BYTES} bytes of UTF-8"
+        )));
+    }
+    Ok(())
+}
+
+/// A box is four finite numbers `[x1, y1, x2, y2]` with `x1 <= x2` and `y1 <= y2`.
+pub fn check_bbox(b: &[f64; 4]) -> Result<(), StoreError> {
+    if b.iter().any(|v| !v.is_finite()) {
+        return Err(StoreError::Input(format!(
+            "bbox {b:?}: every value must be a finite number"
+        )));
+    }
+    if b[0] > b[2] || b[1] > b[3] {
+        return Err(StoreError::Input(format!(
+            "bbox {b:?}: is [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2"
         )));
     }
     Ok(())

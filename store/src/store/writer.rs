@@ -11,6 +11,13 @@ pub(super) type Reply<T> = SyncSender<Result<T, StoreError>>;
 pub(super) enum Job {
     Add(Vec<NewRow>, Option<Idempotency>, Reply<Added>),
     Delete(Selector, Reply<usize>),
+    /// Messages a source received, into the durable inbox (their ids, in order).
+    Inbox(Vec<InboxMessage>, Reply<Vec<u64>>),
+    /// An inbox entry resolved: its rows stored or its skip counted, the entry removed.
+    Resolve(Resolve, Reply<Resolved>),
+    /// An inbox entry put back for a later try: (id, attempts, due at, error).
+    Retry(u64, u32, i64, String, Reply<()>),
+
     Compact(Reply<CompactReport>),
     Flush(Reply<()>),
     Consumer(String, Option<i64>, Reply<i64>),
@@ -276,7 +283,7 @@ pub(super) fn writer_loop(shared: Arc<Shared>, c: Connection, mut st: State, rx:
         let mut group = vec![first];
         while group.len() < 256 {
             match rx.try_recv() {
-                Ok(j @ (Job::Add(..) | Job::Delete(..))) => group.push(j),
+                Ok(j) if grouped(&j) => group.push(j),
                 Ok(other) => {
                     run_group(&shared, &c, &path, &mut st, std::mem::take(&mut group));
                     group.push(other);
@@ -285,9 +292,7 @@ pub(super) fn writer_loop(shared: Arc<Shared>, c: Connection, mut st: State, rx:
                 Err(_) => break,
             }
         }
-        let (batched, rest): (Vec<Job>, Vec<Job>) = group
-            .into_iter()
-            .partition(|j| matches!(j, Job::Add(..) | Job::Delete(..)));
+        let (batched, rest): (Vec<Job>, Vec<Job>) = group.into_iter().partition(grouped);
         if !batched.is_empty() {
             run_group(&shared, &c, &path, &mut st, batched);
         }
@@ -309,7 +314,7 @@ pub(super) fn writer_loop(shared: Arc<Shared>, c: Connection, mut st: State, rx:
                 Job::Ping(reply) => {
                     let _ = reply.send(db::probe_write(&c, &path));
                 }
-                Job::Add(..) | Job::Delete(..) => unreachable!("partitioned"),
+                _ => unreachable!("partitioned"),
             }
         }
         if st.pending_rows() >= shared.opts.flush_rows
@@ -321,10 +326,67 @@ pub(super) fn writer_loop(shared: Arc<Shared>, c: Connection, mut st: State, rx:
     }
 }
 
+/// Whether a job joins a group commit (it writes rows or source state in the shared
+/// transaction).
+fn grouped(j: &Job) -> bool {
+    matches!(
+        j,
+        Job::Add(..) | Job::Delete(..) | Job::Inbox(..) | Job::Resolve(..) | Job::Retry(..)
+    )
+}
+
 /// One grouped job's outcome.
 enum Outcome {
     Added(Result<Added, StoreError>),
     Deleted(Result<usize, StoreError>),
+    Inboxed(Result<Vec<u64>, StoreError>),
+    Resolved(Result<Resolved, StoreError>),
+    Done(Result<(), StoreError>),
+}
+
+impl Outcome {
+    fn disk_full(&self) -> bool {
+        match self {
+            Outcome::Added(v) => v.as_ref().is_err_and(StoreError::is_disk_full),
+            Outcome::Deleted(v) => v.as_ref().is_err_and(StoreError::is_disk_full),
+            Outcome::Inboxed(v) => v.as_ref().is_err_and(StoreError::is_disk_full),
+            Outcome::Resolved(v) => v.as_ref().is_err_and(StoreError::is_disk_full),
+            Outcome::Done(v) => v.as_ref().is_err_and(StoreError::is_disk_full),
+        }
+    }
+
+    /// The failed outcome of `job` (its kind of reply).
+    fn failed(job: &Job, err: StoreError) -> Outcome {
+        match job {
+            Job::Add(..) => Outcome::Added(Err(err)),
+            Job::Delete(..) => Outcome::Deleted(Err(err)),
+            Job::Inbox(..) => Outcome::Inboxed(Err(err)),
+            Job::Resolve(..) => Outcome::Resolved(Err(err)),
+            _ => Outcome::Done(Err(err)),
+        }
+    }
+}
+
+/// Answer a grouped job.
+fn answer(job: Job, out: Outcome) {
+    match (job, out) {
+        (Job::Add(_, _, r), Outcome::Added(v)) => {
+            let _ = r.send(v);
+        }
+        (Job::Delete(_, r), Outcome::Deleted(v)) => {
+            let _ = r.send(v);
+        }
+        (Job::Inbox(_, r), Outcome::Inboxed(v)) => {
+            let _ = r.send(v);
+        }
+        (Job::Resolve(_, r), Outcome::Resolved(v)) => {
+            let _ = r.send(v);
+        }
+        (Job::Retry(.., r), Outcome::Done(v)) => {
+            let _ = r.send(v);
+        }
+        _ => unreachable!("one outcome per job, of its kind"),
+    }
 }
 
 fn is_delete(j: &Job) -> bool {
@@ -383,11 +445,7 @@ pub(super) fn run_group(
             // A write just committed: the store takes writes, unless a job of this
             // group found the disk full. Said before anyone is answered, so what a
             // caller asks next sees it.
-            let is_full = |o: &Outcome| match o {
-                Outcome::Added(v) => v.as_ref().is_err_and(StoreError::is_disk_full),
-                Outcome::Deleted(v) => v.as_ref().is_err_and(StoreError::is_disk_full),
-            };
-            let full_now = outcomes.iter().any(is_full);
+            let full_now = outcomes.iter().any(Outcome::disk_full);
             let freed = outcomes
                 .iter()
                 .any(|o| matches!(o, Outcome::Deleted(Ok(n)) if *n > 0));
@@ -403,29 +461,14 @@ pub(super) fn run_group(
                 rebuild_reserve(shared);
             }
             for (job, out) in jobs.into_iter().zip(outcomes) {
-                match (job, out) {
-                    (Job::Add(_, _, reply), Outcome::Added(v)) => {
-                        let _ = reply.send(v);
-                    }
-                    (Job::Delete(_, reply), Outcome::Deleted(v)) => {
-                        let _ = reply.send(v);
-                    }
-                    _ => unreachable!("one outcome per job, in order"),
-                }
+                answer(job, out);
             }
         }
         Err(err) => {
             let err = failed_commit(&err);
             for j in jobs {
-                match j {
-                    Job::Add(_, _, r) => {
-                        let _ = r.send(Err(err.duplicate()));
-                    }
-                    Job::Delete(_, r) => {
-                        let _ = r.send(Err(err.duplicate()));
-                    }
-                    _ => unreachable!("only adds and deletes are grouped"),
-                }
+                let out = Outcome::failed(&j, err.duplicate());
+                answer(j, out);
             }
         }
     }
@@ -492,7 +535,18 @@ fn commit_group(
                 .map(|(added, chunk)| (Outcome::Added(Ok(added)), chunk, vec![])),
             Job::Delete(sel, _) => delete_rows(c, path, st, sel, now)
                 .map(|ids| (Outcome::Deleted(Ok(ids.len())), None, ids)),
-            _ => unreachable!("only adds and deletes are grouped"),
+            Job::Inbox(msgs, _) => msgs
+                .iter()
+                .map(|m| db::inbox_push(c, path, &m.source, &m.topic, &m.payload, m.received_ms))
+                .collect::<Result<Vec<u64>, _>>()
+                .map(|ids| (Outcome::Inboxed(Ok(ids)), None, vec![])),
+            Job::Resolve(r, _) => resolve_entry(c, path, st, r, now)
+                .map(|(done, chunk)| (Outcome::Resolved(Ok(done)), chunk, vec![])),
+            Job::Retry(id, attempts, next, error, _) => {
+                db::inbox_retry(c, path, *id, *attempts, *next, error)
+                    .map(|_| (Outcome::Done(Ok(())), None, vec![]))
+            }
+            _ => unreachable!("only grouped jobs"),
         });
         match done {
             Ok((outcome, chunk, ids)) => {
@@ -509,10 +563,7 @@ fn commit_group(
             }
             Err(err) => {
                 db::rollback_job(c);
-                outcomes.push(match job {
-                    Job::Add(..) => Outcome::Added(Err(err)),
-                    _ => Outcome::Deleted(Err(err)),
-                });
+                outcomes.push(Outcome::failed(job, err));
             }
         }
     }
@@ -594,6 +645,9 @@ pub(super) fn add_rows(
                 .map(|a| serde_json::Value::Object(a.clone()).to_string()),
             ingest_ms: now,
             crc: 0,
+            track: r.track.clone(),
+            bbox: r.bbox.map(|b| bbox_text(&b)),
+            source: r.source.clone(),
         })
         .collect();
     let embs: Vec<Vec<u8>> = rows
@@ -644,6 +698,67 @@ pub(super) fn add_rows(
         },
         Some(chunk),
     ))
+}
+
+/// A box as the JSON text a row keeps (and its checksum covers).
+pub(super) fn bbox_text(b: &[f64; 4]) -> String {
+    serde_json::Value::from(b.to_vec()).to_string()
+}
+
+/// A row's key when its source keys crops (SPEC §12): (source, camera, track, time).
+fn source_key(r: &NewRow) -> Option<(&str, &str, &str, i64)> {
+    let s = r.source.as_deref()?;
+    let t = r.track.as_deref()?;
+    KEYED_SOURCES
+        .contains(&s)
+        .then_some((s, r.camera.as_str(), t, r.time_ms))
+}
+
+/// Resolve an inbox entry (inside the group's transaction): add its rows whose key is
+/// not stored yet, count its skip (and each duplicate, as `duplicate`), remove it.
+fn resolve_entry(
+    c: &Connection,
+    path: &Path,
+    st: &mut State,
+    r: &Resolve,
+    now: i64,
+) -> Result<(Resolved, Option<Chunk>), StoreError> {
+    let mut keep: Vec<NewRow> = Vec::with_capacity(r.rows.len());
+    let mut seen = HashSet::new();
+    let mut duplicates = 0;
+    for row in &r.rows {
+        if let Some((s, cam, t, ms)) = source_key(row)
+            && (!seen.insert((s, cam, t, ms)) || db::source_key(c, path, s, cam, t, ms)?.is_some())
+        {
+            duplicates += 1;
+            continue;
+        }
+        keep.push(row.clone());
+    }
+    let (ids, chunk) = if keep.is_empty() {
+        (vec![], None)
+    } else {
+        let (a, chunk) = add_rows(c, path, st, &keep, None, now)?;
+        ((a.first_id..=a.last_id).collect(), chunk)
+    };
+    if let Some(s) = &r.skip {
+        db::count_skip(c, path, &r.source, &s.reason, &s.detail, now)?;
+    }
+    for _ in 0..duplicates {
+        db::count_skip(
+            c,
+            path,
+            &r.source,
+            "duplicate",
+            "the crop's key is stored",
+            now,
+        )?;
+    }
+    if let Some(f) = &r.finished {
+        db::set_done(c, path, &r.source, &f.item, f.end_ms)?;
+    }
+    db::inbox_remove(c, path, r.inbox)?;
+    Ok((Resolved { ids, duplicates }, chunk))
 }
 
 /// Resolve a delete to ids and delete them (inside the group's transaction).

@@ -61,6 +61,7 @@ pub fn row(tag: u64) -> NewRow {
             bytes: format!("crop bytes of tag {tag} {}", "x".repeat((h % 200) as usize))
                 .into_bytes(),
         }),
+        ..Default::default()
     }
 }
 

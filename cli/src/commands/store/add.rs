@@ -20,8 +20,8 @@ pub struct AddArgs {
     /// Every image (jpg, jpeg, png, bmp, webp) under FOLDER, recursively, in path order.
     #[arg(long = "images", value_name = "FOLDER")]
     folder: Option<PathBuf>,
-    /// JSON lines `{"path", "camera", "time", "pid", "attrs"}` (paths relative to the
-    /// list file's folder; only `path` is required).
+    /// JSON lines `{"path", "camera", "time", "pid", "attrs", "track", "bbox"}` (paths
+    /// relative to the list file's folder; only `path` is required).
     #[arg(long, value_name = "FILE.jsonl")]
     list: Option<PathBuf>,
     /// Camera of rows that do not name one (default "default").
@@ -51,6 +51,8 @@ struct Item {
     time_ms: Option<i64>,
     pid: Option<i64>,
     attrs: Option<serde_json::Map<String, serde_json::Value>>,
+    track: Option<String>,
+    bbox: Option<[f64; 4]>,
 }
 
 #[derive(serde::Deserialize)]
@@ -61,6 +63,10 @@ struct ListLine {
     time: Option<serde_json::Value>,
     pid: Option<i64>,
     attrs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The tracked object the crop is of (SPEC §12).
+    track: Option<String>,
+    /// `[x1, y1, x2, y2]` in the source frame's pixels.
+    bbox: Option<[f64; 4]>,
 }
 
 fn read_list(list: &Path) -> Result<Vec<Item>> {
@@ -75,7 +81,7 @@ fn read_list(list: &Path) -> Result<Vec<Item>> {
         }
         let l: ListLine = serde_json::from_str(&line).with_context(|| {
             format!(
-                "{}: expected {{\"path\", \"camera\", \"time\", \"pid\", \"attrs\"}}",
+                "{}: expected {{\"path\", \"camera\", \"time\", \"pid\", \"attrs\", \"track\", \"bbox\"}}",
                 at()
             )
         })?;
@@ -91,6 +97,8 @@ fn read_list(list: &Path) -> Result<Vec<Item>> {
             time_ms,
             pid: l.pid,
             attrs: l.attrs,
+            track: l.track,
+            bbox: l.bbox,
         });
     }
     if out.is_empty() {
@@ -134,6 +142,8 @@ pub fn run(a: AddArgs) -> Result<()> {
                 time_ms: None,
                 pid: None,
                 attrs: None,
+                track: None,
+                bbox: None,
             })
             .collect()
     };
@@ -206,6 +216,9 @@ pub fn run(a: AddArgs) -> Result<()> {
                     attrs: it.attrs.clone(),
                     embedding: row.to_vec(),
                     crop,
+                    track: it.track.clone(),
+                    bbox: it.bbox,
+                    source: Some("cli".into()),
                 })
             })();
             match made {

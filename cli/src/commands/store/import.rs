@@ -68,6 +68,9 @@ pub fn run(a: ImportArgs) -> Result<()> {
                 attrs: None,
                 embedding: index.row(r),
                 crop: None,
+                track: None,
+                bbox: None,
+                source: Some("cli".into()),
             })
             .collect();
         let (f, l) = store.add(rows)?;

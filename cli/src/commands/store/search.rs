@@ -24,6 +24,16 @@ pub struct StoreSearchArgs {
     /// Search with a stored row's embedding ("more like this"; the row itself is left out).
     #[arg(long, value_name = "ID", conflicts_with = "queries")]
     like: Option<u64>,
+    /// Search with a track's crops (the normalised mean of their embeddings; the
+    /// track itself is left out), on the camera --like-camera names.
+    #[arg(long, value_name = "TRACK", conflicts_with_all = ["queries", "like", "text"])]
+    like_track: Option<String>,
+    /// The camera of --like-track (default "default").
+    #[arg(long, value_name = "CAMERA", requires = "like_track")]
+    like_camera: Option<String>,
+    /// `track`: one result per track, ranked by its best crop (SPEC §12).
+    #[arg(long, value_name = "track", value_parser = ["track"])]
+    group: Option<String>,
     /// One description per line from FILE (or - for stdin); JSON lines out.
     #[arg(long, value_name = "FILE|-")]
     queries: Option<String>,
@@ -61,9 +71,10 @@ pub fn run(a: StoreSearchArgs) -> Result<()> {
     if a.k == 0 {
         bail!("-k must be at least 1");
     }
-    if a.text.is_none() && a.like.is_none() && a.queries.is_none() {
-        bail!("give a description, --like ID or --queries FILE");
+    if a.text.is_none() && a.like.is_none() && a.like_track.is_none() && a.queries.is_none() {
+        bail!("give a description, --like ID, --like-track TRACK or --queries FILE");
     }
+    let group = a.group.is_some();
     let from = a
         .from
         .as_deref()
@@ -75,6 +86,11 @@ pub fn run(a: StoreSearchArgs) -> Result<()> {
             .transpose()?;
     let range = TimeRange::new(from, to).map_err(|e| anyhow::anyhow!("--from/--to: {e}"))?;
     if let Some(uri) = a.dir.to_str().filter(|s| sen_milvus::Target::is_uri(s)) {
+        if group || a.like_track.is_some() {
+            bail!(
+                "--group track and --like-track are not supported on a replicated collection yet; search the box's store"
+            );
+        }
         return search_milvus(&a, uri, range);
     }
     if !a.boxes.is_empty() || a.like_box.is_some() || !a.search_params.is_empty() {
@@ -88,14 +104,15 @@ pub fn run(a: StoreSearchArgs) -> Result<()> {
         .search_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let cameras = (!a.cameras.is_empty()).then(|| a.cameras.clone());
-    let query = |vector: Vec<f32>, exclude: Option<u64>| Query {
+    let query = |vector: Vec<f32>, exclude: Vec<u64>| Query {
         vector,
         k: a.k,
         cameras: cameras.clone(),
         time: range,
         exclude,
+        group,
     };
-    if let Some(id) = a.like {
+    if a.like.is_some() || a.like_track.is_some() {
         // The bundle only has to be the store's: no text encoder runs.
         let m = Manifest::load(&a.bundle)?;
         store.check_encoder(
@@ -103,10 +120,32 @@ pub fn run(a: StoreSearchArgs) -> Result<()> {
             m.model.embed_dim,
             &a.bundle.display().to_string(),
         )?;
+    }
+    if let Some(track) = &a.like_track {
+        let camera = sen_store::camera(a.like_camera.clone())?;
+        let t = Instant::now();
+        let (v, ids) = store.track_embedding(&camera, track)?;
+        let found = store.search(&[query(v, ids)], threads)?.pop().expect("one");
+        let took = t.elapsed().as_secs_f64() * 1e3;
+        if a.json {
+            let mut v = results_object(None, None, took, found.iter().map(|f| (f, None)));
+            v["like_track"] = serde_json::json!({"camera": camera, "track": track});
+            println!("{v}");
+            return Ok(());
+        }
+        println!("like track {track:?} on {camera:?}: top {}", found.len());
+        let mut out = std::io::stdout().lock();
+        for (i, f) in found.iter().enumerate() {
+            row_line(&mut out, i, f, None)?;
+        }
+        println!("({took:.2} ms)");
+        return Ok(());
+    }
+    if let Some(id) = a.like {
         let t = Instant::now();
         let v = store.embedding(id)?;
         let found = store
-            .search(&[query(v, Some(id))], threads)?
+            .search(&[query(v, vec![id])], threads)?
             .pop()
             .expect("one");
         return print_found(
@@ -131,7 +170,7 @@ pub fn run(a: StoreSearchArgs) -> Result<()> {
         let qs: Vec<Query> = e
             .rows()
             .into_iter()
-            .map(|r| query(r.to_vec(), None))
+            .map(|r| query(r.to_vec(), vec![]))
             .collect();
         let found = store.search(&qs, threads)?;
         let took = t.elapsed().as_secs_f64() * 1e3 / texts.len() as f64;
@@ -177,7 +216,9 @@ fn answer_queries(
             }
             Ok(())
         }
-        (None, None) => bail!("give a description, --like ID or --queries FILE"),
+        (None, None) => {
+            bail!("give a description, --like ID, --like-track TRACK or --queries FILE")
+        }
     }
 }
 
@@ -249,9 +290,19 @@ fn heading(out: &mut impl Write, query: Option<&str>, like: Option<u64>, n: usiz
 }
 
 fn row_line(out: &mut impl Write, i: usize, f: &sen_store::Found, b: Option<&str>) -> Result<()> {
+    let track = match (&f.track, &f.group) {
+        (Some(t), Some(g)) => format!(
+            "  track {t} ({} crops, {} .. {})",
+            g.crops,
+            time::format(g.first_ms),
+            time::format(g.last_ms)
+        ),
+        (Some(t), None) => format!("  track {t}"),
+        _ => String::new(),
+    };
     writeln!(
         out,
-        "{:>4}. {:.4}  {}id {:<8} {:<16} {}  {}{}",
+        "{:>4}. {:.4}  {}id {:<8} {:<16} {}  {}{}{track}",
         i + 1,
         f.score,
         b.map(|b| format!("box {b}  ")).unwrap_or_default(),
