@@ -863,3 +863,92 @@ fn every_ended_event_survives_kills_a_broker_restart_and_a_frigate_outage() {
         st["source"]
     );
 }
+
+/// `mqtts://` checked against `--mqtt-ca`, with the broker's user and password from
+/// the environment (a file): crops arrive; a wrong password is shown, never logged.
+#[test]
+fn mqtts_with_a_ca_file_and_credentials_from_a_file() {
+    let d = tempfile::tempdir().unwrap();
+    if sen_testing::mqtt::mosquitto().is_none() {
+        // Broker::start says why it skips (or fails under CI).
+        assert!(Broker::start(d.path()).is_none());
+        return;
+    }
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (ca, key) = (d.path().join("ca.pem"), d.path().join("key.pem"));
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    std::fs::write(&key, cert.signing_key.serialize_pem()).unwrap();
+    let pwfile = d.path().join("mosquitto.passwd");
+    let st = std::process::Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&pwfile)
+        .args(["sen-box", "broker-s3cret"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let tls_port = sen_testing::mqtt::free_port();
+    let more = format!(
+        "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous false\npassword_file {}\n",
+        ca.display(),
+        key.display(),
+        pwfile.display()
+    );
+    let broker = Broker::start_with(d.path(), "per_listener_settings true\n", &more).unwrap();
+    let bundle = tiny_bundle(d.path(), 5);
+    let secret = d.path().join("mqtt-password");
+    let launch = |password: &str, store: &str| {
+        std::fs::write(&secret, format!("{password}\n")).unwrap();
+        Serve::launch(SEN, &bundle)
+            .store(&d.path().join(store))
+            .args(["--source", "deepstream", "--deepstream-topic", "ds/tls"])
+            .args([
+                "--mqtt",
+                &format!("mqtts://localhost:{tls_port}"),
+                "--mqtt-ca",
+                ca.to_str().unwrap(),
+            ])
+            .env("SEN_MQTT_USER", "sen-box")
+            .env("SEN_MQTT_PASSWORD_FILE", secret.to_str().unwrap())
+            .start()
+    };
+    let c = client();
+    let s = launch("broker-s3cret", "store");
+    let t = Instant::now();
+    while stats(&c, &s)["source"]["connected"] != true {
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let p = Publisher::connect(broker.port, "ds-tls");
+    let msg = json!({"version": "4.0", "id": "1", "@timestamp": "2026-12-07T10:00:01.000Z",
+        "sensorId": "CAM_TLS", "objects": ["3|1|2|30|60|Person"],
+        "crops": {"3": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, frigate::image("tls", 1.0))}});
+    // Published until it arrives: the subscription may land just after the connect.
+    let t = Instant::now();
+    while rows(&c, &s).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{}\n{}",
+            stats(&c, &s)["source"],
+            s.log()
+        );
+        p.publish("ds/tls", msg.to_string().as_bytes(), false);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(rows(&c, &s)[0]["camera"], "CAM_TLS");
+    drop(s);
+    // A wrong password: not connected, the broker's refusal shown, the password in no log.
+    let s = launch("wrong-pass-123", "store2");
+    let t = Instant::now();
+    let st = loop {
+        let st = stats(&c, &s);
+        if st["source"]["last_error"].is_string() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", s.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(st["source"]["connected"], false, "{}", st["source"]);
+    let log = s.log();
+    assert!(!log.contains("wrong-pass-123") && !st.to_string().contains("wrong-pass-123"));
+}

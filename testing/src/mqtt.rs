@@ -37,6 +37,13 @@ impl Broker {
     /// Start mosquitto under `dir`; None when it is not installed and `CI` is unset
     /// (the caller skips, saying so); with `CI` set a missing mosquitto fails.
     pub fn start(dir: &Path) -> Option<Broker> {
+        Broker::start_with(dir, "", "")
+    }
+
+    /// [`Broker::start`] with more configuration: `top` before the first listener
+    /// (e.g. `per_listener_settings true`), `more` after the plain one (another
+    /// listener: TLS, a password file).
+    pub fn start_with(dir: &Path, top: &str, more: &str) -> Option<Broker> {
         let Some(bin) = mosquitto() else {
             if std::env::var_os("CI").is_some() {
                 panic!("mosquitto is not installed (apt-get install mosquitto; .ci/run does)");
@@ -49,8 +56,8 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_queued_messages 100000\nlog_type error\n"
+                "{top}user root\npersistence false\nmax_queued_messages 100000\nlog_type error\n\
+                 listener {port} 127.0.0.1\nallow_anonymous true\n{more}"
             ),
         )
         .expect("writing mosquitto.conf");
