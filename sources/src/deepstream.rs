@@ -201,7 +201,6 @@ pub struct DeepStream {
     /// `--crops-dir`, canonical.
     dir: Option<PathBuf>,
     ctx: Arc<Ctx>,
-    max_image: usize,
 }
 
 impl DeepStream {
@@ -215,12 +214,7 @@ impl DeepStream {
         if cfg.delete && dir.is_none() {
             anyhow::bail!("--crops-dir-delete needs --crops-dir DIR");
         }
-        Ok(DeepStream {
-            cfg,
-            dir,
-            ctx,
-            max_image: 16 << 20,
-        })
+        Ok(DeepStream { cfg, dir, ctx })
     }
 
     fn wanted(&self, label: &str) -> bool {
@@ -234,10 +228,10 @@ impl DeepStream {
     fn crop(&self, o: &Object) -> Result<(Vec<u8>, Option<PathBuf>), NoCrop> {
         match &o.crop {
             CropRef::Base64(s) => {
-                if s.len() / 4 * 3 > self.max_image {
+                if s.len() / 4 * 3 > self.ctx.max_image {
                     return Err((
                         "too_large",
-                        format!("track {}: crop over {} bytes", o.track, self.max_image),
+                        format!("track {}: crop over {} bytes", o.track, self.ctx.max_image),
                     ));
                 }
                 base64::engine::general_purpose::STANDARD
@@ -260,13 +254,13 @@ impl DeepStream {
                 let p = confined(dir, name).map_err(|e| ("bad_crop_path", e))?;
                 let meta = std::fs::metadata(&p)
                     .map_err(|e| ("crop_missing", format!("{}: {e}", p.display())))?;
-                if !meta.is_file() || meta.len() as usize > self.max_image {
+                if !meta.is_file() || meta.len() as usize > self.ctx.max_image {
                     return Err((
                         "bad_crop",
                         format!(
                             "{}: not a file of at most {} bytes",
                             p.display(),
-                            self.max_image
+                            self.ctx.max_image
                         ),
                     ));
                 }

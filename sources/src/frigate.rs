@@ -78,6 +78,8 @@ fn ms(t: f64) -> i64 {
 pub enum FetchError {
     /// 404: the event or its image is gone.
     NotFound(String),
+    /// The image is over the size limit (`--max-body-mib`).
+    TooLarge(String),
     /// Anything worth retrying (connection refused, 5xx, timeout, 401 after a new
     /// login).
     Failed(String),
@@ -200,14 +202,14 @@ impl Api {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|t| t.is_finite() && *t > 0.0);
         if r.content_length().is_some_and(|n| n as usize > max) {
-            return Err(FetchError::NotFound(format!("{path}: over {max} bytes")));
+            return Err(FetchError::TooLarge(format!("{path}: over {max} bytes")));
         }
         let b = r
             .bytes()
             .await
             .map_err(|e| FetchError::Failed(format!("{path}: {}", plain(&e))))?;
         if b.len() > max {
-            return Err(FetchError::NotFound(format!("{path}: over {max} bytes")));
+            return Err(FetchError::TooLarge(format!("{path}: over {max} bytes")));
         }
         Ok((b.to_vec(), frame))
     }
@@ -255,7 +257,6 @@ pub struct Frigate {
     /// Cameras' detect sizes (for backfilled events' relative boxes).
     detect: tokio::sync::Mutex<BTreeMap<String, (f64, f64)>>,
     events_topic: String,
-    max_image: usize,
 }
 
 impl Frigate {
@@ -267,7 +268,6 @@ impl Frigate {
             api,
             ctx,
             detect: Default::default(),
-            max_image: 16 << 20,
         })
     }
 
@@ -332,11 +332,12 @@ impl Frigate {
             format!("/api/events/{}/thumbnail.jpg", o.id)
         };
         let t = Instant::now();
-        let fetched = self.api.image(&path, self.max_image).await;
+        let fetched = self.api.image(&path, self.ctx.max_image).await;
         ctx.metrics.fetch_seconds.observe(t.elapsed().as_secs_f64());
         let (bytes, header) = match fetched {
             Ok(x) => x,
             Err(FetchError::NotFound(d)) if end => return Outcome::skip("not_found", d),
+            Err(FetchError::TooLarge(d)) => return Outcome::skip("too_large", d),
             // A live frame no longer cached: the next update or the end brings one.
             Err(FetchError::NotFound(_)) => return Outcome::nothing(),
             Err(FetchError::Failed(d)) => {
@@ -449,7 +450,7 @@ impl Frigate {
 
     fn fetch_err(e: FetchError) -> String {
         match e {
-            FetchError::NotFound(d) | FetchError::Failed(d) => d,
+            FetchError::NotFound(d) | FetchError::TooLarge(d) | FetchError::Failed(d) => d,
         }
     }
 

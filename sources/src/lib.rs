@@ -83,6 +83,7 @@ impl Source {
             crops: store.info().crops,
             give_up: cfg.give_up,
             concurrency: cfg.concurrency.max(1),
+            max_image: cfg.max_payload,
         });
         let mut tasks = vec![];
         let (topics, available, handler): (Vec<String>, Option<String>, Arc<dyn process::Handler>) =

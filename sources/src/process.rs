@@ -27,6 +27,8 @@ pub struct Ctx {
     pub crops: bool,
     pub give_up: Duration,
     pub concurrency: usize,
+    /// The largest crop taken, fetched or inline (SPEC §11's body limit).
+    pub max_image: usize,
 }
 
 impl Ctx {
