@@ -243,12 +243,31 @@ fn frigate_events_become_tracks_keyed_by_the_frame_frigate_rendered() {
     let c = client();
     let t = now_s() - 30.0;
     let yard = "yard \"<b>&amp;</b>'";
+    // S: Frigate answers its snapshot slowly (8 s, under the 10-s fetch timeout); it
+    // must not hold up the others.
+    rig.add(Event {
+        end: Some(t + 0.5),
+        ..event("0.5-ssssss", "gate", "person", t - 1.0)
+    });
+    rig.frigate
+        .lock()
+        .faults
+        .insert("0.5-ssssss".into(), Fault::Slow(Duration::from_secs(8)));
+    rig.publish("0.5-ssssss", "end", None, false);
     // A: new, then a better snapshot, then an update that names the same one, then
     // the end (delivered twice).
     rig.add(event("1.0-aaaaaa", "gate", "person", t));
     rig.publish("1.0-aaaaaa", "new", None, false);
-    let settled = |n: u64| move |st: &Value| st["source"]["ingested"].as_u64() >= Some(n);
-    settle(&c, &s, Duration::from_secs(30), settled(1));
+    let t_first = Instant::now();
+    while rows(&c, &s).is_empty() {
+        assert!(t_first.elapsed() < Duration::from_secs(30), "{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first = rows(&c, &s);
+    assert_eq!(
+        first[0]["track"], "1.0-aaaaaa",
+        "A waited behind the slow fetch of S"
+    );
     rig.set("1.0-aaaaaa", |e| {
         e.best = t + 0.7;
         e.bbox = [400.0, 480.0, 520.0, 710.0];
@@ -331,6 +350,7 @@ fn frigate_events_become_tracks_keyed_by_the_frame_frigate_rendered() {
         v.sort();
     }
     let want: BTreeMap<String, Vec<String>> = [
+        ("0.5-ssssss", vec![fmt(ms(t - 0.9))]),
         ("1.0-aaaaaa", vec![fmt(ms(t + 0.1)), fmt(ms(t + 0.7))]),
         ("2.0-bbbbbb", vec![fmt(ms(t + 1.3))]),
         ("5.0-eeeeee", vec![fmt(ms(t + 2.6))]),
