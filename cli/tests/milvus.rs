@@ -44,16 +44,19 @@ fn box_args<'a>(store: &'a Path, uri: &'a str) -> [&'a str; 6] {
 const CAMERAS: [&str; 3] = ["gate", "cam\"q\\x", "<b>hall</b>"];
 
 fn add(c: &Client, s: &Serve, img: &[u8], n: usize) -> u64 {
+    let mut q = vec![
+        ("camera", CAMERAS[n % 3].to_string()),
+        ("time", (1_790_000_000_000i64 + n as i64 * 1000).to_string()),
+        ("pid", (n / 4).to_string()),
+    ];
+    // Half the rows belong to tracks (SPEC §12): replication carries the fields.
+    if n.is_multiple_of(2) {
+        q.push(("track", format!("walk-{}", n % 4)));
+        q.push(("bbox", format!("{n},1,{},50.5", n + 20)));
+    }
     let r = c
         .post(s.at("/v1/images"))
-        .query(&[
-            ("camera", CAMERAS[n % 3]),
-            (
-                "time",
-                &(1_790_000_000_000i64 + n as i64 * 1000).to_string(),
-            ),
-            ("pid", &(n / 4).to_string()),
-        ])
+        .query(&q)
         .header("content-type", "image/jpeg")
         .body(img.to_vec())
         .send()
@@ -209,6 +212,48 @@ fn a_box_replicates_through_sigkill_and_a_central_node_searches_and_proxies_crop
     assert_eq!(r.status(), 200);
     let on_central: Value = r.json().unwrap();
     assert_same_ranking(&ranking(&on_box), &ranking(&on_central), "central vs box");
+    // The track fields came through replication as the box has them.
+    let fields = |v: &Value| -> Vec<(u64, Value, Value, Value)> {
+        let mut f: Vec<_> = v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_u64().unwrap(),
+                    r["track"].clone(),
+                    r["bbox"].clone(),
+                    r["source"].clone(),
+                )
+            })
+            .collect();
+        f.sort_by_key(|x| x.0);
+        f
+    };
+    assert_eq!(fields(&on_box), fields(&on_central));
+    assert!(
+        fields(&on_central)
+            .iter()
+            .any(|f| f.1.is_string() && f.2.is_array()),
+        "{on_central}"
+    );
+    assert!(
+        fields(&on_central).iter().all(|f| f.3 == "http"),
+        "{on_central}"
+    );
+    // Grouping by track is for a box for now: the node says so.
+    for body in [
+        json!({"text": "a man", "group": "track"}),
+        json!({"like_track": {"camera": "gate", "track": "walk-0"}}),
+    ] {
+        let r = c.post(central.at("/v1/search")).json(&body).send().unwrap();
+        assert_eq!(r.status(), 422, "{body}");
+        assert!(
+            r.text()
+                .unwrap()
+                .contains("not supported on a central search node")
+        );
+    }
     let first = &on_central["results"][0];
     assert_eq!(first["box"], "box-a");
     let id = first["id"].as_u64().unwrap();
