@@ -7,7 +7,7 @@
 use reqwest::blocking::Client;
 use sen_testing::frigate::{self, Event, Fault, Frigate};
 use sen_testing::mqtt::{Broker, Publisher};
-use sen_testing::{Serve, client, tiny_bundle};
+use sen_testing::{Serve, client, scaled, tiny_bundle};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -47,8 +47,26 @@ fn rows(c: &Client, s: &Serve) -> Vec<Value> {
     r["results"].as_array().cloned().unwrap_or_default()
 }
 
-/// Wait (bounded) until the inbox is empty and `done` holds of the stats.
+/// Wait (bounded) until the broker has acknowledged the source's subscription, so
+/// that what is published from now on reaches it (before, a new session would miss
+/// it, and only the backfill finds events that have ended).
+fn subscribed(c: &Client, s: &Serve) {
+    let t = Instant::now();
+    while stats(c, s)["source"]["subscribed"] != true {
+        assert!(
+            t.elapsed() < scaled(Duration::from_secs(30)),
+            "not subscribed: {}\n{}",
+            stats(c, s)["source"],
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Wait (bounded; [`scaled`] under qemu) until the inbox is empty and `done` holds of
+/// the stats.
 fn settle(c: &Client, s: &Serve, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let within = scaled(within);
     let t = Instant::now();
     loop {
         let st = stats(c, s);
@@ -241,6 +259,7 @@ fn frigate_events_become_tracks_keyed_by_the_frame_frigate_rendered() {
     let Some(rig) = rig(true) else { return };
     let s = rig.serve(&[]);
     let c = client();
+    subscribed(&c, &s);
     let t = now_s() - 30.0;
     let yard = "yard \"<b>&amp;</b>'";
     // S: Frigate answers its snapshot slowly (8 s, under the 10-s fetch timeout); it
@@ -260,7 +279,11 @@ fn frigate_events_become_tracks_keyed_by_the_frame_frigate_rendered() {
     rig.publish("1.0-aaaaaa", "new", None, false);
     let t_first = Instant::now();
     while rows(&c, &s).is_empty() {
-        assert!(t_first.elapsed() < Duration::from_secs(30), "{}", s.log());
+        assert!(
+            t_first.elapsed() < scaled(Duration::from_secs(30)),
+            "{}",
+            s.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let first = rows(&c, &s);
@@ -575,6 +598,7 @@ fn deepstream_full_and_minimal_payloads_with_crops_inline_and_in_a_directory() {
         .args(["--crops-dir", crops.to_str().unwrap(), "--crops-dir-delete"])
         .start();
     let c = client();
+    subscribed(&c, &s);
     let p = Publisher::connect(broker.port, "deepstream");
     let b64 = |b: &[u8]| {
         use base64::Engine;
@@ -847,7 +871,7 @@ fn every_ended_event_survives_kills_a_broker_restart_and_a_frigate_outage() {
     let ended: BTreeSet<String> = rig.frigate.lock().events.keys().cloned().collect();
     // Bounded wait for every event; the assertions below say what is missing.
     let t = Instant::now();
-    while rows(&c, &s).len() < ended.len() && t.elapsed() < Duration::from_secs(120) {
+    while rows(&c, &s).len() < ended.len() && t.elapsed() < scaled(Duration::from_secs(120)) {
         std::thread::sleep(Duration::from_millis(200));
     }
     let st = stats(&c, &s);
@@ -934,27 +958,15 @@ fn mqtts_with_a_ca_file_and_credentials_from_a_file() {
     };
     let c = client();
     let s = launch("broker-s3cret", "store");
-    let t = Instant::now();
-    while stats(&c, &s)["source"]["connected"] != true {
-        assert!(t.elapsed() < Duration::from_secs(30), "{}", s.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    subscribed(&c, &s);
     let p = Publisher::connect(broker.port, "ds-tls");
     let msg = json!({"version": "4.0", "id": "1", "@timestamp": "2026-12-07T10:00:01.000Z",
         "sensorId": "CAM_TLS", "objects": ["3|1|2|30|60|Person"],
         "crops": {"3": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, frigate::image("tls", 1.0))}});
-    // Published until it arrives: the subscription may land just after the connect.
-    let t = Instant::now();
-    while rows(&c, &s).is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{}\n{}",
-            stats(&c, &s)["source"],
-            s.log()
-        );
-        p.publish("ds/tls", msg.to_string().as_bytes(), false);
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    p.publish("ds/tls", msg.to_string().as_bytes(), false);
+    settle(&c, &s, Duration::from_secs(30), |st| {
+        st["source"]["ingested"].as_u64() >= Some(1)
+    });
     assert_eq!(rows(&c, &s)[0]["camera"], "CAM_TLS");
     drop(s);
     // A wrong password: not connected, the broker's refusal shown, the password in no log.
@@ -965,7 +977,7 @@ fn mqtts_with_a_ca_file_and_credentials_from_a_file() {
         if st["source"]["last_error"].is_string() {
             break st;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "{}", s.log());
+        assert!(t.elapsed() < scaled(Duration::from_secs(30)), "{}", s.log());
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(st["source"]["connected"], false, "{}", st["source"]);

@@ -117,6 +117,9 @@ pub async fn run(cfg: MqttConfig, w: Wiring, mut stop: watch::Receiver<bool>) ->
                     }
                 );
                 w.state.set_connected(true, None);
+                w.state
+                    .subscribed
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
                 w.metrics.connected.set(1);
                 // The session keeps subscriptions, but a broker that lost it (no
                 // persistence) does not: subscribe on every connect.
@@ -158,6 +161,9 @@ pub async fn run(cfg: MqttConfig, w: Wiring, mut stop: watch::Receiver<bool>) ->
                     // Subscribed: whatever ends from now on is delivered, so the backfill
                     // (what ended before) runs now, not at the connect (an event that
                     // ended between the two would be in neither).
+                    w.state
+                        .subscribed
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     w.connected.notify_one();
                 }
             }

@@ -99,6 +99,10 @@ impl Metrics {
 #[derive(Default)]
 pub struct State {
     pub connected: AtomicBool,
+    /// The broker acknowledged the subscription on this connection: from here on
+    /// whatever is published reaches the inbox (before, only the session or the
+    /// backfill would bring it).
+    pub subscribed: AtomicBool,
     inner: Mutex<Inner>,
 }
 
@@ -122,6 +126,9 @@ impl State {
 
     pub fn set_connected(&self, up: bool, error: Option<String>) {
         self.connected.store(up, Ordering::SeqCst);
+        if !up {
+            self.subscribed.store(false, Ordering::SeqCst);
+        }
         let mut i = self.lock();
         if up {
             i.connects += 1;
@@ -166,6 +173,7 @@ impl State {
         let i = self.lock();
         serde_json::json!({
             "connected": self.connected.load(Ordering::SeqCst),
+            "subscribed": self.subscribed.load(Ordering::SeqCst),
             "connects": i.connects,
             "last_error": i.last_error,
             "available": i.available,

@@ -411,3 +411,14 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// `d` for a native test, four times `d` when the binaries run through
+/// `SEN_TEST_RUNNER` (qemu-user runs `sen` several times slower): the bound of a
+/// wait that depends on how fast `sen` works, not on what it must do.
+pub fn scaled(d: Duration) -> Duration {
+    if std::env::var_os(sen_core::process::RUNNER_VAR).is_some_and(|v| !v.is_empty()) {
+        d * 4
+    } else {
+        d
+    }
+}

@@ -161,6 +161,15 @@ fn main() -> Result<()> {
         .args(["--source-concurrency", &concurrency.to_string()])
         .start();
     let c = Client::builder().timeout(Duration::from_secs(30)).build()?;
+    // Published only once the broker acknowledged the subscription: earlier
+    // messages would reach sen through the backfill, not the path measured here.
+    let t = Instant::now();
+    while stats(&c, &s)?["source"]["subscribed"] != true {
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("the source did not subscribe within 30 s:\n{}", s.log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let publisher = Publisher::connect(broker.port, "source-load");
     let mut seq = 0usize;
     let mut add_event = |frigate: &Frigate, best: f64| -> String {
