@@ -566,6 +566,8 @@ pub fn calibrate(
         ),
     );
     m.files.clear();
+    // A score calibration is bound to the fp32 encoders: the int8 ones need their own.
+    m.score_calibration = None;
     for f in &files {
         m.add_file(dir, f)?;
     }

@@ -39,6 +39,9 @@ enum Command {
     Search(search::SearchArgs),
     /// R@1/5/10, mAP and mINP of a bundle on a dataset split (SPEC §7).
     Eval(eval::EvalArgs),
+    /// Fit the bundle's score calibration (a score to a probability, SPEC §12) on a
+    /// labelled split, judge it on another and write it into the bundle.
+    CalibrateScores(calibrate_scores::CalibrateScoresArgs),
     /// Build (and cache) the TensorRT engines of a bundle ahead of serving.
     BuildEngines(build_engines::BuildEnginesArgs),
     /// Latency percentiles and throughput of a bundle's encoders (or of the search) on this machine.
@@ -83,6 +86,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Index(a) => index::run(a),
         Command::Search(a) => search::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::CalibrateScores(a) => calibrate_scores::run(a),
         Command::BuildEngines(a) => build_engines::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => serve::run(*a),

@@ -5,6 +5,7 @@
 //! - [`preprocess`]: image decoding, Pillow-exact bicubic resize, CLIP normalisation;
 //! - [`tokenizer`]: the CLIP BPE tokenizer with open_clip's text cleaning;
 //! - [`metrics`]: R@K, mAP, mINP for text-to-image retrieval;
+//! - [`scores`]: score calibration (a score to a probability at a prior, SPEC §12);
 //! - [`deps`]: where `make deps` put native libraries and data;
 //! - [`timing`]: latency sampling and percentiles (`sen bench`, `sen-train bench`);
 //! - [`npy`], [`fsutil`], [`hash`]: small shared I/O helpers.
@@ -21,6 +22,7 @@ pub mod npy;
 pub mod preprocess;
 pub mod process;
 pub mod rng;
+pub mod scores;
 pub mod synth;
 pub mod text;
 pub mod timing;

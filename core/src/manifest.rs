@@ -127,6 +127,10 @@ pub struct Manifest {
     pub tools: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationInfo>,
+    /// The score calibration's two files (SPEC §12; `sen calibrate-scores`), when the
+    /// bundle carries one: without it, results carry no `p`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_calibration: Option<crate::scores::bundle::ScoreCalibrationRef>,
 }
 
 impl Manifest {
@@ -191,15 +195,24 @@ impl Manifest {
 
     /// Check that every file in `files` exists with the recorded size and sha256.
     pub fn verify_files(&self, dir: &Path) -> Result<(), CoreError> {
+        let scores = self
+            .score_calibration
+            .iter()
+            .flat_map(|r| [&r.file, &r.background]);
         for required in [
             &self.io.image.file,
             &self.io.text.file,
             &self.tokenizer.file,
-        ] {
+        ]
+        .into_iter()
+        .chain(scores)
+        {
             if !self.files.contains_key(required) {
                 return Err(CoreError::format(
                     dir.join(MANIFEST_FILE),
-                    format!("`files` does not list {required}, which `io`/`tokenizer` refer to"),
+                    format!(
+                        "`files` does not list {required}, which `io`/`tokenizer`/`score_calibration` refer to"
+                    ),
                 ));
             }
         }
@@ -300,6 +313,7 @@ impl Manifest {
                 env!("CARGO_PKG_VERSION").to_string(),
             )]),
             calibration: None,
+            score_calibration: None,
         };
         for f in [IMAGE_ENCODER_FILE, TEXT_ENCODER_FILE, TOKENIZER_FILE] {
             std::fs::write(dir.join(f), f.as_bytes()).unwrap();

@@ -363,6 +363,7 @@ pub fn export(
         source_checkpoint_sha256: source_sha,
         tools,
         calibration: None,
+        score_calibration: None,
     };
     for f in &files {
         manifest.add_file(dir, f)?;

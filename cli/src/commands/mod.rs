@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod build_engines;
+pub mod calibrate_scores;
 pub mod dataset;
 pub mod eval;
 pub mod index;
