@@ -28,6 +28,9 @@ impl From<anyhow::Error> for LoadFailure {
     }
 }
 
+/// Why results carry no `p` (logged at start, shown in `/v1/stats`).
+pub(crate) const NO_SCORE_CALIBRATION: &str = "the bundle carries no score calibration: results have no `p` and watches need min_score; run `sen calibrate-scores BUNDLE --dataset ROOT` to add one";
+
 /// Verify the bundle, open (or create) the store, load the encoders (TensorRT engines
 /// built or loaded), warm them up, start the batching queues.
 pub(crate) fn load(app: &Arc<App>) -> Result<Loaded, LoadFailure> {
@@ -37,6 +40,24 @@ pub(crate) fn load(app: &Arc<App>) -> Result<Loaded, LoadFailure> {
     let digest = manifest
         .encoder_digest(&manifest.io.image)
         .map_err(anyhow::Error::from)?;
+    // A calibration bound to other encoders is an error (the bundle was edited); none
+    // at all serves, without `p`.
+    let scores = sen_core::scores::bundle::ScoreCalibration::load(&cfg.bundle, &manifest)
+        .map_err(|e| LoadFailure {
+            fatal: true,
+            error: anyhow::Error::from(e).context(format!("--bundle {}", cfg.bundle.display())),
+        })?
+        .map(Arc::new);
+    match &scores {
+        Some(c) => tracing::info!(
+            "score calibration: p at prior {:.4} (text) and {:.4} (like) unless a request gives one; fitted on {} {}",
+            c.file.text.prior,
+            c.file.image.prior,
+            c.file.fitted.dataset,
+            c.file.fitted.split
+        ),
+        None => tracing::warn!("{NO_SCORE_CALIBRATION}"),
+    }
     let (store, central) = match (&cfg.store, &cfg.central) {
         (Some(dir), None) => {
             let store = open_store(cfg, dir, &manifest, &digest)
@@ -100,6 +121,7 @@ pub(crate) fn load(app: &Arc<App>) -> Result<Loaded, LoadFailure> {
         search,
         bundle_sha256: digest,
         precision: manifest.precision.to_string(),
+        scores,
     })
 }
 

@@ -109,6 +109,8 @@ pub struct Loaded {
     pub search: Option<SearchQueue>,
     pub bundle_sha256: String,
     pub precision: String,
+    /// The bundle's score calibration (None: results carry no `p`).
+    pub scores: Option<Arc<sen_core::scores::bundle::ScoreCalibration>>,
 }
 
 impl Loaded {

@@ -11,12 +11,61 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use sen_core::scores::Moments;
+use sen_core::scores::bundle::{QueryKind, ScoreCalibration};
 use sen_store::results::result_json;
 use sen_store::time::{self, TimeRange};
 use serde::Deserialize;
+use std::sync::Arc;
 use std::time::Instant;
 
 // ---------------------------------------------------------------- search and embed
+
+/// A `prior` is for a calibrated bundle, strictly between 0 and 1.
+fn check_prior(l: &Loaded, prior: Option<f64>) -> Result<(), ApiError> {
+    let Some(p) = prior else { return Ok(()) };
+    if l.scores.is_none() {
+        return Err(ApiError::Invalid(format!(
+            "prior: {}",
+            crate::start::NO_SCORE_CALIBRATION
+        )));
+    }
+    sen_core::scores::check_prior(p).map_err(|e| ApiError::Invalid(format!("prior: {e}")))
+}
+
+/// What turns this query's scores into `p`: the calibration, the query's moments
+/// over its background and the prior (None for a bundle without calibration).
+type Calibrate = Option<(Arc<ScoreCalibration>, QueryKind, Moments, f64)>;
+
+fn p_of(
+    l: &Loaded,
+    kind: QueryKind,
+    query: &[f32],
+    prior: Option<f64>,
+) -> Result<Calibrate, ApiError> {
+    let Some(c) = &l.scores else { return Ok(None) };
+    let m = c
+        .moments(query)
+        .map_err(|e| ApiError::Internal(format!("score calibration: {e}")))?;
+    let prior = prior.unwrap_or(c.fit(kind).prior);
+    Ok(Some((c.clone(), kind, m, prior)))
+}
+
+/// Put `p` beside each result's `score`, and the prior it was computed at beside the
+/// results.
+fn add_p(v: &mut serde_json::Value, calibrate: Calibrate) {
+    let Some((c, kind, m, prior)) = calibrate else {
+        return;
+    };
+    if let Some(rs) = v["results"].as_array_mut() {
+        for r in rs {
+            if let Some(s) = r["score"].as_f64() {
+                r["p"] = c.p(kind, &m, s, Some(prior)).into();
+            }
+        }
+    }
+    v["prior"] = prior.into();
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +84,9 @@ pub(crate) struct SearchBody {
     group: Option<String>,
     /// "More like this" of a track: the normalised mean of its crops.
     like_track: Option<LikeTrack>,
+    /// The prior `p` is computed at (the share of gallery crops that show the
+    /// person); the calibration's own when absent.
+    prior: Option<f64>,
 }
 
 /// A track, as `like_track` names it.
@@ -109,6 +161,7 @@ pub(crate) async fn search(
         }
     }
     let group = grouping(b.group.as_deref())?;
+    check_prior(l, b.prior)?;
     if let Some(c) = &l.central {
         if group || b.like_track.is_some() {
             return Err(ApiError::Invalid(
@@ -150,6 +203,12 @@ pub(crate) async fn search(
             ));
         }
     };
+    let kind = if b.text.is_some() {
+        QueryKind::Text
+    } else {
+        QueryKind::Image
+    };
+    let calibrate = p_of(l, kind, &vector, b.prior)?;
     let q = sen_store::Query {
         vector,
         k,
@@ -174,6 +233,7 @@ pub(crate) async fn search(
         .observe(tm.ran.as_secs_f64());
     let took = t0.elapsed().as_secs_f64() * 1e3;
     let mut v = result_json(b.text.as_deref(), b.like, took, &found);
+    add_p(&mut v, calibrate);
     if let Some(lt) = &b.like_track {
         v["like_track"] = serde_json::json!({
             "camera": lt.camera.as_deref().unwrap_or(sen_store::store::DEFAULT_CAMERA),
@@ -222,6 +282,12 @@ async fn search_central(
         boxes: b.boxes.clone(),
         exclude,
     };
+    let kind = if b.text.is_some() {
+        QueryKind::Text
+    } else {
+        QueryKind::Image
+    };
+    let calibrate = p_of(l, kind, &vector, b.prior)?;
     let params = sen_milvus::collection::search_params(c.coll.index(), k, &c.search_params)?;
     let t = Instant::now();
     let hits = c
@@ -235,13 +301,9 @@ async fn search_central(
         .with_label_values(&["search"])
         .observe(t.elapsed().as_secs_f64());
     let took = t0.elapsed().as_secs_f64() * 1e3;
-    Ok(Json(sen_milvus::boxed_result_json(
-        b.text.as_deref(),
-        b.like,
-        took,
-        &hits,
-    ))
-    .into_response())
+    let mut v = sen_milvus::boxed_result_json(b.text.as_deref(), b.like, took, &hits);
+    add_p(&mut v, calibrate);
+    Ok(Json(v).into_response())
 }
 
 #[derive(Debug, Deserialize)]

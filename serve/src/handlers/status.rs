@@ -146,7 +146,11 @@ pub(crate) async fn stats(
     }
     obj.insert(
         "bundle".into(),
-        serde_json::json!({"sha256": l.bundle_sha256, "precision": l.precision}),
+        serde_json::json!({
+            "sha256": l.bundle_sha256,
+            "precision": l.precision,
+            "score_calibration": score_calibration_json(l),
+        }),
     );
     obj.insert("provider".into(), app.cfg.provider.kind.name().into());
     obj.insert(
@@ -169,4 +173,17 @@ pub(crate) async fn cameras(State(app): State<S>) -> Result<Response, ApiError> 
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(Json(stats_json(&s)["cameras"].clone()).into_response())
+}
+
+/// The bundle's score calibration as `/v1/stats` shows it: the stored priors and what
+/// it was fitted on, or why `p` is unavailable.
+fn score_calibration_json(l: &crate::state::Loaded) -> serde_json::Value {
+    match &l.scores {
+        Some(c) => serde_json::json!({
+            "prior": {"text": c.file.text.prior, "like": c.file.image.prior},
+            "fitted": c.file.fitted,
+            "background": c.file.background_count,
+        }),
+        None => serde_json::json!({"unavailable": crate::start::NO_SCORE_CALIBRATION}),
+    }
 }
