@@ -95,6 +95,21 @@ CREATE TABLE source_done(
 CREATE INDEX source_done_end ON source_done(source, end_ms);
 ";
 
+/// Format 4: watches (SPEC §12). Ids are never reused (AUTOINCREMENT).
+pub(crate) const SCHEMA_V4: &str = "
+CREATE TABLE watches(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    query TEXT NOT NULL,
+    cameras TEXT,
+    threshold TEXT NOT NULL,
+    prior REAL,
+    cooldown_s INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    vector BLOB NOT NULL
+);
+";
+
 pub(crate) fn err(ctx: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |e| StoreError::db(ctx.display(), e)
 }
@@ -131,6 +146,7 @@ pub fn open(dir: &Path, write: bool) -> Result<Connection, StoreError> {
 pub fn init(c: &Connection, path: &Path, meta: &[(&str, String)]) -> Result<(), StoreError> {
     c.execute_batch(SCHEMA).map_err(err(path))?;
     c.execute_batch(SCHEMA_V3).map_err(err(path))?;
+    c.execute_batch(SCHEMA_V4).map_err(err(path))?;
     let mut st = c
         .prepare("INSERT INTO meta(key, value) VALUES (?1, ?2)")
         .map_err(err(path))?;
@@ -1267,4 +1283,117 @@ pub fn add_v3_schema(c: &Connection, path: &Path) -> Result<(), StoreError> {
     )
     .map_err(err(path))?;
     c.execute_batch(SCHEMA_V3).map_err(err(path))
+}
+
+/// 3 -> 4: the watches table.
+pub fn add_v4_schema(c: &Connection, path: &Path) -> Result<(), StoreError> {
+    c.execute_batch(SCHEMA_V4).map_err(err(path))
+}
+
+// ------------------------------------------------------------------ watches
+
+fn json_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("watch fields serialise")
+}
+
+/// Store a watch; its new id.
+pub fn watch_insert(
+    c: &Connection,
+    path: &Path,
+    spec: &crate::watch::WatchSpec,
+    vector: &[f32],
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    let blob: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    c.prepare_cached(
+        "INSERT INTO watches(name, query, cameras, threshold, prior, cooldown_s, created_ms, vector)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .map_err(err(path))?
+    .execute(params![
+        spec.name,
+        json_text(&spec.query),
+        spec.cameras.as_ref().map(json_text),
+        json_text(&spec.threshold),
+        spec.prior,
+        spec.cooldown_s as i64,
+        now_ms,
+        blob
+    ])
+    .map_err(err(path))?;
+    Ok(c.last_insert_rowid() as u64)
+}
+
+/// Remove a watch; whether it existed.
+pub fn watch_delete(c: &Connection, path: &Path, id: u64) -> Result<bool, StoreError> {
+    let n = c
+        .prepare_cached("DELETE FROM watches WHERE id = ?1")
+        .map_err(err(path))?
+        .execute([id as i64])
+        .map_err(err(path))?;
+    Ok(n > 0)
+}
+
+/// Every watch, by id (or the one with `id`).
+pub fn watches(
+    c: &Connection,
+    path: &Path,
+    id: Option<u64>,
+) -> Result<Vec<crate::watch::Watch>, StoreError> {
+    let mut st = c
+        .prepare_cached(
+            "SELECT id, name, query, cameras, threshold, prior, cooldown_s, created_ms, vector
+             FROM watches WHERE ?1 IS NULL OR id = ?1 ORDER BY id",
+        )
+        .map_err(err(path))?;
+    let rows = st
+        .query_map([id.map(|i| i as i64)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<f64>>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
+                r.get::<_, Vec<u8>>(8)?,
+            ))
+        })
+        .map_err(err(path))?;
+    let mut out = vec![];
+    for row in rows {
+        let (id, name, query, cameras, threshold, prior, cooldown, created, blob) =
+            row.map_err(err(path))?;
+        let damaged = |what: &str, e: String| {
+            StoreError::Damaged(format!("{}: watch {id}: {what}: {e}", path.display()))
+        };
+        let query = serde_json::from_str(&query).map_err(|e| damaged("query", e.to_string()))?;
+        let cameras = cameras
+            .map(|c| serde_json::from_str(&c))
+            .transpose()
+            .map_err(|e| damaged("cameras", e.to_string()))?;
+        let threshold =
+            serde_json::from_str(&threshold).map_err(|e| damaged("threshold", e.to_string()))?;
+        if blob.len() % 4 != 0 {
+            return Err(damaged("vector", format!("{} bytes", blob.len())));
+        }
+        out.push(crate::watch::Watch {
+            id: id as u64,
+            spec: crate::watch::WatchSpec {
+                name,
+                query,
+                cameras,
+                threshold,
+                prior,
+                cooldown_s: cooldown as u64,
+            },
+            created_ms: created,
+            vector: blob
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        });
+    }
+    Ok(out)
 }

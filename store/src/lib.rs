@@ -25,6 +25,7 @@ pub mod segment;
 pub mod store;
 pub mod time;
 pub mod verify;
+pub mod watch;
 
 pub use error::StoreError;
 pub use store::{

@@ -13,6 +13,7 @@
 //! - 2 -> 3: tracks (SPEC §12): `track`, `bbox` and `source` on rows (null for the
 //!   rows already there, whose checksums stay as they were), the unique key of a crop
 //!   from an MQTT source, and the sources' durable inbox, skip counts and cursors.
+//! - 3 -> 4: watches (SPEC §12), each with its query vector.
 
 use crate::db::{self, RowMeta};
 use crate::error::StoreError;
@@ -22,13 +23,13 @@ use rusqlite::Connection;
 use std::path::Path;
 
 /// The format this sen writes.
-pub const CURRENT: u32 = 3;
+pub const CURRENT: u32 = 4;
 
 /// One step: from the version it names to the next.
 type Step = fn(&Connection, &Path, &Path) -> Result<(), StoreError>;
 
 /// Every step, in order, by the version it starts from.
-const STEPS: &[(u32, Step)] = &[(1, v1_to_v2), (2, v2_to_v3)];
+const STEPS: &[(u32, Step)] = &[(1, v1_to_v2), (2, v2_to_v3), (3, v3_to_v4)];
 
 /// Refuse a store of another format than [`CURRENT`] for a reader, or one newer than
 /// this sen for anyone; `Ok(true)` when the writer should migrate it.
@@ -143,4 +144,9 @@ fn v1_to_v2(c: &Connection, dir: &Path, path: &Path) -> Result<(), StoreError> {
 /// 2 -> 3: tracks, source keys and the sources' inbox (no row changes).
 fn v2_to_v3(c: &Connection, _dir: &Path, path: &Path) -> Result<(), StoreError> {
     db::add_v3_schema(c, path)
+}
+
+/// 3 -> 4: watches (no row changes).
+fn v3_to_v4(c: &Connection, _dir: &Path, path: &Path) -> Result<(), StoreError> {
+    db::add_v4_schema(c, path)
 }

@@ -41,8 +41,9 @@ fn fixture(dir: &Path) -> PathBuf {
     s
 }
 
-/// The format this code writes: 3 (tracks, sources' inbox) since issue 28.
-const CURRENT: u32 = 3;
+/// The format this code writes: 4 (watches) since issue 29; 3 (tracks, sources'
+/// inbox) since issue 28.
+const CURRENT: u32 = 4;
 
 fn version(dir: &Path) -> u32 {
     let c = db::open(dir, false).unwrap();
@@ -141,6 +142,25 @@ fn a_format_1_store_is_migrated_when_its_writer_opens_it() {
         }])
         .unwrap();
     assert_eq!(store.inbox_depth("frigate").unwrap(), 1);
+    // And format 4's watches.
+    let dim = store.info().dim;
+    let mut v = vec![0.0f32; dim];
+    v[0] = 1.0;
+    let w = store
+        .watch_add(
+            sen_store::watch::WatchSpec {
+                name: "red backpack".into(),
+                query: sen_store::watch::WatchQuery::Text("a man with a red backpack".into()),
+                cameras: None,
+                threshold: sen_store::watch::Threshold::MinScore(0.3),
+                prior: None,
+                cooldown_s: 300,
+            },
+            v,
+        )
+        .unwrap();
+    assert_eq!(store.watches().unwrap().len(), 1);
+    assert_eq!(store.watch(w).unwrap().unwrap().spec.name, "red backpack");
     store.flush().unwrap();
     store.compact().unwrap();
     drop(store);
@@ -164,7 +184,7 @@ fn a_newer_store_is_refused_naming_both_versions() {
     for mode in [Mode::Reader, Mode::Writer] {
         match Store::open(&dir, mode) {
             Err(StoreError::Damaged(m)) => {
-                assert!(m.contains("format 99") && m.contains("up to 3"), "{m}")
+                assert!(m.contains("format 99") && m.contains("up to 4"), "{m}")
             }
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("a newer store was opened"),

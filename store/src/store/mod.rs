@@ -475,6 +475,37 @@ impl Store {
         self.job(|tx| Job::Consumer(name.to_string(), seq, tx))
     }
 
+    // -------------------------------------------------------------- watches
+
+    /// Store a watch with its unit query vector (of the store's dimension); its id,
+    /// never reused. Durable when this returns.
+    pub fn watch_add(
+        &self,
+        spec: crate::watch::WatchSpec,
+        vector: Vec<f32>,
+    ) -> Result<u64, StoreError> {
+        spec.check()?;
+        crate::watch::check_vector(&vector, self.info().dim)?;
+        self.job(|tx| Job::WatchAdd(Box::new((spec, vector)), tx))
+    }
+
+    /// Delete a watch: it raises nothing from now on. Whether it existed.
+    pub fn watch_delete(&self, id: u64) -> Result<bool, StoreError> {
+        self.job(|tx| Job::WatchDelete(id, tx))
+    }
+
+    /// Every watch, by id.
+    pub fn watches(&self) -> Result<Vec<crate::watch::Watch>, StoreError> {
+        self.with_reader(|c| db::watches(c, &self.db_path(), None))
+    }
+
+    /// One watch.
+    pub fn watch(&self, id: u64) -> Result<Option<crate::watch::Watch>, StoreError> {
+        Ok(self
+            .with_reader(|c| db::watches(c, &self.db_path(), Some(id)))?
+            .pop())
+    }
+
     // -------------------------------------------------------------- sources
 
     /// Write messages a source received to its durable inbox (one group commit with

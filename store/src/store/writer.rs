@@ -17,6 +17,10 @@ pub(super) enum Job {
     Resolve(Resolve, Reply<Resolved>),
     /// An inbox entry put back for a later try: (id, attempts, due at, error).
     Retry(u64, u32, i64, String, Reply<()>),
+    /// A new watch with its query vector: its id.
+    WatchAdd(Box<(crate::watch::WatchSpec, Vec<f32>)>, Reply<u64>),
+    /// A watch deleted: whether it existed.
+    WatchDelete(u64, Reply<bool>),
 
     Compact(Reply<CompactReport>),
     Flush(Reply<()>),
@@ -331,7 +335,13 @@ pub(super) fn writer_loop(shared: Arc<Shared>, c: Connection, mut st: State, rx:
 fn grouped(j: &Job) -> bool {
     matches!(
         j,
-        Job::Add(..) | Job::Delete(..) | Job::Inbox(..) | Job::Resolve(..) | Job::Retry(..)
+        Job::Add(..)
+            | Job::Delete(..)
+            | Job::Inbox(..)
+            | Job::Resolve(..)
+            | Job::Retry(..)
+            | Job::WatchAdd(..)
+            | Job::WatchDelete(..)
     )
 }
 
@@ -342,6 +352,8 @@ enum Outcome {
     Inboxed(Result<Vec<u64>, StoreError>),
     Resolved(Result<Resolved, StoreError>),
     Done(Result<(), StoreError>),
+    Id(Result<u64, StoreError>),
+    Existed(Result<bool, StoreError>),
 }
 
 impl Outcome {
@@ -352,6 +364,8 @@ impl Outcome {
             Outcome::Inboxed(v) => v.as_ref().is_err_and(StoreError::is_disk_full),
             Outcome::Resolved(v) => v.as_ref().is_err_and(StoreError::is_disk_full),
             Outcome::Done(v) => v.as_ref().is_err_and(StoreError::is_disk_full),
+            Outcome::Id(v) => v.as_ref().is_err_and(StoreError::is_disk_full),
+            Outcome::Existed(v) => v.as_ref().is_err_and(StoreError::is_disk_full),
         }
     }
 
@@ -362,6 +376,8 @@ impl Outcome {
             Job::Delete(..) => Outcome::Deleted(Err(err)),
             Job::Inbox(..) => Outcome::Inboxed(Err(err)),
             Job::Resolve(..) => Outcome::Resolved(Err(err)),
+            Job::WatchAdd(..) => Outcome::Id(Err(err)),
+            Job::WatchDelete(..) => Outcome::Existed(Err(err)),
             _ => Outcome::Done(Err(err)),
         }
     }
@@ -383,6 +399,12 @@ fn answer(job: Job, out: Outcome) {
             let _ = r.send(v);
         }
         (Job::Retry(.., r), Outcome::Done(v)) => {
+            let _ = r.send(v);
+        }
+        (Job::WatchAdd(_, r), Outcome::Id(v)) => {
+            let _ = r.send(v);
+        }
+        (Job::WatchDelete(_, r), Outcome::Existed(v)) => {
             let _ = r.send(v);
         }
         _ => unreachable!("one outcome per job, of its kind"),
@@ -546,6 +568,10 @@ fn commit_group(
                 db::inbox_retry(c, path, *id, *attempts, *next, error)
                     .map(|_| (Outcome::Done(Ok(())), None, vec![]))
             }
+            Job::WatchAdd(w, _) => db::watch_insert(c, path, &w.0, &w.1, now)
+                .map(|id| (Outcome::Id(Ok(id)), None, vec![])),
+            Job::WatchDelete(id, _) => db::watch_delete(c, path, *id)
+                .map(|existed| (Outcome::Existed(Ok(existed)), None, vec![])),
             _ => unreachable!("only grouped jobs"),
         });
         match done {

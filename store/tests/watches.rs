@@ -1,0 +1,158 @@
+//! Watches in the store (SPEC §12, format 4): stored with their vectors, listed,
+//! deleted; ids never reused; kept across reopening and in a snapshot; bad fields
+//! refused naming the field.
+
+mod common;
+
+use common::*;
+use sen_store::watch::{Threshold, WatchQuery, WatchSpec};
+use sen_store::{Mode, Storage, Store};
+
+fn unit(i: usize) -> Vec<f32> {
+    let mut v = vec![0.0f32; DIM];
+    v[i % DIM] = 1.0;
+    v
+}
+
+fn spec(name: &str) -> WatchSpec {
+    WatchSpec {
+        name: name.into(),
+        query: WatchQuery::Text("a child in a yellow raincoat".into()),
+        cameras: Some(vec!["gate".into(), "yard".into()]),
+        threshold: Threshold::MinP(0.9),
+        prior: Some(0.001),
+        cooldown_s: 300,
+    }
+}
+
+#[test]
+fn watches_are_stored_listed_deleted_and_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("store");
+    let store = Store::create(&dir, &config(Storage::F32, false)).unwrap();
+    let a = store.watch_add(spec("raincoat"), unit(1)).unwrap();
+    let b = store
+        .watch_add(
+            WatchSpec {
+                query: WatchQuery::LikeTrack {
+                    camera: "gate".into(),
+                    track: "1607123955.475377-mxklsc".into(),
+                },
+                cameras: None,
+                threshold: Threshold::MinScore(0.25),
+                prior: None,
+                ..spec("like that one")
+            },
+            unit(2),
+        )
+        .unwrap();
+    assert!(b > a);
+    let all = store.watches().unwrap();
+    assert_eq!(all.iter().map(|w| w.id).collect::<Vec<_>>(), [a, b]);
+    assert_eq!(all[0].spec, spec("raincoat"));
+    assert_eq!(all[0].vector, unit(1));
+    let j = all[1].json();
+    assert_eq!(j["like_track"]["track"], "1607123955.475377-mxklsc");
+    assert_eq!(j["min_score"], 0.25);
+    assert!(j.get("min_p").is_none() && j.get("text").is_none());
+    assert!(all[0].json()["created"].as_str().unwrap().ends_with('Z'));
+
+    // Deleted: gone at once; its id is not given again.
+    assert!(store.watch_delete(b).unwrap());
+    assert!(!store.watch_delete(b).unwrap());
+    assert!(store.watch(b).unwrap().is_none());
+    let c = store.watch_add(spec("again"), unit(3)).unwrap();
+    assert!(c > b, "id {c} reused after {b} was deleted");
+    drop(store);
+
+    // Kept across reopening, and in a snapshot.
+    let store = Store::open(&dir, Mode::Reader).unwrap();
+    assert_eq!(
+        store.watches().unwrap().iter().map(|w| w.id).collect::<Vec<_>>(),
+        [a, c]
+    );
+    drop(store);
+    let snap = d.path().join("snap");
+    sen_store::verify::snapshot(&dir, &snap).unwrap();
+    let store = Store::open(&snap, Mode::Writer).unwrap();
+    let w = store.watches().unwrap();
+    assert_eq!(w.len(), 2);
+    assert_eq!(w[1].spec.name, "again");
+    // A snapshot's next watch does not take a deleted id either.
+    assert!(store.watch_add(spec("after"), unit(4)).unwrap() > c);
+}
+
+#[test]
+fn bad_watches_are_refused_naming_the_field() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::create(&d.path().join("s"), &config(Storage::F32, false)).unwrap();
+    let refused = |s: WatchSpec, v: Vec<f32>, what: &str| {
+        let e = store.watch_add(s, v).unwrap_err().to_string();
+        assert!(e.contains(what), "{what}: {e}");
+    };
+    refused(spec(""), unit(0), "name");
+    refused(spec(&"x".repeat(129)), unit(0), "name");
+    refused(spec("a\nb"), unit(0), "name");
+    refused(
+        WatchSpec {
+            query: WatchQuery::Text("  ".into()),
+            ..spec("w")
+        },
+        unit(0),
+        "text",
+    );
+    refused(
+        WatchSpec {
+            cameras: Some(vec![]),
+            ..spec("w")
+        },
+        unit(0),
+        "cameras",
+    );
+    refused(
+        WatchSpec {
+            threshold: Threshold::MinP(0.0),
+            ..spec("w")
+        },
+        unit(0),
+        "min_p",
+    );
+    refused(
+        WatchSpec {
+            threshold: Threshold::MinP(1.5),
+            ..spec("w")
+        },
+        unit(0),
+        "min_p",
+    );
+    refused(
+        WatchSpec {
+            threshold: Threshold::MinScore(2.0),
+            ..spec("w")
+        },
+        unit(0),
+        "min_score",
+    );
+    refused(
+        WatchSpec {
+            prior: Some(1.0),
+            ..spec("w")
+        },
+        unit(0),
+        "prior",
+    );
+    refused(
+        WatchSpec {
+            cooldown_s: 31 * 24 * 3600,
+            ..spec("w")
+        },
+        unit(0),
+        "cooldown_s",
+    );
+    refused(spec("w"), vec![1.0; DIM - 1], "values");
+    refused(spec("w"), vec![0.5; DIM], "unit length");
+    let mut nan = unit(0);
+    nan[1] = f32::NAN;
+    refused(spec("w"), nan, "not finite");
+    assert!(store.watches().unwrap().is_empty());
+}
