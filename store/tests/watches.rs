@@ -68,7 +68,12 @@ fn watches_are_stored_listed_deleted_and_kept() {
     // Kept across reopening, and in a snapshot.
     let store = Store::open(&dir, Mode::Reader).unwrap();
     assert_eq!(
-        store.watches().unwrap().iter().map(|w| w.id).collect::<Vec<_>>(),
+        store
+            .watches()
+            .unwrap()
+            .iter()
+            .map(|w| w.id)
+            .collect::<Vec<_>>(),
         [a, c]
     );
     drop(store);

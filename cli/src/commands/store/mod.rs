@@ -13,6 +13,7 @@ mod delete;
 mod import;
 pub mod replicate;
 mod search;
+mod watch;
 
 use add::AddArgs;
 use create::CreateArgs;
@@ -64,6 +65,11 @@ pub enum StoreCommand {
     /// Copy the store's rows and deletes into a Milvus collection, up to now (resumes
     /// where the last replication to it stopped; `sen serve --replicate` follows).
     Replicate(ReplicateArgs),
+    /// Watches: standing descriptions that raise alerts on new rows (add, list, delete).
+    Watch {
+        #[command(subcommand)]
+        command: watch::WatchCommand,
+    },
 }
 
 pub fn run(cmd: StoreCommand) -> Result<()> {
@@ -71,6 +77,7 @@ pub fn run(cmd: StoreCommand) -> Result<()> {
         StoreCommand::Create(a) => create::run(a),
         StoreCommand::Add(a) => add::run(a),
         StoreCommand::Search(a) => search::run(a),
+        StoreCommand::Watch { command } => watch::run(command),
         StoreCommand::Delete(a) => delete::run(a),
         StoreCommand::Compact { dir, json } => {
             let store = Store::open(&dir, Mode::Writer)?;
