@@ -152,3 +152,117 @@ fn watches_from_the_command_line() {
         serde_json::from_str(&ok(sen(&["store", "watch", "list", s, "--json"]))).unwrap();
     assert_eq!(list["watches"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn watches_over_http_with_scopes_and_specific_errors() {
+    use sen_testing::{Serve, client};
+    use serde_json::json;
+    let d = tempfile::tempdir().unwrap();
+    let bundle = tiny_bundle(d.path(), 5);
+    let keys = d.path().join("keys");
+    std::fs::write(
+        &keys,
+        "write writer-key-0123456789abcdef\nread reader-key-0123456789abcdef\n",
+    )
+    .unwrap();
+    let s = Serve::launch(SEN, &bundle)
+        .store(&d.path().join("store"))
+        .args(["--api-keys", keys.to_str().unwrap()])
+        .start();
+    let c = client();
+    let (w, r) = ("writer-key-0123456789abcdef", "reader-key-0123456789abcdef");
+    let post = |key: &str, body: Value| {
+        let resp = c
+            .post(s.at("/v1/watches"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .unwrap();
+        let st = resp.status().as_u16();
+        (st, resp.json::<Value>().unwrap_or(Value::Null))
+    };
+    let body = json!({"name": "raincoat", "text": "a child in a yellow raincoat",
+        "cameras": ["gate"], "min_score": 0.3});
+    // Adding needs the write scope.
+    assert_eq!(post(r, body.clone()).0, 403);
+    let (st, v) = post(w, body.clone());
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    // Specific 4xx for each bad request; the server stays healthy.
+    for (bad, what) in [
+        (
+            json!({"name": "x", "text": "t", "min_p": 0.9}),
+            "sen calibrate-scores",
+        ),
+        (json!({"name": "x", "text": "t"}), "min_score"),
+        (json!({"name": "x", "min_score": 0.3}), "exactly one of"),
+        (
+            json!({"name": "x", "text": "t", "like": 1, "min_score": 0.3}),
+            "exactly one of",
+        ),
+        (
+            json!({"name": "x", "text": "t", "min_score": 0.3, "prior": 0.01}),
+            "prior",
+        ),
+        (json!({"name": "", "text": "t", "min_score": 0.3}), "name"),
+        (
+            json!({"name": "x", "text": "t", "min_score": 0.3, "cameras": []}),
+            "cameras",
+        ),
+        (
+            json!({"name": "x", "text": "t", "min_score": 0.3, "cooldown_s": 99999999}),
+            "cooldown_s",
+        ),
+        (
+            json!({"name": "x", "text": "t", "min_score": 0.3, "colour": "red"}),
+            "colour",
+        ),
+    ] {
+        let (st, e) = post(w, bad.clone());
+        assert_eq!(st, 422, "{bad}: {e}");
+        assert!(e.to_string().contains(what), "{bad}: {e}");
+    }
+    let (st, e) = post(w, json!({"name": "x", "like": 424242, "min_score": 0.3}));
+    assert_eq!(st, 404, "{e}");
+    // Read scope lists and reads.
+    let list: Value = c
+        .get(s.at("/v1/watches"))
+        .bearer_auth(r)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(list["watches"].as_array().unwrap().len(), 1);
+    assert_eq!(list["watches"][0]["name"], "raincoat");
+    assert_eq!(list["watches"][0]["cooldown_s"], 300);
+    let one = c
+        .get(s.at(&format!("/v1/watches/{id}")))
+        .bearer_auth(r)
+        .send()
+        .unwrap();
+    assert_eq!(one.status(), 200);
+    assert_eq!(
+        one.json::<Value>().unwrap()["text"],
+        "a child in a yellow raincoat"
+    );
+    let del = |key: &str, id: &str| {
+        c.delete(s.at(&format!("/v1/watches/{id}")))
+            .bearer_auth(key)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(del(r, &id.to_string()), 403);
+    assert_eq!(del(w, "abc"), 422);
+    assert_eq!(del(w, &id.to_string()), 204);
+    assert_eq!(del(w, &id.to_string()), 404);
+    let gone = c
+        .get(s.at(&format!("/v1/watches/{id}")))
+        .bearer_auth(r)
+        .send()
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let ready = c.get(s.at("/readyz")).send().unwrap();
+    assert_eq!(ready.status(), 200);
+}

@@ -3,7 +3,7 @@
 
 use crate::auth::Scope;
 use crate::error::ApiError;
-use crate::handlers::{images, ingest, page, search, status};
+use crate::handlers::{images, ingest, page, search, status, watches};
 use crate::middleware::{guard, outer};
 use crate::state::App;
 use axum::http::Method;
@@ -102,6 +102,34 @@ pub const ROUTES: &[RouteSpec] = &[
         scope: Scope::Write,
         summary: "Delete by {before} or {camera} or {ids} (all or nothing) -> {deleted}",
         handler: || post(images::delete_rows),
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/v1/watches",
+        scope: Scope::Write,
+        summary: "Add a watch {name, text | like | like_track, cameras, min_p | min_score, prior, cooldown_s} -> 201 {id}",
+        handler: || post(watches::create),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/watches",
+        scope: Scope::Read,
+        summary: "Every watch -> {watches: [...]}",
+        handler: || get(watches::list),
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/v1/watches/{id}",
+        scope: Scope::Read,
+        summary: "One watch",
+        handler: || get(watches::get_one),
+    },
+    RouteSpec {
+        method: "DELETE",
+        path: "/v1/watches/{id}",
+        scope: Scope::Write,
+        summary: "Delete a watch -> 204; it raises nothing from then on",
+        handler: || delete(watches::delete_one),
     },
     RouteSpec {
         method: "POST",

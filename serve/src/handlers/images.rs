@@ -23,7 +23,7 @@ struct ImageParams {
     size: Option<String>,
 }
 
-fn parse_id(s: &str) -> Result<u64, ApiError> {
+pub(crate) fn parse_id(s: &str) -> Result<u64, ApiError> {
     s.parse()
         .map_err(|_| ApiError::Invalid(format!("id {s:?}: ids are whole numbers")))
 }

@@ -7,6 +7,7 @@ pub mod ingest;
 pub mod page;
 pub mod search;
 pub mod status;
+pub mod watches;
 
 /// The state every handler gets.
 type S = std::sync::Arc<crate::state::App>;

@@ -108,7 +108,7 @@ fn grouping(g: Option<&str>) -> Result<bool, ApiError> {
     }
 }
 
-fn check_text(app: &App, t: &str, what: &str) -> Result<(), ApiError> {
+pub(crate) fn check_text(app: &App, t: &str, what: &str) -> Result<(), ApiError> {
     if t.trim().is_empty() {
         return Err(ApiError::Invalid(format!(
             "{what} is empty: describe a person, e.g. \"a man in a grey hoodie\""
@@ -124,7 +124,7 @@ fn check_text(app: &App, t: &str, what: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn encode_text(app: &S, l: &Loaded, t: String) -> Result<Vec<f32>, ApiError> {
+pub(crate) async fn encode_text(app: &S, l: &Loaded, t: String) -> Result<Vec<f32>, ApiError> {
     let (v, tm) = l.text.submit(t).await?;
     observe_encoder(app, &tm);
     Ok(v)

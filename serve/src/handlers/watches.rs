@@ -1,0 +1,148 @@
+//! Watches (SPEC §12): `POST /v1/watches` (write scope), `GET /v1/watches`,
+//! `GET /v1/watches/{id}` (read), `DELETE /v1/watches/{id}` (write). A watch's query
+//! is embedded when it is made, so the writer only compares vectors.
+
+use super::S;
+use super::images::parse_id;
+use super::search::{check_text, encode_text};
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::state::loaded;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use sen_store::watch::{DEFAULT_COOLDOWN_S, Threshold, WatchQuery, WatchSpec};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WatchBody {
+    name: String,
+    text: Option<String>,
+    like: Option<u64>,
+    like_track: Option<LikeTrack>,
+    cameras: Option<Vec<String>>,
+    min_p: Option<f64>,
+    min_score: Option<f64>,
+    prior: Option<f64>,
+    cooldown_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LikeTrack {
+    camera: Option<String>,
+    track: String,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, sen_store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??)
+}
+
+pub(crate) async fn create(
+    State(app): State<S>,
+    ApiJson(b): ApiJson<WatchBody>,
+) -> Result<Response, ApiError> {
+    let l = loaded(&app)?;
+    let store = l.store()?.clone();
+    let threshold = match (b.min_p, b.min_score) {
+        (Some(p), None) => {
+            if l.scores.is_none() {
+                return Err(ApiError::Invalid(format!(
+                    "min_p: {}",
+                    crate::start::NO_SCORE_CALIBRATION
+                )));
+            }
+            Threshold::MinP(p)
+        }
+        (None, Some(s)) => Threshold::MinScore(s),
+        _ => {
+            return Err(ApiError::Invalid(
+                "give min_p (a calibrated probability) or min_score (a raw cosine), not both"
+                    .into(),
+            ));
+        }
+    };
+    if b.prior.is_some() && matches!(threshold, Threshold::MinScore(_)) {
+        return Err(ApiError::Invalid(
+            "prior: it sets the base rate of min_p; a min_score watch has no p".into(),
+        ));
+    }
+    let query = match (b.text, b.like, b.like_track) {
+        (Some(t), None, None) => {
+            check_text(&app, &t, "text")?;
+            WatchQuery::Text(t)
+        }
+        (None, Some(id), None) => WatchQuery::Like(id),
+        (None, None, Some(lt)) => WatchQuery::LikeTrack {
+            camera: sen_store::camera(lt.camera)?,
+            track: lt.track,
+        },
+        _ => {
+            return Err(ApiError::Invalid(
+                "give exactly one of text, like or like_track".into(),
+            ));
+        }
+    };
+    let spec = WatchSpec {
+        name: b.name,
+        query,
+        cameras: b.cameras,
+        threshold,
+        prior: b.prior,
+        cooldown_s: b.cooldown_s.unwrap_or(DEFAULT_COOLDOWN_S),
+    };
+    // Every field is checked before the query is embedded.
+    spec.check()?;
+    let vector = match &spec.query {
+        WatchQuery::Text(t) => encode_text(&app, l, t.clone()).await?,
+        WatchQuery::Like(id) => {
+            let (s, id) = (store.clone(), *id);
+            blocking(move || s.embedding(id)).await?
+        }
+        WatchQuery::LikeTrack { camera, track } => {
+            let (s, c, t) = (store.clone(), camera.clone(), track.clone());
+            blocking(move || s.track_embedding(&c, &t)).await?.0
+        }
+    };
+    let s = store.clone();
+    let id = blocking(move || s.watch_add(spec, vector)).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response())
+}
+
+pub(crate) async fn list(State(app): State<S>) -> Result<Response, ApiError> {
+    let store = loaded(&app)?.store()?.clone();
+    let ws = blocking(move || store.watches()).await?;
+    let v: Vec<serde_json::Value> = ws.iter().map(|w| w.json()).collect();
+    Ok(Json(serde_json::json!({ "watches": v })).into_response())
+}
+
+pub(crate) async fn get_one(
+    State(app): State<S>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let store = loaded(&app)?.store()?.clone();
+    match blocking(move || store.watch(id)).await? {
+        Some(w) => Ok(Json(w.json()).into_response()),
+        None => Err(ApiError::NotFound(format!("no watch {id}"))),
+    }
+}
+
+pub(crate) async fn delete_one(
+    State(app): State<S>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let store = loaded(&app)?.store()?.clone();
+    if blocking(move || store.watch_delete(id)).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::NotFound(format!("no watch {id}")))
+    }
+}
