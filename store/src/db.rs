@@ -108,6 +108,27 @@ CREATE TABLE watches(
     created_ms INTEGER NOT NULL,
     vector BLOB NOT NULL
 );
+CREATE TABLE alerts(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    watch INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    row INTEGER NOT NULL,
+    camera TEXT NOT NULL,
+    track TEXT,
+    time_ms INTEGER NOT NULL,
+    score REAL NOT NULL,
+    p REAL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX alerts_row ON alerts(row);
+CREATE INDEX alerts_created ON alerts(created_ms);
+CREATE TABLE watch_cooldowns(
+    watch INTEGER NOT NULL,
+    camera TEXT NOT NULL,
+    track TEXT NOT NULL,
+    last_ms INTEGER NOT NULL,
+    PRIMARY KEY(watch, camera, track)
+);
 ";
 
 pub(crate) fn err(ctx: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -1396,4 +1417,132 @@ pub fn watches(
         });
     }
     Ok(out)
+}
+
+// ------------------------------------------------------------------ alerts
+
+/// A stored alert (SPEC §12).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub id: u64,
+    pub watch: u64,
+    pub name: String,
+    pub row: u64,
+    pub camera: String,
+    pub track: Option<String>,
+    pub time_ms: i64,
+    pub score: f64,
+    pub p: Option<f64>,
+    pub created_ms: i64,
+}
+
+impl Alert {
+    /// `{id, watch, name, row, camera, track, time, score, p, created}`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id, "watch": self.watch, "name": self.name, "row": self.row,
+            "camera": self.camera, "track": self.track,
+            "time": crate::time::format(self.time_ms), "score": self.score, "p": self.p,
+            "created": crate::time::format(self.created_ms),
+        })
+    }
+}
+
+/// When `(watch, camera, track)` last alerted (capture time).
+pub fn cooldown(
+    c: &Connection,
+    path: &Path,
+    watch: u64,
+    camera: &str,
+    track: &str,
+) -> Result<Option<i64>, StoreError> {
+    c.prepare_cached(
+        "SELECT last_ms FROM watch_cooldowns WHERE watch = ?1 AND camera = ?2 AND track = ?3",
+    )
+    .map_err(err(path))?
+    .query_row(params![watch as i64, camera, track], |r| r.get(0))
+    .optional()
+    .map_err(err(path))
+}
+
+pub fn set_cooldown(
+    c: &Connection,
+    path: &Path,
+    watch: u64,
+    camera: &str,
+    track: &str,
+    last_ms: i64,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO watch_cooldowns(watch, camera, track, last_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(watch, camera, track) DO UPDATE SET last_ms = excluded.last_ms",
+    )
+    .map_err(err(path))?
+    .execute(params![watch as i64, camera, track, last_ms])
+    .map_err(err(path))?;
+    Ok(())
+}
+
+pub fn alert_insert(
+    c: &Connection,
+    path: &Path,
+    a: &crate::store::matcher::NewAlert,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    c.prepare_cached(
+        "INSERT INTO alerts(watch, name, row, camera, track, time_ms, score, p, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .map_err(err(path))?
+    .execute(params![
+        a.watch as i64,
+        a.name,
+        a.row as i64,
+        a.camera,
+        a.track,
+        a.time_ms,
+        a.score as f64,
+        a.p,
+        now_ms
+    ])
+    .map_err(err(path))?;
+    Ok(c.last_insert_rowid() as u64)
+}
+
+pub fn alerts(
+    c: &Connection,
+    path: &Path,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+    watch: Option<u64>,
+    limit: usize,
+) -> Result<Vec<Alert>, StoreError> {
+    let mut st = c
+        .prepare_cached(
+            "SELECT id, watch, name, row, camera, track, time_ms, score, p, created_ms FROM alerts
+             WHERE (?1 IS NULL OR created_ms >= ?1) AND (?2 IS NULL OR created_ms < ?2)
+               AND (?3 IS NULL OR watch = ?3)
+             ORDER BY id LIMIT ?4",
+        )
+        .map_err(err(path))?;
+    let rows = st
+        .query_map(
+            params![from_ms, to_ms, watch.map(|w| w as i64), limit as i64],
+            |r| {
+                Ok(Alert {
+                    id: r.get::<_, i64>(0)? as u64,
+                    watch: r.get::<_, i64>(1)? as u64,
+                    name: r.get(2)?,
+                    row: r.get::<_, i64>(3)? as u64,
+                    camera: r.get(4)?,
+                    track: r.get(5)?,
+                    time_ms: r.get(6)?,
+                    score: r.get(7)?,
+                    p: r.get(8)?,
+                    created_ms: r.get(9)?,
+                })
+            },
+        )
+        .map_err(err(path))?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(err(path))
 }

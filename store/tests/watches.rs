@@ -161,3 +161,95 @@ fn bad_watches_are_refused_naming_the_field() {
     refused(spec("w"), nan, "not finite");
     assert!(store.watches().unwrap().is_empty());
 }
+
+/// A row on `camera` at `t` s after T0 with embedding e_i, on `track`.
+fn at(camera: &str, t: i64, i: usize, track: Option<&str>) -> sen_store::NewRow {
+    sen_store::NewRow {
+        camera: camera.into(),
+        time_ms: T0 + t * 1000,
+        path: format!("{camera}-{t}.jpg"),
+        embedding: unit(i),
+        track: track.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn new_rows_raise_alerts_in_their_commit_with_cameras_and_cooldowns() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("store");
+    let store = Store::create(&dir, &config(Storage::F32, false)).unwrap();
+    let gate = store
+        .watch_add(
+            WatchSpec {
+                threshold: Threshold::MinScore(0.5),
+                prior: None,
+                cameras: Some(vec!["gate".into()]),
+                cooldown_s: 60,
+                ..spec("e0 at the gate")
+            },
+            unit(0),
+        )
+        .unwrap();
+    let any = store
+        .watch_add(
+            WatchSpec {
+                threshold: Threshold::MinScore(0.5),
+                prior: None,
+                cameras: None,
+                cooldown_s: 60,
+                ..spec("e1 anywhere")
+            },
+            unit(1),
+        )
+        .unwrap();
+    // A min_p watch raises nothing without a calibration (and breaks nothing).
+    store
+        .watch_add(
+            WatchSpec {
+                cameras: None,
+                ..spec("calibrated")
+            },
+            unit(0),
+        )
+        .unwrap();
+    let (first, _) = store
+        .add(vec![
+            at("gate", 0, 0, Some("t1")),  // gate watch: alert
+            at("yard", 0, 0, Some("t2")),  // not its camera: none
+            at("gate", 10, 0, Some("t1")), // same track within 60 s: none
+            at("gate", 10, 2, Some("t3")), // scores 0 with both: none
+            at("yard", 5, 1, None),        // any camera: alert
+            at("yard", 6, 1, None),        // no track: cooldown per row, alert
+        ])
+        .unwrap();
+    let a = store.alerts(None, None, None, 100).unwrap();
+    let got: Vec<(u64, u64)> = a.iter().map(|a| (a.watch, a.row - first)).collect();
+    assert_eq!(got, [(gate, 0), (any, 4), (any, 5)]);
+    assert_eq!(a[0].camera, "gate");
+    assert_eq!(a[0].track.as_deref(), Some("t1"));
+    assert!((a[0].score - 1.0).abs() < 1e-6);
+    assert_eq!(a[0].p, None);
+    assert_eq!(a[0].json()["name"], "e0 at the gate");
+    // The same track 61 s later alerts again; a deleted watch never again.
+    assert!(store.watch_delete(any).unwrap());
+    let (next, _) = store
+        .add(vec![at("gate", 61, 0, Some("t1")), at("yard", 70, 1, None)])
+        .unwrap();
+    let a = store.alerts(None, None, None, 100).unwrap();
+    assert_eq!(a.len(), 4);
+    assert_eq!((a[3].watch, a[3].row), (gate, next));
+    // Filters: by watch, and by creation time.
+    assert_eq!(store.alerts(None, None, Some(any), 100).unwrap().len(), 2);
+    assert_eq!(
+        store.alerts(Some(i64::MAX), None, None, 100).unwrap().len(),
+        0
+    );
+    assert_eq!(store.alerts(None, None, None, 2).unwrap().len(), 2);
+    drop(store);
+    // Alerts and cooldowns are durable with their rows.
+    let store = Store::open(&dir, Mode::Writer).unwrap();
+    assert_eq!(store.alerts(None, None, None, 100).unwrap().len(), 4);
+    store.add(vec![at("gate", 62, 0, Some("t1"))]).unwrap();
+    assert_eq!(store.alerts(None, None, None, 100).unwrap().len(), 4);
+}

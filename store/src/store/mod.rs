@@ -33,6 +33,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 
 mod maintenance;
+pub mod matcher;
 mod snapshot;
 mod types;
 mod writer;
@@ -492,6 +493,27 @@ impl Store {
     /// Delete a watch: it raises nothing from now on. Whether it existed.
     pub fn watch_delete(&self, id: u64) -> Result<bool, StoreError> {
         self.job(|tx| Job::WatchDelete(id, tx))
+    }
+
+    /// Give the writer the score calibration `min_p` watches are judged with (the
+    /// bundle's; None: they raise nothing).
+    pub fn set_score_calibration(
+        &self,
+        cal: Option<Arc<sen_core::scores::bundle::ScoreCalibration>>,
+    ) -> Result<(), StoreError> {
+        self.job(|tx| Job::Calibration(cal, tx))
+    }
+
+    /// Alerts raised, oldest first: those created in `[from_ms, to_ms)` (either end
+    /// open when None), of one watch when given, at most `limit`.
+    pub fn alerts(
+        &self,
+        from_ms: Option<i64>,
+        to_ms: Option<i64>,
+        watch: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<crate::db::Alert>, StoreError> {
+        self.with_reader(|c| db::alerts(c, &self.db_path(), from_ms, to_ms, watch, limit))
     }
 
     /// Every watch, by id.

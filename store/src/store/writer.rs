@@ -26,6 +26,11 @@ pub(super) enum Job {
     Flush(Reply<()>),
     Consumer(String, Option<i64>, Reply<i64>),
     Ping(Reply<()>),
+    /// The score calibration `min_p` watches are judged with.
+    Calibration(
+        Option<Arc<sen_core::scores::bundle::ScoreCalibration>>,
+        Reply<()>,
+    ),
 }
 
 // ------------------------------------------------------------------ writer state
@@ -39,6 +44,8 @@ pub(super) struct State {
     pub(super) chunks: Vec<(Arc<Chunk>, DeadBits)>,
     pub(super) cameras: Arc<Vec<String>>,
     pub(super) camera_index: HashMap<String, u32>,
+    /// Active watches and the score calibration (SPEC §12).
+    pub(super) matcher: super::matcher::Matcher,
 }
 
 pub(super) fn set_bit(words: &mut DeadBits, n: usize, i: usize) {
@@ -93,6 +100,7 @@ impl State {
             chunks: vec![],
             cameras: Arc::new(vec![]),
             camera_index: HashMap::new(),
+            matcher: super::matcher::Matcher::load(c, &path)?,
         };
         // Deleted rows still in segments.
         for id in db::dead_ids(c, &path)? {
@@ -317,6 +325,9 @@ pub(super) fn writer_loop(shared: Arc<Shared>, c: Connection, mut st: State, rx:
                 }
                 Job::Ping(reply) => {
                     let _ = reply.send(db::probe_write(&c, &path));
+                }
+                Job::Calibration(cal, reply) => {
+                    let _ = reply.send(st.matcher.set_calibration(&c, &path, cal));
                 }
                 _ => unreachable!("partitioned"),
             }
@@ -548,6 +559,7 @@ fn commit_group(
     db::begin_write(c, path)?;
     let now = time::now_ms();
     let next_before = st.next_id;
+    let mut watches_changed = false;
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut new_chunks = vec![];
     let mut dead_ids: Vec<u64> = vec![];
@@ -568,10 +580,21 @@ fn commit_group(
                 db::inbox_retry(c, path, *id, *attempts, *next, error)
                     .map(|_| (Outcome::Done(Ok(())), None, vec![]))
             }
-            Job::WatchAdd(w, _) => db::watch_insert(c, path, &w.0, &w.1, now)
-                .map(|id| (Outcome::Id(Ok(id)), None, vec![])),
-            Job::WatchDelete(id, _) => db::watch_delete(c, path, *id)
-                .map(|existed| (Outcome::Existed(Ok(existed)), None, vec![])),
+            Job::WatchAdd(w, _) => db::watch_insert(c, path, &w.0, &w.1, now).map(|id| {
+                watches_changed = true;
+                st.matcher.add(&crate::watch::Watch {
+                    id,
+                    spec: w.0.clone(),
+                    created_ms: now,
+                    vector: w.1.clone(),
+                });
+                (Outcome::Id(Ok(id)), None, vec![])
+            }),
+            Job::WatchDelete(id, _) => db::watch_delete(c, path, *id).map(|existed| {
+                watches_changed = true;
+                st.matcher.remove(*id);
+                (Outcome::Existed(Ok(existed)), None, vec![])
+            }),
             _ => unreachable!("only grouped jobs"),
         });
         match done {
@@ -585,6 +608,9 @@ fn commit_group(
                 // SQLite undid the whole transaction (it may on a full disk):
                 // nothing of the group stands.
                 st.next_id = next_before;
+                if watches_changed {
+                    reload_watches(c, path, st);
+                }
                 return Err(err);
             }
             Err(err) => {
@@ -599,6 +625,9 @@ fn commit_group(
         // Nothing of this group is durable: undo it.
         db::rollback(c);
         st.next_id = next_before;
+        if watches_changed {
+            reload_watches(c, path, st);
+        }
         return Err(err);
     }
     // Durable: make it visible (the caller then acknowledges).
@@ -610,6 +639,13 @@ fn commit_group(
     }
     publish(shared, st);
     Ok(outcomes)
+}
+
+/// The watches as the database has them, after a commit that changed them failed.
+fn reload_watches(c: &Connection, path: &Path, st: &mut State) {
+    if let Err(e) = st.matcher.reload(c, path) {
+        tracing::error!("{}: reading the watches again: {e}", path.display());
+    }
 }
 
 /// The error every job of a group whose transaction failed gets: its kind kept (a
@@ -704,6 +740,8 @@ pub(super) fn add_rows(
         })
         .collect();
     db::insert_rows(c, path, &inserts, now)?;
+    // The alerts these rows raise, in their transaction (SPEC §12).
+    st.matcher.raise(c, path, first, rows, now)?;
     let last = first + rows.len() as u64 - 1;
     st.next_id = last + 1;
     let cams: Vec<u32> = rows.iter().map(|r| st.camera_number(&r.camera)).collect();
