@@ -263,6 +263,67 @@ fn watches_over_http_with_scopes_and_specific_errors() {
         .send()
         .unwrap();
     assert_eq!(gone.status(), 404);
+    // A stored crop, a watch like it, and the same crop again: one alert, in the
+    // history; erasing the row erases it.
+    let crops = synth_crops(d.path(), 3, 1);
+    let add = || -> u64 {
+        let r = c
+            .post(s.at("/v1/images?camera=gate"))
+            .bearer_auth(w)
+            .header("content-type", "image/jpeg")
+            .body(crops[0].1.clone())
+            .send()
+            .unwrap();
+        let st = r.status().as_u16();
+        let v: Value = r.json().unwrap();
+        assert_eq!(st, 201, "{v}");
+        v["id"].as_u64().unwrap()
+    };
+    let first = add();
+    let (st, v) = post(
+        w,
+        json!({"name": "that one", "like": first, "min_score": 0.99}),
+    );
+    assert_eq!(st, 201, "{v}");
+    let like = v["id"].as_u64().unwrap();
+    let again = add();
+    let alerts = |q: &str| -> (u16, Value) {
+        let r = c
+            .get(s.at(&format!("/v1/alerts{q}")))
+            .bearer_auth(r)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+    };
+    let (st, h) = alerts("");
+    assert_eq!(st, 200);
+    let h = h["alerts"].as_array().unwrap().clone();
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(h[0]["watch"], like);
+    assert_eq!(h[0]["row"], again);
+    assert_eq!(h[0]["camera"], "gate");
+    assert!(h[0]["score"].as_f64().unwrap() > 0.99);
+    assert_eq!(
+        alerts(&format!("?watch={}", like + 1)).1["alerts"],
+        json!([])
+    );
+    assert_eq!(
+        alerts("?from=2000-01-01T00:00:00Z").1["alerts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    for bad in ["?from=yesterday", "?limit=0", "?limit=5000", "?colour=red"] {
+        assert_eq!(alerts(bad).0, 422, "{bad}");
+    }
+    let del = c
+        .delete(s.at(&format!("/v1/images/{again}")))
+        .bearer_auth(w)
+        .send()
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    assert_eq!(alerts("").1["alerts"], json!([]));
     let ready = c.get(s.at("/readyz")).send().unwrap();
     assert_eq!(ready.status(), 200);
 }

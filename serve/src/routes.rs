@@ -132,6 +132,13 @@ pub const ROUTES: &[RouteSpec] = &[
         handler: || delete(watches::delete_one),
     },
     RouteSpec {
+        method: "GET",
+        path: "/v1/alerts",
+        scope: Scope::Read,
+        summary: "Alert history: ?from=&to= (creation time), ?watch=ID, ?limit= (100, at most 1000) -> {alerts: [...]}, oldest first",
+        handler: || get(watches::history),
+    },
+    RouteSpec {
         method: "POST",
         path: "/v1/search",
         scope: Scope::Read,

@@ -81,6 +81,11 @@ pub(crate) fn load(app: &Arc<App>) -> Result<Loaded, LoadFailure> {
     enc.text
         .encode(&vec!["a person"; enc.text.profile.opt])
         .map_err(anyhow::Error::from)?;
+    if let Some(s) = &store {
+        // min_p watches are judged with the bundle's calibration.
+        s.set_score_calibration(scores.clone())
+            .map_err(anyhow::Error::from)?;
+    }
     let store = store.map(Arc::new);
     let enc = Arc::new(enc);
     let qcfg = |opt: usize| BatchConfig {

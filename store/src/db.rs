@@ -1546,3 +1546,14 @@ pub fn alerts(
         .map_err(err(path))?;
     rows.collect::<Result<Vec<_>, _>>().map_err(err(path))
 }
+
+/// Remove the alerts of deleted rows (in the deleting transaction).
+pub fn alerts_delete_rows(c: &Connection, path: &Path, ids: &[u64]) -> Result<(), StoreError> {
+    let mut st = c
+        .prepare_cached("DELETE FROM alerts WHERE row = ?1")
+        .map_err(err(path))?;
+    for id in ids {
+        st.execute([*id as i64]).map_err(err(path))?;
+    }
+    Ok(())
+}

@@ -252,4 +252,11 @@ fn new_rows_raise_alerts_in_their_commit_with_cameras_and_cooldowns() {
     assert_eq!(store.alerts(None, None, None, 100).unwrap().len(), 4);
     store.add(vec![at("gate", 62, 0, Some("t1"))]).unwrap();
     assert_eq!(store.alerts(None, None, None, 100).unwrap().len(), 4);
+    // Erasing a row erases its alerts.
+    store
+        .delete(sen_store::Selector::Ids(vec![first + 4]))
+        .unwrap();
+    let a = store.alerts(None, None, None, 100).unwrap();
+    assert_eq!(a.len(), 3);
+    assert!(a.iter().all(|a| a.row != first + 4));
 }

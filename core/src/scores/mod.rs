@@ -193,10 +193,9 @@ impl LrCurve {
             };
             let j = if i == 0 {
                 1
-            } else if i + 1 == blocks.len() {
-                i - 1
-            } else if (blocks[i].q() - blocks[i - 1].q()).abs()
-                <= (blocks[i + 1].q() - blocks[i].q()).abs()
+            } else if i + 1 == blocks.len()
+                || (blocks[i].q() - blocks[i - 1].q()).abs()
+                    <= (blocks[i + 1].q() - blocks[i].q()).abs()
             {
                 i - 1
             } else {

@@ -146,3 +146,42 @@ pub(crate) async fn delete_one(
         Err(ApiError::NotFound(format!("no watch {id}")))
     }
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertParams {
+    from: Option<String>,
+    to: Option<String>,
+    watch: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// The most alerts one history request returns.
+const MAX_ALERTS: usize = 1000;
+
+/// `GET /v1/alerts?from=&to=&watch=&limit=`: alerts created in `[from, to)`, oldest
+/// first (RFC 3339 or Unix ms, as search filters take them).
+pub(crate) async fn history(
+    State(app): State<S>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let p: AlertParams = crate::extract::query(&uri)?;
+    let time = |what: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| sen_store::time::parse(what, s))
+            .transpose()
+            .map_err(|e| ApiError::Invalid(e.to_string()))
+    };
+    let (from, to) = (time("from", &p.from)?, time("to", &p.to)?);
+    let limit = p.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_ALERTS {
+        return Err(ApiError::Invalid(format!(
+            "limit {limit}: 1 to {MAX_ALERTS}"
+        )));
+    }
+    let store = loaded(&app)?.store()?.clone();
+    let watch = p.watch;
+    let alerts = blocking(move || store.alerts(from, to, watch, limit)).await?;
+    let v: Vec<serde_json::Value> = alerts.iter().map(|a| a.json()).collect();
+    Ok(Json(serde_json::json!({ "alerts": v })).into_response())
+}

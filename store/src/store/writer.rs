@@ -835,6 +835,8 @@ pub(super) fn delete_rows(
 ) -> Result<Vec<u64>, StoreError> {
     let ids = selected(c, path, sel)?;
     db::delete_rows(c, path, &ids, &|id| st.in_segment(id), now)?;
+    // Erasure wins: a deleted row's alerts go with it, delivered or not.
+    db::alerts_delete_rows(c, path, &ids)?;
     Ok(ids)
 }
 

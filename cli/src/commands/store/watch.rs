@@ -12,7 +12,7 @@ use std::path::PathBuf;
 #[derive(clap::Subcommand, Debug)]
 pub enum WatchCommand {
     /// Add a watch: a description (or a row, or a track) that raises alerts on new rows.
-    Add(WatchAddArgs),
+    Add(Box<WatchAddArgs>),
     /// List the store's watches.
     List {
         dir: PathBuf,
@@ -69,7 +69,7 @@ pub struct WatchAddArgs {
 
 pub fn run(cmd: WatchCommand) -> Result<()> {
     match cmd {
-        WatchCommand::Add(a) => add(a),
+        WatchCommand::Add(a) => add(*a),
         WatchCommand::List { dir, json } => {
             let store = Store::open(&dir, Mode::Reader)?;
             let ws = store.watches()?;
