@@ -260,3 +260,69 @@ fn new_rows_raise_alerts_in_their_commit_with_cameras_and_cooldowns() {
     assert_eq!(a.len(), 3);
     assert!(a.iter().all(|a| a.row != first + 4));
 }
+
+/// What 1,000 active watches cost the writer: rows per second added in batches of 32
+/// (512-value rows, as ViT-B/16's) with no watch and with 1,000 (none of which
+/// fires). Run with `cargo test --release -p sen-store --test watches -- --ignored
+/// --nocapture`; a measurement, not a check.
+#[test]
+#[ignore = "a measurement: run by hand with --release"]
+fn ingest_cost_of_a_thousand_watches() {
+    const D: usize = 512;
+    let rate = |watches: usize| -> f64 {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::create(
+            &d.path().join("s"),
+            &sen_store::StoreConfig {
+                dim: D,
+                ..config(Storage::F16, false)
+            },
+        )
+        .unwrap();
+        let mut rng = sen_core::rng::Rng::new(7);
+        let mut vector = || {
+            let mut v: Vec<f32> = (0..D).map(|_| rng.normal() as f32).collect();
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= n);
+            v
+        };
+        for i in 0..watches {
+            store
+                .watch_add(
+                    WatchSpec {
+                        threshold: Threshold::MinScore(0.9),
+                        prior: None,
+                        cameras: None,
+                        ..spec(&format!("w{i}"))
+                    },
+                    vector(),
+                )
+                .unwrap();
+        }
+        let batches: Vec<Vec<sen_store::NewRow>> = (0..100)
+            .map(|b| {
+                (0..32)
+                    .map(|i| sen_store::NewRow {
+                        camera: "gate".into(),
+                        time_ms: T0 + (b * 32 + i) as i64,
+                        path: format!("{b}-{i}.jpg"),
+                        embedding: vector(),
+                        ..Default::default()
+                    })
+                    .collect()
+            })
+            .collect();
+        let t = std::time::Instant::now();
+        for b in batches {
+            store.add(b).unwrap();
+        }
+        3200.0 / t.elapsed().as_secs_f64()
+    };
+    for round in 0..2 {
+        let (none, many) = (rate(0), rate(1000));
+        eprintln!(
+            "round {round}: {none:.0} rows/s with no watch, {many:.0} with 1,000 ({:+.1}%)",
+            (many / none - 1.0) * 100.0
+        );
+    }
+}

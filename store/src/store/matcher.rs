@@ -124,23 +124,33 @@ impl Matcher {
         rows: &[NewRow],
         now: i64,
     ) -> Result<Vec<NewAlert>, StoreError> {
-        if self.watches.is_empty() {
+        if self.watches.is_empty() || rows.is_empty() {
             return Ok(vec![]);
         }
         let kernel = Kernel::active().map_err(|e| StoreError::Input(e.to_string()))?;
-        let mut scores = vec![0.0f32; self.watches.len()];
+        let d = rows[0].embedding.len();
+        if self.vectors.len() != self.watches.len() * d {
+            return Err(StoreError::Damaged(format!(
+                "{}: watch vectors do not match the rows' {d} values",
+                path.display()
+            )));
+        }
+        // The batch's rows stay in cache while each watch vector passes once:
+        // scores[w * n + i] = <watch w, row i>.
+        let n = rows.len();
+        let flat: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| r.embedding.iter().copied())
+            .collect();
+        let mut all = vec![0.0f32; self.watches.len() * n];
+        for (w, out) in self.vectors.chunks_exact(d).zip(all.chunks_exact_mut(n)) {
+            kernel.dots_f32(w, &flat, out);
+        }
         let mut out = vec![];
         for (i, r) in rows.iter().enumerate() {
-            if self.vectors.len() != self.watches.len() * r.embedding.len() {
-                return Err(StoreError::Damaged(format!(
-                    "{}: watch vectors do not match the row's {} values",
-                    path.display(),
-                    r.embedding.len()
-                )));
-            }
-            kernel.dots_f32(&r.embedding, &self.vectors, &mut scores);
+            let scores = (0..self.watches.len()).map(|w| all[w * n + i]);
             let id = first + i as u64;
-            for (w, &s) in self.watches.iter().zip(&scores) {
+            for (w, s) in self.watches.iter().zip(scores) {
                 if w.cameras.as_ref().is_some_and(|cs| !cs.contains(&r.camera)) {
                     continue;
                 }
