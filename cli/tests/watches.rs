@@ -327,3 +327,187 @@ fn watches_over_http_with_scopes_and_specific_errors() {
     let ready = c.get(s.at("/readyz")).send().unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+/// What the receiver recorded: `(X-Sen-Alert-Id, X-Sen-Signature, body)` per POST.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A webhook receiver on a loopback port: records `(alert id, signature, body)` of
+/// each POST; answers 503 while `down`.
+struct Receiver {
+    port: u16,
+    got: Received,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (g, dn) = (got.clone(), down.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut headers = std::collections::HashMap::new();
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() {
+                    continue;
+                }
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.trim_end().split_once(':') {
+                        headers.insert(k.to_ascii_lowercase(), v.trim().to_string());
+                    }
+                }
+                let n: usize = headers
+                    .get("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0u8; n];
+                if r.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let status = if dn.load(std::sync::atomic::Ordering::SeqCst) {
+                    "503 Service Unavailable"
+                } else {
+                    g.lock().unwrap().push((
+                        headers.get("x-sen-alert-id").cloned().unwrap_or_default(),
+                        headers.get("x-sen-signature").cloned().unwrap_or_default(),
+                        body,
+                    ));
+                    "200 OK"
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        Receiver { port, got, down }
+    }
+}
+
+/// HMAC-SHA256 by Python's `hmac` (an implementation independent of sen's).
+fn python_hmac(key: &[u8], body: &[u8], dir: &std::path::Path) -> Option<String> {
+    let (k, b) = (dir.join("hmac.key"), dir.join("hmac.body"));
+    std::fs::write(&k, key).unwrap();
+    std::fs::write(&b, body).unwrap();
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import hmac,hashlib,sys; print(hmac.new(open(sys.argv[1],'rb').read(), open(sys.argv[2],'rb').read(), hashlib.sha256).hexdigest())",
+        ])
+        .arg(&k)
+        .arg(&b)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn webhooks_get_every_alert_signed_through_an_outage_and_a_kill() {
+    use sen_testing::{Serve, client};
+    use serde_json::json;
+    let d = tempfile::tempdir().unwrap();
+    let bundle = tiny_bundle(d.path(), 5);
+    let secret = b"s3cret-webhook-key-0123456789";
+    let sf = d.path().join("secret");
+    std::fs::write(&sf, [&secret[..], b"\n"].concat()).unwrap();
+    let rx = Receiver::start();
+    let launch = || {
+        Serve::launch(SEN, &bundle)
+            .store(&d.path().join("store"))
+            .args([
+                "--alert-webhook",
+                &format!("http://127.0.0.1:{}/hook", rx.port),
+                "--alert-webhook-secret",
+                sf.to_str().unwrap(),
+                "--alert-retry-for",
+                "60",
+            ])
+            .start()
+    };
+    let s = launch();
+    let c = client();
+    let crops = synth_crops(d.path(), 3, 1);
+    let add = |s: &Serve, camera: &str| -> u64 {
+        let r = c
+            .post(s.at(&format!("/v1/images?camera={camera}")))
+            .header("content-type", "image/jpeg")
+            .body(crops[0].1.clone())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().unwrap()["id"].as_u64().unwrap()
+    };
+    let first = add(&s, "gate");
+    let r = c
+        .post(s.at("/v1/watches"))
+        .json(&json!({"name": "that one", "like": first, "min_score": 0.99}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Two alerts while the receiver answers 503.
+    let rows = [add(&s, "gate"), add(&s, "yard")];
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(rx.got.lock().unwrap().is_empty());
+    rx.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let wait_for = |n: usize| {
+        let t = std::time::Instant::now();
+        loop {
+            let ids: std::collections::BTreeSet<String> =
+                rx.got.lock().unwrap().iter().map(|g| g.0.clone()).collect();
+            if ids.len() >= n {
+                return ids;
+            }
+            assert!(t.elapsed() < std::time::Duration::from_secs(60), "{ids:?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let t = std::time::Instant::now();
+    while rx.got.lock().unwrap().len() < 2 {
+        assert!(t.elapsed() < std::time::Duration::from_secs(60), "{}", s.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A SIGKILL, then a third alert: delivered after the restart.
+    s.signal("-KILL");
+    drop(s);
+    let s = launch();
+    let third = add(&s, "door");
+    let ids = wait_for(3);
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    drop(s);
+    let got = rx.got.lock().unwrap().clone();
+    let mut by_id: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+    for (id, sig, body) in &got {
+        // Every delivery of one id carries the same body; it verifies independently.
+        if let Some(b) = by_id.insert(id.clone(), body.clone()) {
+            assert_eq!(&b, body, "alert {id} changed between deliveries");
+        }
+        let v: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["id"].as_u64().unwrap().to_string(), *id);
+        let want = format!("sha256={}", sen_serve::alerts::signature(secret, body));
+        assert_eq!(sig, &want);
+        if let Some(py) = python_hmac(secret, body, d.path()) {
+            assert_eq!(sig, &format!("sha256={py}"));
+        }
+    }
+    let alerted: Vec<u64> = by_id
+        .values()
+        .map(|b| {
+            serde_json::from_slice::<Value>(b).unwrap()["row"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(alerted, [rows[0], rows[1], third]);
+}

@@ -16,6 +16,7 @@
 //! accepting, finish or refuse (503) what is queued, close the store and exit 0
 //! within `--shutdown-timeout`.
 
+pub mod alerts;
 pub mod auth;
 pub mod batch;
 pub mod central;
@@ -148,6 +149,14 @@ async fn serve(app: Arc<App>) -> Result<()> {
         tokio::task::spawn_blocking(move || match start::load(&app) {
             Ok(l) => {
                 let _ = app.loaded.set(l);
+                if let Err(e) = alerts::start(&app) {
+                    tracing::error!("cannot start alert delivery: {e:#}");
+                    *app.load_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(format!("--alert-webhook: {e:#}"));
+                    app.stopping.store(true, Ordering::SeqCst);
+                    let _ = stop.send(true);
+                    return;
+                }
                 if let Err(e) = sources::start(&app) {
                     tracing::error!("cannot start the source: {e:#}");
                     *app.load_error.lock().unwrap_or_else(|e| e.into_inner()) =

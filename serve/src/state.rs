@@ -59,6 +59,8 @@ pub struct ServeConfig {
     pub thumb_cache_bytes: usize,
     /// `--source`: crops from Frigate or DeepStream over MQTT.
     pub source: Option<sen_sources::SourceConfig>,
+    /// `--alert-*`: where alerts are delivered (None: kept in the store only).
+    pub alerts: Option<crate::alerts::AlertConfig>,
 }
 
 /// A central search node's backend (`--search-backend`, `--boxes`).

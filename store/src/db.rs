@@ -122,6 +122,14 @@ CREATE TABLE alerts(
 );
 CREATE INDEX alerts_row ON alerts(row);
 CREATE INDEX alerts_created ON alerts(created_ms);
+CREATE TABLE alert_sinks(sink TEXT PRIMARY KEY, delivered INTEGER NOT NULL);
+CREATE TABLE alert_failures(
+    alert INTEGER NOT NULL,
+    sink TEXT NOT NULL,
+    error TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY(alert, sink)
+);
 CREATE TABLE watch_cooldowns(
     watch INTEGER NOT NULL,
     camera TEXT NOT NULL,
@@ -1509,25 +1517,33 @@ pub fn alert_insert(
     Ok(c.last_insert_rowid() as u64)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn alerts(
     c: &Connection,
     path: &Path,
     from_ms: Option<i64>,
     to_ms: Option<i64>,
     watch: Option<u64>,
+    after: u64,
     limit: usize,
 ) -> Result<Vec<Alert>, StoreError> {
     let mut st = c
         .prepare_cached(
             "SELECT id, watch, name, row, camera, track, time_ms, score, p, created_ms FROM alerts
              WHERE (?1 IS NULL OR created_ms >= ?1) AND (?2 IS NULL OR created_ms < ?2)
-               AND (?3 IS NULL OR watch = ?3)
+               AND (?3 IS NULL OR watch = ?3) AND id > ?5
              ORDER BY id LIMIT ?4",
         )
         .map_err(err(path))?;
     let rows = st
         .query_map(
-            params![from_ms, to_ms, watch.map(|w| w as i64), limit as i64],
+            params![
+                from_ms,
+                to_ms,
+                watch.map(|w| w as i64),
+                limit as i64,
+                after as i64
+            ],
             |r| {
                 Ok(Alert {
                     id: r.get::<_, i64>(0)? as u64,
@@ -1556,4 +1572,72 @@ pub fn alerts_delete_rows(c: &Connection, path: &Path, ids: &[u64]) -> Result<()
         st.execute([*id as i64]).map_err(err(path))?;
     }
     Ok(())
+}
+
+/// The last alert id a sink confirmed (0: none yet). A sink seen for the first time
+/// starts after the newest alert: it is not sent the history.
+pub fn alert_cursor(c: &Connection, path: &Path, sink: &str) -> Result<u64, StoreError> {
+    let have: Option<i64> = c
+        .prepare_cached("SELECT delivered FROM alert_sinks WHERE sink = ?1")
+        .map_err(err(path))?
+        .query_row([sink], |r| r.get(0))
+        .optional()
+        .map_err(err(path))?;
+    if let Some(d) = have {
+        return Ok(d as u64);
+    }
+    let newest: i64 = c
+        .prepare_cached("SELECT coalesce(max(id), 0) FROM alerts")
+        .map_err(err(path))?
+        .query_row([], |r| r.get(0))
+        .map_err(err(path))?;
+    set_alert_cursor(c, path, sink, newest as u64)?;
+    Ok(newest as u64)
+}
+
+pub fn set_alert_cursor(
+    c: &Connection,
+    path: &Path,
+    sink: &str,
+    id: u64,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO alert_sinks(sink, delivered) VALUES (?1, ?2)
+         ON CONFLICT(sink) DO UPDATE SET delivered = max(delivered, excluded.delivered)",
+    )
+    .map_err(err(path))?
+    .execute(params![sink, id as i64])
+    .map_err(err(path))?;
+    Ok(())
+}
+
+/// An alert a sink gave up on (after its retries), with why.
+pub fn alert_failed(
+    c: &Connection,
+    path: &Path,
+    sink: &str,
+    alert: u64,
+    error: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO alert_failures(alert, sink, error, at_ms) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .map_err(err(path))?
+    .execute(params![alert as i64, sink, error, now_ms])
+    .map_err(err(path))?;
+    Ok(())
+}
+
+/// How many alerts each sink gave up on.
+pub fn alert_failures(c: &Connection, path: &Path) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut st = c
+        .prepare_cached("SELECT sink, count(*) FROM alert_failures GROUP BY sink ORDER BY sink")
+        .map_err(err(path))?;
+    let rows = st
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .map_err(err(path))?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(err(path))
 }

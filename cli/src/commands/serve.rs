@@ -2,7 +2,7 @@
 
 use crate::common::ProviderArgs;
 use anyhow::{Context, Result, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -136,6 +136,76 @@ pub struct ServeArgs {
     provider: ProviderArgs,
     #[command(flatten)]
     source: SourceArgs,
+    #[command(flatten)]
+    alerts: AlertArgs,
+}
+
+/// Where alerts (SPEC §12) are delivered, at least once.
+#[derive(clap::Args, Debug)]
+pub struct AlertArgs {
+    /// POST every alert's JSON here (repeatable), retried until confirmed with a 2xx.
+    #[arg(long = "alert-webhook", value_name = "URL")]
+    alert_webhooks: Vec<String>,
+    /// Sign webhook bodies with the secret in FILE: `X-Sen-Signature: sha256=HEX`
+    /// (HMAC-SHA256 of the exact body).
+    #[arg(long, value_name = "FILE")]
+    alert_webhook_secret: Option<PathBuf>,
+    /// How long one alert is retried before it is given up on (seconds; recorded in
+    /// /v1/stats).
+    #[arg(long, default_value_t = 3600.0, value_name = "S")]
+    alert_retry_for: f64,
+}
+
+impl AlertArgs {
+    fn config(&self, store: Option<&Path>) -> Result<Option<sen_serve::alerts::AlertConfig>> {
+        if self.alert_webhooks.is_empty() {
+            if self.alert_webhook_secret.is_some() {
+                bail!(
+                    "--alert-webhook-secret signs --alert-webhook deliveries: give --alert-webhook URL too"
+                );
+            }
+            return Ok(None);
+        }
+        if store.is_none() {
+            bail!("--alert-webhook needs --store: alerts are raised by a box's store");
+        }
+        let mut webhooks = vec![];
+        for u in &self.alert_webhooks {
+            let url = sen_serve::alerts::Url::parse(u)
+                .with_context(|| format!("--alert-webhook {u:?}: not a URL"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                bail!("--alert-webhook {u:?}: http:// or https:// only");
+            }
+            webhooks.push(url);
+        }
+        let secret = match &self.alert_webhook_secret {
+            Some(f) => {
+                let s = std::fs::read(f)
+                    .with_context(|| format!("--alert-webhook-secret {}", f.display()))?;
+                let s = s.trim_ascii_end().to_vec();
+                if s.len() < 16 {
+                    bail!(
+                        "--alert-webhook-secret {}: at least 16 bytes (it has {})",
+                        f.display(),
+                        s.len()
+                    );
+                }
+                Some(s)
+            }
+            None => None,
+        };
+        if !(self.alert_retry_for > 0.0 && self.alert_retry_for.is_finite()) {
+            bail!(
+                "--alert-retry-for {}: a positive number of seconds",
+                self.alert_retry_for
+            );
+        }
+        Ok(Some(sen_serve::alerts::AlertConfig {
+            webhooks,
+            secret,
+            retry_for: std::time::Duration::from_secs_f64(self.alert_retry_for),
+        }))
+    }
 }
 
 /// Crops from a pipeline over MQTT (SPEC §12; README "Sources"). Credentials come
@@ -377,6 +447,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         crops: !a.no_crops,
         thumb_cache_bytes: 64 << 20,
         source: a.source.config(a.store.as_deref(), a.max_body_mib << 20)?,
+        alerts: a.alerts.config(a.store.as_deref())?,
     };
     sen_serve::run(cfg)
 }

@@ -513,7 +513,38 @@ impl Store {
         watch: Option<u64>,
         limit: usize,
     ) -> Result<Vec<crate::db::Alert>, StoreError> {
-        self.with_reader(|c| db::alerts(c, &self.db_path(), from_ms, to_ms, watch, limit))
+        self.with_reader(|c| db::alerts(c, &self.db_path(), from_ms, to_ms, watch, 0, limit))
+    }
+
+    /// Alerts after id `after`, oldest first, at most `limit` (what a sink delivers
+    /// next; erased rows' alerts are gone from here).
+    pub fn alerts_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::db::Alert>, StoreError> {
+        self.with_reader(|c| db::alerts(c, &self.db_path(), None, None, None, after, limit))
+    }
+
+    /// The last alert a sink confirmed (a new sink starts after the newest alert).
+    pub fn alert_cursor(&self, sink: &str) -> Result<u64, StoreError> {
+        self.job(|tx| Job::AlertCursor(sink.to_string(), None, tx))
+    }
+
+    /// A sink confirmed every alert up to `id` (`failed`: it gave up on `id`, with
+    /// this error, recorded in the same transaction).
+    pub fn alert_delivered(
+        &self,
+        sink: &str,
+        id: u64,
+        failed: Option<String>,
+    ) -> Result<u64, StoreError> {
+        self.job(|tx| Job::AlertCursor(sink.to_string(), Some((id, failed)), tx))
+    }
+
+    /// How many alerts each sink gave up on.
+    pub fn alert_failures(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with_reader(|c| db::alert_failures(c, &self.db_path()))
     }
 
     /// Every watch, by id.

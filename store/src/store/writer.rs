@@ -26,6 +26,9 @@ pub(super) enum Job {
     Flush(Reply<()>),
     Consumer(String, Option<i64>, Reply<i64>),
     Ping(Reply<()>),
+    /// A sink's delivery cursor: read (None), or moved to an id (with the error it
+    /// gave up with, when it did).
+    AlertCursor(String, Option<(u64, Option<String>)>, Reply<u64>),
     /// The score calibration `min_p` watches are judged with.
     Calibration(
         Option<Arc<sen_core::scores::bundle::ScoreCalibration>>,
@@ -325,6 +328,9 @@ pub(super) fn writer_loop(shared: Arc<Shared>, c: Connection, mut st: State, rx:
                 }
                 Job::Ping(reply) => {
                     let _ = reply.send(db::probe_write(&c, &path));
+                }
+                Job::AlertCursor(sink, to, reply) => {
+                    let _ = reply.send(alert_cursor(&c, &path, &sink, to));
                 }
                 Job::Calibration(cal, reply) => {
                     let _ = reply.send(st.matcher.set_calibration(&c, &path, cal));
@@ -919,4 +925,29 @@ pub(super) fn consumer(
         Some(s) => db::set_consumer(c, path, name, s, now).map(|_| s),
         None => db::consumer(c, path, name, now),
     }
+}
+
+/// Read a sink's cursor, or move it (recording a give-up) in one transaction.
+fn alert_cursor(
+    c: &Connection,
+    path: &Path,
+    sink: &str,
+    to: Option<(u64, Option<String>)>,
+) -> Result<u64, StoreError> {
+    db::begin_write(c, path)?;
+    let r = (|| match &to {
+        None => db::alert_cursor(c, path, sink),
+        Some((id, failed)) => {
+            if let Some(e) = failed {
+                db::alert_failed(c, path, sink, *id, e, time::now_ms())?;
+            }
+            db::set_alert_cursor(c, path, sink, *id)?;
+            Ok(*id)
+        }
+    })()
+    .and_then(|v| db::commit(c, path).map(|_| v));
+    if r.is_err() {
+        db::rollback(c);
+    }
+    r
 }
