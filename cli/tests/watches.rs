@@ -475,7 +475,11 @@ fn webhooks_get_every_alert_signed_through_an_outage_and_a_kill() {
     };
     let t = std::time::Instant::now();
     while rx.got.lock().unwrap().len() < 2 {
-        assert!(t.elapsed() < std::time::Duration::from_secs(60), "{}", s.log());
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "{}",
+            s.log()
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     // A SIGKILL, then a third alert: delivered after the restart.
@@ -510,4 +514,106 @@ fn webhooks_get_every_alert_signed_through_an_outage_and_a_kill() {
         })
         .collect();
     assert_eq!(alerted, [rows[0], rows[1], third]);
+}
+
+/// Read SSE `alert` events (id, data) from a streaming response until `n` arrived
+/// (bounded by the client's timeout).
+fn sse_events(r: reqwest::blocking::Response, n: usize) -> Vec<(u64, Value)> {
+    use std::io::{BufRead, BufReader};
+    let mut out = vec![];
+    let (mut id, mut data) = (None, None);
+    for line in BufReader::new(r).lines() {
+        let line = line.expect("the stream stays open until n events");
+        if let Some(v) = line.strip_prefix("id:") {
+            id = v.trim().parse::<u64>().ok();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data = serde_json::from_str::<Value>(v.trim()).ok();
+        } else if line.is_empty()
+            && let (Some(i), Some(d)) = (id.take(), data.take())
+        {
+            out.push((i, d));
+            if out.len() == n {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_alert_stream_resumes_from_last_event_id_and_is_bounded() {
+    use sen_testing::Serve;
+    use serde_json::json;
+    let d = tempfile::tempdir().unwrap();
+    let bundle = tiny_bundle(d.path(), 5);
+    let s = Serve::launch(SEN, &bundle)
+        .store(&d.path().join("store"))
+        .args(["--max-streams", "1", "--request-timeout", "2"])
+        .start();
+    let c = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let crops = synth_crops(d.path(), 3, 1);
+    let add = |camera: &str| -> u64 {
+        let r = c
+            .post(s.at(&format!("/v1/images?camera={camera}")))
+            .header("content-type", "image/jpeg")
+            .body(crops[0].1.clone())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().unwrap()["id"].as_u64().unwrap()
+    };
+    let first = add("gate");
+    let r = c
+        .post(s.at("/v1/watches"))
+        .json(&json!({"name": "that one", "like": first, "min_score": 0.99}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // A live stream: only what comes after it opened.
+    let before = add("gate");
+    let live = c.get(s.at("/v1/alerts/stream")).send().unwrap();
+    assert_eq!(live.status(), 200);
+    assert_eq!(
+        live.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    // One stream is the limit here.
+    let second = c.get(s.at("/v1/alerts/stream")).send().unwrap();
+    assert_eq!(second.status(), 503);
+    let rows: Vec<u64> = ["gate", "yard", "door"].iter().map(|c| add(c)).collect();
+    // Past --request-timeout (2 s), the stream still delivers.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let got = sse_events(live, 1);
+    assert_eq!(got[0].1["row"], rows[0], "{got:?}");
+    let seen = got[0].0;
+    // A client that went away frees its stream once the server notices (at the
+    // latest at the next heartbeat): reconnect as a client would, bounded.
+    let open = |last: &str| {
+        let t = std::time::Instant::now();
+        loop {
+            let r = c
+                .get(s.at("/v1/alerts/stream"))
+                .header("last-event-id", last)
+                .send()
+                .unwrap();
+            if r.status() != 503 || t.elapsed() > std::time::Duration::from_secs(40) {
+                return r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    };
+    // Reconnect after the first: the rest, each once, in order.
+    let r = open(&seen.to_string());
+    assert_eq!(r.status(), 200);
+    let rest = sse_events(r, 2);
+    let got_rows: Vec<u64> = rest.iter().map(|e| e.1["row"].as_u64().unwrap()).collect();
+    assert_eq!(got_rows, [rows[1], rows[2]]);
+    assert!(rest[0].0 > seen && rest[1].0 > rest[0].0);
+    // From the start: the one before the live stream too.
+    let all = sse_events(open("0"), 4);
+    assert_eq!(all[0].1["row"], before);
+    assert_eq!(open("yesterday").status(), 422);
 }

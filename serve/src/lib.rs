@@ -113,6 +113,7 @@ pub fn run(cfg: ServeConfig) -> Result<()> {
         metrics: Arc::new(metrics::Metrics::new()),
         keys,
         decode_slots: tokio::sync::Semaphore::new(workers),
+        streams: Arc::new(tokio::sync::Semaphore::new(cfg.max_streams)),
         thumbs: Mutex::new(handlers::images::ThumbCache::new(cfg.thumb_cache_bytes)),
         source: OnceLock::new(),
         cfg,

@@ -133,6 +133,13 @@ pub const ROUTES: &[RouteSpec] = &[
     },
     RouteSpec {
         method: "GET",
+        path: "/v1/alerts/stream",
+        scope: Scope::Read,
+        summary: "Live alerts as Server-Sent Events (event `alert`, id = alert id); resumable with Last-Event-ID; a heartbeat every 15 s; at most --max-streams open",
+        handler: || get(watches::stream),
+    },
+    RouteSpec {
+        method: "GET",
         path: "/v1/alerts",
         scope: Scope::Read,
         summary: "Alert history: ?from=&to= (creation time), ?watch=ID, ?limit= (100, at most 1000) -> {alerts: [...]}, oldest first",

@@ -59,6 +59,8 @@ pub struct ServeConfig {
     pub thumb_cache_bytes: usize,
     /// `--source`: crops from Frigate or DeepStream over MQTT.
     pub source: Option<sen_sources::SourceConfig>,
+    /// Open alert streams (`GET /v1/alerts/stream`) at once.
+    pub max_streams: usize,
     /// `--alert-*`: where alerts are delivered (None: kept in the store only).
     pub alerts: Option<crate::alerts::AlertConfig>,
 }
@@ -138,6 +140,8 @@ pub struct App {
     pub keys: Option<auth::Keys>,
     /// Decoding and preprocessing run on the blocking pool, this many at a time.
     pub decode_slots: tokio::sync::Semaphore,
+    /// Open alert streams, up to `--max-streams`.
+    pub streams: Arc<tokio::sync::Semaphore>,
     pub thumbs: Mutex<handlers::images::ThumbCache>,
     /// The running `--source`, once loaded.
     pub source: OnceLock<sen_sources::Source>,

@@ -1641,3 +1641,12 @@ pub fn alert_failures(c: &Connection, path: &Path) -> Result<Vec<(String, u64)>,
         .map_err(err(path))?;
     rows.collect::<Result<Vec<_>, _>>().map_err(err(path))
 }
+
+/// The newest alert's id (0: none).
+pub fn newest_alert(c: &Connection, path: &Path) -> Result<u64, StoreError> {
+    c.prepare_cached("SELECT coalesce(max(id), 0) FROM alerts")
+        .map_err(err(path))?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map(|v| v as u64)
+        .map_err(err(path))
+}

@@ -154,6 +154,9 @@ pub struct AlertArgs {
     /// /v1/stats).
     #[arg(long, default_value_t = 3600.0, value_name = "S")]
     alert_retry_for: f64,
+    /// Live alert streams (GET /v1/alerts/stream) open at once; past it, 503.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    max_streams: usize,
 }
 
 impl AlertArgs {
@@ -448,6 +451,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         thumb_cache_bytes: 64 << 20,
         source: a.source.config(a.store.as_deref(), a.max_body_mib << 20)?,
         alerts: a.alerts.config(a.store.as_deref())?,
+        max_streams: a.alerts.max_streams,
     };
     sen_serve::run(cfg)
 }

@@ -185,3 +185,91 @@ pub(crate) async fn history(
     let v: Vec<serde_json::Value> = alerts.iter().map(|a| a.json()).collect();
     Ok(Json(serde_json::json!({ "alerts": v })).into_response())
 }
+
+/// How often an open stream looks for new alerts.
+const STREAM_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// `GET /v1/alerts/stream`: Server-Sent Events, one `alert` event per alert with its
+/// id as the event id, from after `Last-Event-ID` (a reconnecting client misses
+/// nothing and sees nothing twice) or, without it, from now; a comment every 15 s
+/// keeps proxies from closing it. The response is made at once, so the request
+/// timeout does not cut the stream; `--max-streams` bounds how many are open.
+pub(crate) async fn stream(
+    State(app): State<S>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let store = loaded(&app)?.store()?.clone();
+    let last = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::Invalid("Last-Event-ID: an alert id (a whole number)".into())
+                })?,
+        ),
+        None => None,
+    };
+    let permit = app.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Unavailable(format!(
+            "{} alert streams are open, the most --max-streams allows; retry later",
+            app.cfg.max_streams
+        ))
+    })?;
+    let cursor = match last {
+        Some(id) => id,
+        None => {
+            let s = store.clone();
+            blocking(move || s.newest_alert()).await?
+        }
+    };
+    struct St {
+        store: std::sync::Arc<sen_store::Store>,
+        cursor: u64,
+        ready: std::collections::VecDeque<sen_store::db::Alert>,
+        app: S,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    }
+    let st = St {
+        store,
+        cursor,
+        ready: Default::default(),
+        app: app.clone(),
+        _permit: permit,
+    };
+    let events = futures::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(a) = st.ready.pop_front() {
+                let ev = Event::default()
+                    .id(a.id.to_string())
+                    .event("alert")
+                    .data(a.json().to_string());
+                return Some((Ok::<_, std::convert::Infallible>(ev), st));
+            }
+            if st.app.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return None;
+            }
+            let (s, c) = (st.store.clone(), st.cursor);
+            match tokio::task::spawn_blocking(move || s.alerts_after(c, 64)).await {
+                Ok(Ok(next)) if !next.is_empty() => {
+                    st.cursor = next.last().map_or(st.cursor, |a| a.id);
+                    st.ready.extend(next);
+                }
+                Ok(Ok(_)) => tokio::time::sleep(STREAM_POLL).await,
+                Ok(Err(e)) => {
+                    tracing::warn!("alert stream: reading alerts: {e}");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(_) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(events)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(std::time::Duration::from_secs(15))
+                .text("heartbeat"),
+        )
+        .into_response())
+}

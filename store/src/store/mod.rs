@@ -526,6 +526,11 @@ impl Store {
         self.with_reader(|c| db::alerts(c, &self.db_path(), None, None, None, after, limit))
     }
 
+    /// The newest alert's id (0: none yet).
+    pub fn newest_alert(&self) -> Result<u64, StoreError> {
+        self.with_reader(|c| db::newest_alert(c, &self.db_path()))
+    }
+
     /// The last alert a sink confirmed (a new sink starts after the newest alert).
     pub fn alert_cursor(&self, sink: &str) -> Result<u64, StoreError> {
         self.job(|tx| Job::AlertCursor(sink.to_string(), None, tx))
