@@ -617,3 +617,80 @@ fn the_alert_stream_resumes_from_last_event_id_and_is_bounded() {
     assert_eq!(all[0].1["row"], before);
     assert_eq!(open("yesterday").status(), 422);
 }
+
+#[test]
+fn alerts_are_published_on_the_prefix_at_qos_1() {
+    use sen_testing::Serve;
+    use sen_testing::mqtt::{Broker, Subscriber};
+    use serde_json::json;
+    let d = tempfile::tempdir().unwrap();
+    let Some(broker) = Broker::start(d.path()) else {
+        return;
+    };
+    let bundle = tiny_bundle(d.path(), 5);
+    let sub = Subscriber::connect(broker.port, "home-assistant", "box1/alerts");
+    let s = Serve::launch(SEN, &bundle)
+        .store(&d.path().join("store"))
+        .args([
+            "--alert-mqtt",
+            &broker.url(),
+            "--alert-topic-prefix",
+            "box1",
+        ])
+        .start();
+    let c = sen_testing::client();
+    let crops = synth_crops(d.path(), 3, 1);
+    let add = |camera: &str| -> u64 {
+        let r = c
+            .post(s.at(&format!("/v1/images?camera={camera}")))
+            .header("content-type", "image/jpeg")
+            .body(crops[0].1.clone())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().unwrap()["id"].as_u64().unwrap()
+    };
+    let first = add("gate");
+    let r = c
+        .post(s.at("/v1/watches"))
+        .json(&json!({"name": "that one", "like": first, "min_score": 0.99}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let rows = [add("gate"), add("yard")];
+    let t = std::time::Instant::now();
+    while sub.got.lock().unwrap().len() < 2 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "{}",
+            s.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let got: Vec<Value> = sub
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_slice(b).unwrap())
+        .collect();
+    let alerted: Vec<u64> = got.iter().map(|v| v["row"].as_u64().unwrap()).collect();
+    assert_eq!(alerted, rows);
+    assert_eq!(got[0]["name"], "that one");
+    // Another product's prefix is refused before start.
+    let out = sen_core::process::command(SEN)
+        .args(["serve", "--bundle"])
+        .arg(&bundle)
+        .arg("--store")
+        .arg(d.path().join("store2"))
+        .args([
+            "--alert-mqtt",
+            &broker.url(),
+            "--alert-topic-prefix",
+            "frigate",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--alert-topic-prefix"));
+}

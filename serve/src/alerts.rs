@@ -22,6 +22,8 @@ pub use reqwest::Url;
 #[derive(Debug, Clone)]
 pub struct AlertConfig {
     pub webhooks: Vec<reqwest::Url>,
+    /// `--alert-mqtt`: publish each alert at QoS 1 on `topic`.
+    pub mqtt: Option<(sen_sources::config::MqttConfig, String)>,
     /// The webhook signing secret (bytes of the secret file, trailing newline off).
     pub secret: Option<Vec<u8>>,
     /// How long one alert is retried before it is given up on.
@@ -51,12 +53,23 @@ pub(crate) fn start(app: &Arc<App>) -> Result<()> {
         .build()
         .context("the webhook client")?;
     for url in &cfg.webhooks {
-        let sink = Webhook {
+        let sink = Sink::Webhook(Webhook {
             name: format!("webhook {}", redact(url)),
             url: url.clone(),
             secret: cfg.secret.clone(),
             client: client.clone(),
-        };
+        });
+        tokio::spawn(follow(store.clone(), sink, cfg.retry_for, app.clone()));
+    }
+    if let Some((m, topic)) = &cfg.mqtt {
+        let opts = sen_sources::mqtt::publisher_options(m)?;
+        let (client, events) = rumqttc::AsyncClient::new(opts, 16);
+        let sink = Sink::Mqtt(MqttSink {
+            name: format!("mqtt {} {topic}", m.describe()),
+            topic: topic.clone(),
+            client,
+            events,
+        });
         tokio::spawn(follow(store.clone(), sink, cfg.retry_for, app.clone()));
     }
     Ok(())
@@ -75,6 +88,69 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
+}
+
+/// Where a sink sends.
+enum Sink {
+    Webhook(Webhook),
+    Mqtt(MqttSink),
+}
+
+impl Sink {
+    fn name(&self) -> &str {
+        match self {
+            Sink::Webhook(w) => &w.name,
+            Sink::Mqtt(m) => &m.name,
+        }
+    }
+
+    async fn send(&mut self, id: u64, body: &[u8]) -> Result<(), String> {
+        match self {
+            Sink::Webhook(w) => w.send(id, body).await,
+            Sink::Mqtt(m) => m.send(body).await,
+        }
+    }
+}
+
+/// An MQTT broker: each alert published at QoS 1 and confirmed by the broker's
+/// PUBACK (one in flight; the event loop is driven while waiting, and reconnects on
+/// the next send after an error).
+struct MqttSink {
+    name: String,
+    topic: String,
+    client: rumqttc::AsyncClient,
+    events: rumqttc::EventLoop,
+}
+
+impl MqttSink {
+    async fn send(&mut self, body: &[u8]) -> Result<(), String> {
+        use rumqttc::{Event, Outgoing, Packet};
+        self.client
+            .publish(&self.topic, rumqttc::QoS::AtLeastOnce, false, body.to_vec())
+            .await
+            .map_err(|e| e.to_string())?;
+        // The broker's PUBACK of this publish (its packet id is known once it goes
+        // out): a late PUBACK of an earlier try confirms nothing here.
+        let wait = async {
+            let mut ours = None;
+            loop {
+                match self.events.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) if ours.is_none() => {
+                        ours = Some(pkid)
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(a))) if Some(a.pkid) == ours => {
+                        return Ok(());
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), wait).await {
+            Ok(r) => r,
+            Err(_) => Err("no PUBACK within 10 s".into()),
+        }
+    }
 }
 
 struct Webhook {
@@ -113,13 +189,13 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Follow the store's alerts from the sink's cursor until the server stops.
-async fn follow(store: Arc<Store>, sink: Webhook, retry_for: Duration, app: Arc<App>) {
+async fn follow(store: Arc<Store>, mut sink: Sink, retry_for: Duration, app: Arc<App>) {
     let mut jitter = sen_core::rng::Rng::new(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64),
     );
-    let name = sink.name.clone();
+    let name = sink.name().to_string();
     let mut cursor = loop {
         let (s, n) = (store.clone(), name.clone());
         match blocking(move || s.alert_cursor(&n)).await {

@@ -30,6 +30,14 @@ pub struct Wiring {
     pub max_payload: usize,
 }
 
+/// Options for a client that only publishes (sen's alerts): a clean session and
+/// automatic acks; the broker, TLS and credentials as a source's.
+pub fn publisher_options(cfg: &MqttConfig) -> Result<MqttOptions> {
+    let mut o = options(cfg)?;
+    o.set_clean_session(true).set_manual_acks(false);
+    Ok(o)
+}
+
 fn options(cfg: &MqttConfig) -> Result<MqttOptions> {
     let mut o = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
     o.set_keep_alive(cfg.keep_alive)

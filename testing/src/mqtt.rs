@@ -152,3 +152,37 @@ impl Publisher {
             .expect("queueing a publish");
     }
 }
+
+/// A subscriber on the broker: every message on `topic` (QoS 1), as it arrives.
+pub struct Subscriber {
+    pub got: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    _client: rumqttc::Client,
+}
+
+impl Subscriber {
+    pub fn connect(port: u16, id: &str, topic: &str) -> Subscriber {
+        let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        let (client, mut conn) = rumqttc::Client::new(o, 100);
+        client
+            .subscribe(topic, rumqttc::QoS::AtLeastOnce)
+            .expect("queueing a subscribe");
+        let got = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+        let g = got.clone();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        g.lock().unwrap().push(p.payload.to_vec())
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        Subscriber {
+            got,
+            _client: client,
+        }
+    }
+}

@@ -154,24 +154,60 @@ pub struct AlertArgs {
     /// /v1/stats).
     #[arg(long, default_value_t = 3600.0, value_name = "S")]
     alert_retry_for: f64,
+    /// Publish every alert at QoS 1 on PREFIX/alerts of this broker (mqtt:// or
+    /// mqtts:// with --mqtt-ca; credentials from SEN_MQTT_USER and
+    /// SEN_MQTT_PASSWORD[_FILE], as for --mqtt).
+    #[arg(long, value_name = "URL")]
+    alert_mqtt: Option<String>,
+    /// The topic prefix alerts are published under (never another product's).
+    #[arg(long, default_value = "sen", value_name = "PREFIX")]
+    alert_topic_prefix: String,
     /// Live alert streams (GET /v1/alerts/stream) open at once; past it, 503.
     #[arg(long, default_value_t = 16, value_name = "N")]
     max_streams: usize,
 }
 
 impl AlertArgs {
-    fn config(&self, store: Option<&Path>) -> Result<Option<sen_serve::alerts::AlertConfig>> {
-        if self.alert_webhooks.is_empty() {
-            if self.alert_webhook_secret.is_some() {
-                bail!(
-                    "--alert-webhook-secret signs --alert-webhook deliveries: give --alert-webhook URL too"
-                );
-            }
+    fn config(
+        &self,
+        store: Option<&Path>,
+        mqtt_ca: Option<&Path>,
+    ) -> Result<Option<sen_serve::alerts::AlertConfig>> {
+        if self.alert_webhook_secret.is_some() && self.alert_webhooks.is_empty() {
+            bail!(
+                "--alert-webhook-secret signs --alert-webhook deliveries: give --alert-webhook URL too"
+            );
+        }
+        if self.alert_webhooks.is_empty() && self.alert_mqtt.is_none() {
             return Ok(None);
         }
         if store.is_none() {
-            bail!("--alert-webhook needs --store: alerts are raised by a box's store");
+            bail!(
+                "--alert-webhook and --alert-mqtt need --store: alerts are raised by a box's store"
+            );
         }
+        let prefix = self.alert_topic_prefix.trim_end_matches('/');
+        if prefix.is_empty()
+            || prefix.contains(['+', '#'])
+            || ["frigate", "deepstream"].contains(&prefix)
+        {
+            bail!(
+                "--alert-topic-prefix {:?}: a topic level without + or #, and not another product's prefix",
+                self.alert_topic_prefix
+            );
+        }
+        let mqtt = match &self.alert_mqtt {
+            Some(url) => {
+                let id = match store {
+                    Some(dir) => sen_sources::config::default_client_id("alerts", dir),
+                    None => "sen-alerts".into(),
+                };
+                let cfg = sen_sources::config::MqttConfig::parse(url, mqtt_ca, id)
+                    .map_err(|e| anyhow::anyhow!("--alert-mqtt: {e:#}"))?;
+                Some((cfg, format!("{prefix}/alerts")))
+            }
+            None => None,
+        };
         let mut webhooks = vec![];
         for u in &self.alert_webhooks {
             let url = sen_serve::alerts::Url::parse(u)
@@ -205,6 +241,7 @@ impl AlertArgs {
         }
         Ok(Some(sen_serve::alerts::AlertConfig {
             webhooks,
+            mqtt,
             secret,
             retry_for: std::time::Duration::from_secs_f64(self.alert_retry_for),
         }))
@@ -450,7 +487,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
         crops: !a.no_crops,
         thumb_cache_bytes: 64 << 20,
         source: a.source.config(a.store.as_deref(), a.max_body_mib << 20)?,
-        alerts: a.alerts.config(a.store.as_deref())?,
+        alerts: a
+            .alerts
+            .config(a.store.as_deref(), a.source.mqtt_ca.as_deref())?,
         max_streams: a.alerts.max_streams,
     };
     sen_serve::run(cfg)
