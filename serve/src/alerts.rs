@@ -64,12 +64,12 @@ pub(crate) fn start(app: &Arc<App>) -> Result<()> {
     if let Some((m, topic)) = &cfg.mqtt {
         let opts = sen_sources::mqtt::publisher_options(m)?;
         let (client, events) = rumqttc::AsyncClient::new(opts, 16);
-        let sink = Sink::Mqtt(MqttSink {
+        let sink = Sink::Mqtt(Box::new(MqttSink {
             name: format!("mqtt {} {topic}", m.describe()),
             topic: topic.clone(),
             client,
             events,
-        });
+        }));
         tokio::spawn(follow(store.clone(), sink, cfg.retry_for, app.clone()));
     }
     Ok(())
@@ -93,7 +93,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 /// Where a sink sends.
 enum Sink {
     Webhook(Webhook),
-    Mqtt(MqttSink),
+    Mqtt(Box<MqttSink>),
 }
 
 impl Sink {
