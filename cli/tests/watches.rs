@@ -694,3 +694,61 @@ fn alerts_are_published_on_the_prefix_at_qos_1() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--alert-topic-prefix"));
 }
+
+#[test]
+fn a_webhook_that_stays_down_is_given_up_on_and_shown() {
+    use sen_testing::Serve;
+    use serde_json::json;
+    let d = tempfile::tempdir().unwrap();
+    let bundle = tiny_bundle(d.path(), 5);
+    let rx = Receiver::start(); // answers 503 throughout
+    let s = Serve::launch(SEN, &bundle)
+        .store(&d.path().join("store"))
+        .args([
+            "--alert-webhook",
+            &format!("http://127.0.0.1:{}/hook", rx.port),
+            "--alert-retry-for",
+            "1",
+        ])
+        .start();
+    let c = sen_testing::client();
+    let crops = synth_crops(d.path(), 3, 1);
+    let add = || {
+        let r = c
+            .post(s.at("/v1/images?camera=gate"))
+            .header("content-type", "image/jpeg")
+            .body(crops[0].1.clone())
+            .send()
+            .unwrap();
+        r.json::<Value>().unwrap()["id"].as_u64().unwrap()
+    };
+    let first = add();
+    let r = c
+        .post(s.at("/v1/watches"))
+        .json(&json!({"name": "n", "like": first, "min_score": 0.99}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    add();
+    let t = std::time::Instant::now();
+    let st = loop {
+        let st: Value = c.get(s.at("/v1/stats")).send().unwrap().json().unwrap();
+        if st["alerts"]["failed"]
+            .as_object()
+            .is_some_and(|f| !f.is_empty())
+        {
+            break st;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(30), "{st}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let sink = format!("webhook http://127.0.0.1:{}/hook", rx.port);
+    assert_eq!(st["alerts"]["failed"][&sink], 1, "{st}");
+    assert_eq!(st["alerts"]["watches"], 1);
+    let m = c.get(s.at("/metrics")).send().unwrap().text().unwrap();
+    assert!(
+        m.contains(&format!("sen_alerts_failed_total{{sink=\"{sink}\"}} 1")),
+        "{m}"
+    );
+    assert!(rx.got.lock().unwrap().is_empty());
+}

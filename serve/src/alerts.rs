@@ -243,6 +243,12 @@ async fn follow(store: Arc<Store>, mut sink: Sink, retry_for: Duration, app: Arc
                     }
                 }
             };
+            let counter = if failed.is_some() {
+                &app.metrics.alerts_failed
+            } else {
+                &app.metrics.alerts_delivered
+            };
+            counter.with_label_values(&[&name]).inc();
             if let Some(e) = &failed {
                 tracing::warn!(
                     "{name}: gave up on alert {} after {:.0} s: {e}",

@@ -18,6 +18,10 @@ pub struct Metrics {
     /// Requests per batch per queue.
     pub batch_size: HistogramVec,
     pub ingested: IntCounter,
+    /// Alerts a sink delivered (confirmed), by sink.
+    pub alerts_delivered: IntCounterVec,
+    /// Alerts a sink gave up on after --alert-retry-for, by sink.
+    pub alerts_failed: IntCounterVec,
     pub store_rows: IntGauge,
     pub store_bytes: IntGauge,
     pub retention_deleted: IntCounter,
@@ -83,6 +87,22 @@ impl Metrics {
                 "Connections closed, by why: done (the client closed), idle (past --idle-timeout), header (no complete request header within --header-timeout), tls (a failed handshake), shutdown, error",
             ),
             &["reason"],
+        )
+        .expect("metric");
+        let alerts_delivered = IntCounterVec::new(
+            Opts::new(
+                "sen_alerts_delivered_total",
+                "Alerts a sink delivered and had confirmed (webhook 2xx, MQTT PUBACK), by sink",
+            ),
+            &["sink"],
+        )
+        .expect("metric");
+        let alerts_failed = IntCounterVec::new(
+            Opts::new(
+                "sen_alerts_failed_total",
+                "Alerts a sink gave up on after --alert-retry-for, by sink",
+            ),
+            &["sink"],
         )
         .expect("metric");
         let registry = Registry::new();
@@ -175,6 +195,8 @@ impl Metrics {
             Box::new(replication_up.clone()),
             Box::new(connections.clone()),
             Box::new(connections_closed.clone()),
+            Box::new(alerts_delivered.clone()),
+            Box::new(alerts_failed.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -186,6 +208,8 @@ impl Metrics {
             queue_depth,
             batch_size,
             ingested,
+            alerts_delivered,
+            alerts_failed,
             store_rows,
             store_bytes,
             retention_deleted,

@@ -144,6 +144,20 @@ pub(crate) async fn stats(
     if let Some(s) = source_json(&app).await {
         obj.insert("source".into(), s);
     }
+    if let Some(store) = l.store.clone() {
+        // Watches, and the alerts each sink gave up on (SPEC §12).
+        let (watches, failed) = tokio::task::spawn_blocking(move || {
+            Ok::<_, sen_store::StoreError>((store.watches()?.len(), store.alert_failures()?))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+        let failed: serde_json::Map<String, serde_json::Value> =
+            failed.into_iter().map(|(k, n)| (k, n.into())).collect();
+        obj.insert(
+            "alerts".into(),
+            serde_json::json!({"watches": watches, "failed": failed}),
+        );
+    }
     obj.insert(
         "bundle".into(),
         serde_json::json!({
