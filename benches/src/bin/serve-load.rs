@@ -41,6 +41,9 @@ struct Args {
     paced: Vec<f64>,
     /// Runs of each cell per server (the best is kept).
     rounds: usize,
+    /// `--watches N`: instead of the batching comparison, ingest with no watch
+    /// against ingest with N active watches (SPEC §12: the matcher's cost).
+    watches: Option<usize>,
 }
 
 fn args() -> Result<Args> {
@@ -100,6 +103,14 @@ fn args() -> Result<Args> {
         work: get("--work")
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("sen-load")),
+        watches: get("--watches")
+            .map(|n| {
+                n.parse::<usize>()
+                    .ok()
+                    .filter(|&n| (1..=100_000).contains(&n))
+                    .with_context(|| format!("--watches {n:?}: 1 to 100000"))
+            })
+            .transpose()?,
     })
 }
 
@@ -482,6 +493,9 @@ fn main() -> Result<()> {
         .map(|v| v.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    if let Some(n) = a.watches {
+        return watch_cost(&a, &w, n, &extra);
+    }
     let nobatch: Vec<&str> = ["--max-batch", "1"]
         .into_iter()
         .chain(extra.iter().copied())
@@ -606,6 +620,83 @@ fn main() -> Result<()> {
                 &json!({"cpu": cpu, "cores": cores, "seconds": a.seconds, "cells": report, "paced": paced}),
             )?,
         )?;
+    }
+    Ok(())
+}
+
+/// Ingest (and the 90/10 mix) on a server with no watch against one with `n` active
+/// watches that never fire (`min_score` 0.99), interleaved round by round.
+fn watch_cost(a: &Args, w: &Arc<Workload>, n: usize, extra: &[&str]) -> Result<()> {
+    let mut servers = vec![];
+    for (i, label) in ["no watches".to_string(), format!("{n} watches")]
+        .into_iter()
+        .enumerate()
+    {
+        let store = a.work.join(format!("store-w{i}"));
+        preload(a, &store)?;
+        servers.push((label, start(a, &store, extra)?, store));
+    }
+    let c = client();
+    let t = Instant::now();
+    for i in 0..n {
+        let r = c
+            .post(format!("{}/v1/watches", servers[1].1.url))
+            .json(&json!({"name": format!("w{i}"), "text": w.texts[i % w.texts.len()], "min_score": 0.99}))
+            .send()?;
+        if r.status() != 201 {
+            bail!(
+                "adding watch {i}: {} {}",
+                r.status(),
+                r.text().unwrap_or_default()
+            );
+        }
+    }
+    println!("{n} watches added in {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "\n{:<14} {:<24} {:>7} {:>9} {:>9} {:>9} {:>7}",
+        "server", "workload", "clients", "QPS", "p50 ms", "p99 ms", "errors",
+    );
+    let mut best = std::collections::BTreeMap::<(String, &str, usize), f64>::new();
+    for kind in [Kind::Ingest, Kind::Mixed] {
+        for &clients in &a.clients {
+            for (label, s, _) in &servers {
+                let mut kept: Option<Cell> = None;
+                for _ in 0..a.rounds {
+                    let cell = closed(a, &s.url, w, kind, clients);
+                    if kept.as_ref().is_none_or(|k| cell.qps() > k.qps()) {
+                        kept = Some(cell);
+                    }
+                }
+                let cell = kept.expect("at least one round");
+                println!(
+                    "{:<14} {:<24} {:>7} {:>9.1} {:>9.2} {:>9.2} {:>7}",
+                    label,
+                    kind.name(),
+                    clients,
+                    cell.qps(),
+                    cell.pct(50.0),
+                    cell.pct(99.0),
+                    cell.errors
+                );
+                best.insert((label.clone(), kind.name(), clients), cell.qps());
+            }
+        }
+    }
+    println!();
+    for kind in [Kind::Ingest, Kind::Mixed] {
+        for &clients in &a.clients {
+            let off = best[&(servers[0].0.clone(), kind.name(), clients)];
+            let on = best[&(servers[1].0.clone(), kind.name(), clients)];
+            println!(
+                "{} at {clients} clients: {off:.1} QPS with no watch, {on:.1} with {n}: {:+.1}% (target: no more than -10%)",
+                kind.name(),
+                (on / off - 1.0) * 100.0
+            );
+        }
+    }
+    for (_, s, store) in servers {
+        drop(s);
+        std::fs::remove_dir_all(&store)?;
     }
     Ok(())
 }
