@@ -262,8 +262,8 @@ pub struct SourceArgs {
     #[arg(long, value_name = "URL", requires = "source")]
     mqtt: Option<String>,
     /// The CA certificates (PEM) an mqtts:// broker's certificate is checked against
-    /// (default: the system's).
-    #[arg(long, value_name = "PEM", requires = "mqtt")]
+    /// (default: the system's); for --mqtt and --alert-mqtt.
+    #[arg(long, value_name = "PEM")]
     mqtt_ca: Option<PathBuf>,
     /// The MQTT client id; the broker keeps this box's session under it (default:
     /// sen-SOURCE- and a hash of the host name and the store directory).
@@ -486,7 +486,17 @@ pub fn run(a: ServeArgs) -> Result<()> {
         f16: a.f16,
         crops: !a.no_crops,
         thumb_cache_bytes: 64 << 20,
-        source: a.source.config(a.store.as_deref(), a.max_body_mib << 20)?,
+        source: {
+            if a.source.mqtt_ca.is_some()
+                && a.source.mqtt.is_none()
+                && a.alerts.alert_mqtt.is_none()
+            {
+                bail!(
+                    "--mqtt-ca checks an mqtts:// broker: give --mqtt (with --source) or --alert-mqtt too"
+                );
+            }
+            a.source.config(a.store.as_deref(), a.max_body_mib << 20)?
+        },
         alerts: a
             .alerts
             .config(a.store.as_deref(), a.source.mqtt_ca.as_deref())?,

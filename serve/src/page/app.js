@@ -9,6 +9,12 @@ let keyScope = null;
 let detailId = null;
 let detailBox = null;
 let detailItem = null;
+// Whether the bundle has a score calibration (watches then take min_p, else min_score).
+let calibrated = null;
+let central = false;
+let streamCtl = null;
+let lastAlertId = null;
+const MAX_CARDS = 50;
 
 function key() {
   return sessionStorage.getItem(KEY) || "";
@@ -114,6 +120,7 @@ async function refreshStatus() {
     $("group-hint").textContent = "(not on a central node)";
   }
   $("status-model").textContent = s.provider + ", " + s.bundle.precision;
+  watchSetup(s);
   const list = $("status-cameras");
   list.replaceChildren();
   const select = $("cameras");
@@ -161,7 +168,7 @@ async function run(body) {
     img.alt = "Crop " + x.id + " from camera " + x.camera;
     const rank = document.createElement("span");
     rank.className = "rank";
-    rank.textContent = "#" + x.rank + "  " + x.score.toFixed(3);
+    rank.textContent = "#" + x.rank + "  " + x.score.toFixed(3) + (typeof x.p === "number" ? " · p " + x.p.toFixed(2) : "");
     const meta = document.createElement("span");
     meta.className = "meta";
     meta.textContent = x.camera + " · " + localTime(x.time);
@@ -210,7 +217,7 @@ async function openDetail(x) {
   $("detail-message").textContent = "";
   const dl = $("detail-meta");
   dl.replaceChildren();
-  const rows = [["Score", x.score.toFixed(4)], ["Camera", x.camera], ["Captured", localTime(x.time)],
+  const rows = [["Score", x.score.toFixed(4) + (typeof x.p === "number" ? " (p " + x.p.toFixed(3) + ")" : "")], ["Camera", x.camera], ["Captured", localTime(x.time)],
     ["Path", x.path], ["Person id", x.pid === null ? "-" : String(x.pid)],
     ["Attributes", x.attrs === null ? "-" : JSON.stringify(x.attrs)]];
   if (detailBox !== null) rows.splice(1, 0, ["Box", detailBox]);
@@ -247,6 +254,258 @@ async function deleteCurrent() {
   refreshStatus();
 }
 
+// --- Watches and alerts (SPEC §12) ---
+
+function sayWatch(text, isError) {
+  const m = $("watch-message");
+  m.textContent = text;
+  m.className = isError ? "error" : "";
+}
+
+// The watch form follows the bundle: p when it has a score calibration, else a score.
+// A central node has no watches (they live on each box).
+function watchSetup(s) {
+  const cal = !!(s.bundle && s.bundle.score_calibration && s.bundle.score_calibration.unavailable === undefined);
+  central = s.backend !== undefined;
+  for (const id of ["watch-box", "watches-section", "alerts-section", "history-box"]) $(id).hidden = central;
+  if (central || cal === calibrated) return;
+  calibrated = cal;
+  $("watch-threshold-label").textContent = cal ? "Alert at p ≥" : "Alert at score ≥";
+  $("watch-threshold").value = cal ? "0.9" : "0.3";
+  $("watch-threshold").min = cal ? "0.000001" : "-1";
+  $("watch-prior-field").hidden = !cal;
+  $("watch-note").textContent = "Uses the description and the cameras selected above (none: all cameras)." +
+    (cal ? " p is the probability that an alerting crop shows the person, at the prior: the share of crops you expect to show them."
+      : " This bundle has no score calibration, so a watch alerts on the raw score (run sen calibrate-scores for p).");
+}
+
+async function addWatch() {
+  const text = $("q").value.trim();
+  if (!text) return sayWatch("Describe the person first: the watch uses the description above.", true);
+  const name = $("watch-name").value.trim() || text.slice(0, 128);
+  const threshold = Number($("watch-threshold").value);
+  if (!$("watch-threshold").value || !isFinite(threshold)) return sayWatch("Give the threshold the watch alerts at.", true);
+  const body = { name: name, text: text };
+  body[calibrated ? "min_p" : "min_score"] = threshold;
+  const cams = Array.from($("cameras").selectedOptions).map((o) => o.value);
+  if (cams.length) body.cameras = cams;
+  const prior = $("watch-prior").value.trim();
+  if (calibrated && prior) body.prior = Number(prior);
+  const cooldown = $("watch-cooldown").value.trim();
+  if (cooldown) body.cooldown_s = Number(cooldown);
+  const r = await api("/v1/watches", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  }).catch(() => null);
+  if (!r) return sayWatch("The server cannot be reached.", true);
+  if (!r.ok) return sayWatch(explain(r.status, r.body), true);
+  sayWatch("Watching \u201c" + name + "\u201d (watch " + r.body.id + ").", false);
+  loadWatches();
+}
+
+function thresholdText(w) {
+  if (w.min_p !== undefined) return "p ≥ " + w.min_p + (w.prior !== undefined && w.prior !== null ? " at prior " + w.prior : " at the bundle's prior");
+  return "score ≥ " + w.min_score;
+}
+
+function watchQueryText(w) {
+  if (w.text !== undefined) return "\u201c" + w.text + "\u201d";
+  if (w.like !== undefined) return "like row " + w.like;
+  if (w.like_track !== undefined) return "like track " + w.like_track.track + (w.like_track.camera ? " (" + w.like_track.camera + ")" : "");
+  return "";
+}
+
+async function loadWatches() {
+  if (central) return;
+  const list = $("watch-list");
+  const r = await api("/v1/watches").catch(() => null);
+  if (!r || !r.ok) {
+    const li = document.createElement("li");
+    li.textContent = r ? explain(r.status, r.body) : "The server cannot be reached.";
+    list.replaceChildren(li);
+    return;
+  }
+  list.replaceChildren();
+  if (r.body.watches.length === 0) {
+    const li = document.createElement("li");
+    li.textContent = "No watches: describe a person above and use \u201cWatch this description\u201d.";
+    list.appendChild(li);
+  }
+  for (const w of r.body.watches) {
+    const li = document.createElement("li");
+    li.dataset.id = String(w.id);
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = w.name;
+    const desc = document.createElement("span");
+    desc.className = "desc";
+    desc.textContent = watchQueryText(w) + " · " + (w.cameras ? w.cameras.join(", ") : "all cameras") +
+      " · " + thresholdText(w) + " · cooldown " + w.cooldown_s + " s";
+    li.append(name, desc);
+    if (keyScope === "write") {
+      const del = document.createElement("button");
+      del.type = "button";
+      del.className = "danger";
+      del.textContent = "Delete";
+      del.setAttribute("aria-label", "Delete watch " + w.name);
+      del.addEventListener("click", () => deleteWatch(w));
+      li.appendChild(del);
+    }
+    list.appendChild(li);
+  }
+}
+
+async function deleteWatch(w) {
+  if (!window.confirm("Delete watch \u201c" + w.name + "\u201d? It stops alerting at once.")) return;
+  const r = await api("/v1/watches/" + encodeURIComponent(w.id), { method: "DELETE" }).catch(() => null);
+  if (!r) return sayWatch("The server cannot be reached.", true);
+  if (!r.ok) return sayWatch(explain(r.status, r.body), true);
+  sayWatch("Watch \u201c" + w.name + "\u201d deleted.", false);
+  loadWatches();
+}
+
+function alertWhat(a) {
+  return (typeof a.p === "number" ? "p " + a.p.toFixed(2) + ", " : "") + "score " + a.score.toFixed(3);
+}
+
+function alertCard(a) {
+  const li = document.createElement("li");
+  li.className = "alert-card";
+  li.dataset.id = String(a.id);
+  const img = document.createElement("img");
+  img.alt = "Crop " + a.row + " from camera " + a.camera;
+  const what = document.createElement("span");
+  what.className = "what";
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = a.name;
+  const where = document.createElement("span");
+  where.className = "camera";
+  where.textContent = a.camera + (a.track !== undefined && a.track !== null ? " · track " + a.track : "");
+  const when = document.createElement("span");
+  when.className = "time";
+  when.textContent = localTime(a.time);
+  const score = document.createElement("span");
+  score.textContent = alertWhat(a);
+  what.append(name, where, when, score);
+  li.append(img, what);
+  imageUrl({ id: a.row }, true).then((u) => { if (u) img.src = u; });
+  return li;
+}
+
+function setAlertState(text, cls) {
+  const st = $("alerts-state");
+  st.textContent = text;
+  st.className = "pill " + (cls || "");
+}
+
+// Server-Sent Events read with fetch, so the key goes in the Authorization header
+// and never in a URL (EventSource cannot send headers).
+async function readEvents(body) {
+  const reader = body.getReader();
+  const dec = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += dec.decode(value, { stream: true }).replace(/\r\n/g, "\n");
+    let end;
+    while ((end = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, end);
+      buf = buf.slice(end + 2);
+      let id = null, event = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith(":")) continue;
+        const i = line.indexOf(":");
+        const field = i < 0 ? line : line.slice(0, i);
+        const v = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
+        if (field === "id") id = v;
+        else if (field === "event") event = v;
+        else if (field === "data") data.push(v);
+      }
+      if (event !== "alert" || data.length === 0) continue;
+      const a = JSON.parse(data.join("\n"));
+      if (id !== null) lastAlertId = id;
+      const cards = $("alert-cards");
+      cards.prepend(alertCard(a));
+      while (cards.children.length > MAX_CARDS) cards.lastElementChild.remove();
+    }
+  }
+}
+
+function pause(ms, signal) {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => { clearTimeout(t); resolve(); }, { once: true });
+  });
+}
+
+// The live stream: reconnects with Last-Event-ID, so nothing is missed or shown twice.
+async function startAlerts() {
+  if (streamCtl) streamCtl.abort();
+  if (central) return;
+  const ctl = new AbortController();
+  streamCtl = ctl;
+  while (!ctl.signal.aborted) {
+    const h = lastAlertId !== null ? { "Last-Event-ID": lastAlertId } : {};
+    let r = null;
+    try {
+      r = await fetch("/v1/alerts/stream", { headers: headers(h), signal: ctl.signal });
+    } catch (e) {
+      r = null;
+    }
+    if (ctl.signal.aborted) return;
+    if (r && r.ok) {
+      setAlertState("live", "ok");
+      try { await readEvents(r.body); } catch (e) { /* the connection dropped: reconnect */ }
+      if (ctl.signal.aborted) return;
+    } else if (r && (r.status === 401 || r.status === 403)) {
+      // Waits for a key: saving one restarts the stream.
+      return setAlertState("needs a read key", "bad");
+    } else {
+      setAlertState(r ? (r.status === 503 ? "server busy or not ready" : "error " + r.status) : "unreachable", "bad");
+    }
+    setAlertState("reconnecting…", "bad");
+    await pause(3000, ctl.signal);
+  }
+}
+
+async function loadHistory() {
+  const params = new URLSearchParams();
+  const f = rfc3339($("from").value), t = rfc3339($("to").value);
+  params.set("from", f || new Date(Date.now() - 24 * 3600 * 1000).toISOString());
+  if (t) params.set("to", t);
+  params.set("limit", "1000");
+  const ol = $("history");
+  const r = await api("/v1/alerts?" + params.toString()).catch(() => null);
+  if (!r || !r.ok) {
+    const li = document.createElement("li");
+    li.textContent = r ? explain(r.status, r.body) : "The server cannot be reached.";
+    ol.replaceChildren(li);
+    return;
+  }
+  ol.replaceChildren();
+  const alerts = r.body.alerts.slice().reverse();
+  if (alerts.length === 0) {
+    const li = document.createElement("li");
+    li.textContent = "No alerts in this time.";
+    ol.appendChild(li);
+  }
+  for (const a of alerts) {
+    const li = document.createElement("li");
+    li.dataset.id = String(a.id);
+    li.textContent = localTime(a.created) + " · " + a.name + " · " + a.camera +
+      (a.track !== undefined && a.track !== null ? " · track " + a.track : "") + " · row " + a.row + " · " + alertWhat(a);
+    ol.appendChild(li);
+  }
+}
+
+function keyChanged() {
+  refreshStatus().then(() => { loadWatches(); startAlerts(); });
+}
+
 function init() {
   const off = offsetText(new Date());
   $("tz-from").textContent = "(local, " + off + ")";
@@ -256,14 +515,14 @@ function init() {
   $("key-save").addEventListener("click", () => {
     sessionStorage.setItem(KEY, $("key").value.trim());
     say("Key set for this tab.", false);
-    refreshStatus();
+    keyChanged();
   });
   $("key-clear").addEventListener("click", () => {
     sessionStorage.removeItem(KEY);
     $("key").value = "";
     keyScope = null;
     say("Key forgotten.", false);
-    refreshStatus();
+    keyChanged();
   });
   $("detail-close").addEventListener("click", () => $("detail").close());
   $("detail-like").addEventListener("click", () => {
@@ -280,7 +539,9 @@ function init() {
     run(body);
   });
   $("detail-delete").addEventListener("click", deleteCurrent);
-  refreshStatus();
+  $("watch-form").addEventListener("submit", (e) => { e.preventDefault(); addWatch(); });
+  $("history-load").addEventListener("click", loadHistory);
+  keyChanged();
   setInterval(refreshStatus, 15000);
 }
 
