@@ -26,8 +26,9 @@ pub const MAX_HEADER_BYTES: usize = 32 << 10;
 /// every error response, whoever made it (axum's 405 and path rejections included).
 pub(crate) async fn outer(State(app): State<S>, mut req: Request, next: Next) -> Response {
     if let Some(e) = oversized(&req, app.cfg.max_body) {
+        linger(req.into_body()).await;
         let mut r = e.into_response();
-        // The body (if any) is never read: the connection cannot be reused.
+        // The body may be left unread: the connection cannot be reused.
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return r;
@@ -81,6 +82,30 @@ pub(crate) async fn outer(State(app): State<S>, mut req: Request, next: Next) ->
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// How much of a refused body is read and discarded before the refusal is sent.
+pub const LINGER_BYTES: usize = 64 << 20;
+/// How long a refused body is read and discarded before the refusal is sent.
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and discards a refused request's body, up to [`LINGER_BYTES`] and for at
+/// most [`LINGER`] (nginx's lingering close). Answering while the client is still
+/// sending and then closing makes the kernel reset the connection, and the client
+/// sees a broken pipe instead of the 413 that says what to change.
+async fn linger(body: axum::body::Body) {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let drain = async {
+        let mut read = 0usize;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len();
+            if read > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// A request over a size limit, judged from its target and headers alone.
