@@ -9,6 +9,8 @@
 # weights) and a small synthetic dataset under target/load/.
 # LOAD_SECONDS (default 5) per cell, LOAD_CLIENTS (default 1,8,32), LOAD_ROUNDS (default 2:
 # each cell runs that many times on each server, interleaved, keeping the best).
+# Then the watches' cost (SPEC §12): ingest and 90/10 mixed with no watch against
+# LOAD_WATCHES (default 1000) active watches, at 8 and 32 clients (LOAD_WATCHES=0 skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t=${CARGO_TARGET_DIR:-target}
@@ -20,3 +22,9 @@ $t/release/serve-load --sen $t/release/sen --bundle "$bundle" --dataset "$data" 
   --seconds "${LOAD_SECONDS:-5}" --clients "${LOAD_CLIENTS:-1,8,32}" --rounds "${LOAD_ROUNDS:-2}" --work "$out/work" \
   --json "$out/load.json"
 echo "JSON: $out/load.json"
+if [ "${LOAD_WATCHES:-1000}" != 0 ]; then
+  $t/release/serve-load --sen $t/release/sen --bundle "$bundle" --dataset "$data" \
+    --seconds "${LOAD_SECONDS:-5}" --clients 8,32 --rounds "${LOAD_ROUNDS:-2}" --work "$out/work-watches" \
+    --watches "${LOAD_WATCHES:-1000}" --json "$out/load-watches.json"
+  echo "JSON: $out/load-watches.json"
+fi

@@ -98,20 +98,53 @@ fn api_blocking(url: &str, body: Value) -> Value {
 async fn watches_and_alerts(page: &Page, s: &Serve, text: &str) {
     let http = reqwest::Client::new();
     let get = |path: &str| {
-        let r = http.get(format!("{}{path}", s.url)).bearer_auth(READ).send();
+        let r = http
+            .get(format!("{}{path}", s.url))
+            .bearer_auth(READ)
+            .send();
         async move { r.await.unwrap().json::<Value>().await.unwrap() }
     };
     assert_eq!(
-        js(page, "document.getElementById('watch-threshold-label').textContent").await,
+        js(
+            page,
+            "document.getElementById('watch-threshold-label').textContent"
+        )
+        .await,
         json!("Alert at score ≥")
     );
-    assert_eq!(js(page, "document.getElementById('watch-prior-field').hidden").await, json!(true));
-    page.find_element("#watch-box summary").await.unwrap().click().await.unwrap();
-    page.find_element("#watch-name").await.unwrap().click().await.unwrap().type_str(XSS).await.unwrap();
+    assert_eq!(
+        js(page, "document.getElementById('watch-prior-field').hidden").await,
+        json!(true)
+    );
+    page.find_element("#watch-box summary")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    page.find_element("#watch-name")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap()
+        .type_str(XSS)
+        .await
+        .unwrap();
     js(page, "document.getElementById('watch-threshold').value = '-1'; \
         Array.from(document.querySelectorAll('#cameras option')).forEach(o => o.selected = o.value === 'cam-b'); 0").await;
-    page.find_element("#watch-add").await.unwrap().click().await.unwrap();
-    until(page, "document.getElementById('watch-message').textContent.startsWith('Watching')", "the watch to be made").await;
+    page.find_element("#watch-add")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        page,
+        "document.getElementById('watch-message').textContent.startsWith('Watching')",
+        "the watch to be made",
+    )
+    .await;
     let w = get("/v1/watches").await;
     let w = &w["watches"];
     assert_eq!(w.as_array().unwrap().len(), 1, "{w}");
@@ -120,7 +153,12 @@ async fn watches_and_alerts(page: &Page, s: &Serve, text: &str) {
     assert_eq!(w[0]["cameras"], json!(["cam-b"]));
     assert_eq!(w[0]["min_score"], json!(-1.0));
     let id = w[0]["id"].as_u64().unwrap();
-    until(page, &format!("document.querySelector('#watch-list li[data-id=\"{id}\"] button') !== null"), "the watch in the list").await;
+    until(
+        page,
+        &format!("document.querySelector('#watch-list li[data-id=\"{id}\"] button') !== null"),
+        "the watch in the list",
+    )
+    .await;
     // A crop on cam-a (not the watch's camera), then one on cam-b: one card, cam-b's.
     let tmp = tempfile::tempdir().unwrap();
     let crops = tokio::task::block_in_place(|| synth_crops(tmp.path(), 9, 2));
@@ -138,7 +176,12 @@ async fn watches_and_alerts(page: &Page, s: &Serve, text: &str) {
         assert_eq!(r.status(), 201);
         row = r.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
     }
-    until(page, "document.querySelectorAll('#alert-cards li').length > 0", "a live alert card").await;
+    until(
+        page,
+        "document.querySelectorAll('#alert-cards li').length > 0",
+        "a live alert card",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let cards = js(page, "Array.from(document.querySelectorAll('#alert-cards li')).map(li => [li.querySelector('.name').textContent, li.querySelector('.camera').textContent, li.querySelector('.time').textContent])").await;
     assert_eq!(cards.as_array().unwrap().len(), 1, "{cards}");
@@ -149,30 +192,79 @@ async fn watches_and_alerts(page: &Page, s: &Serve, text: &str) {
     let alerts = get("/v1/alerts").await;
     assert_eq!(alerts["alerts"][0]["row"], json!(row));
     // The history.
-    page.find_element("#history-box summary").await.unwrap().click().await.unwrap();
-    page.find_element("#history-load").await.unwrap().click().await.unwrap();
-    until(page, "document.querySelectorAll('#history li[data-id]').length === 1", "the history").await;
+    page.find_element("#history-box summary")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    page.find_element("#history-load")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        page,
+        "document.querySelectorAll('#history li[data-id]').length === 1",
+        "the history",
+    )
+    .await;
     let h = js(page, "document.querySelector('#history li').textContent").await;
-    assert!(h.as_str().unwrap().contains(&format!("row {row}")) && h.as_str().unwrap().contains("cam-b"), "{h}");
-    assert_eq!(js(page, "window.__xss === undefined && document.querySelectorAll('img[src=\"x\"]').length === 0").await, json!(true));
+    assert!(
+        h.as_str().unwrap().contains(&format!("row {row}"))
+            && h.as_str().unwrap().contains("cam-b"),
+        "{h}"
+    );
+    assert_eq!(
+        js(
+            page,
+            "window.__xss === undefined && document.querySelectorAll('img[src=\"x\"]').length === 0"
+        )
+        .await,
+        json!(true)
+    );
     // Deleted from the list, after the confirmation.
-    let mut dialogs = page.event_listener::<EventJavascriptDialogOpening>().await.unwrap();
+    let mut dialogs = page
+        .event_listener::<EventJavascriptDialogOpening>()
+        .await
+        .unwrap();
     let p2 = page.clone();
     let accept = tokio::spawn(async move {
         if let Some(ev) = dialogs.next().await {
             assert!(ev.message.contains("Delete watch"), "{}", ev.message);
-            p2.execute(HandleJavaScriptDialogParams::new(true)).await.unwrap();
+            p2.execute(HandleJavaScriptDialogParams::new(true))
+                .await
+                .unwrap();
         }
     });
     let sel = format!("#watch-list li[data-id=\"{id}\"] button");
-    page.find_element(sel.as_str()).await.unwrap().focus().await.unwrap();
+    page.find_element(sel.as_str())
+        .await
+        .unwrap()
+        .focus()
+        .await
+        .unwrap();
     let key = page.clone();
     let press = tokio::spawn(async move {
-        let _ = key.find_element(sel.as_str()).await.unwrap().press_key("Enter").await;
+        let _ = key
+            .find_element(sel.as_str())
+            .await
+            .unwrap()
+            .press_key("Enter")
+            .await;
     });
-    tokio::time::timeout(Duration::from_secs(20), accept).await.expect("no confirmation dialog within 20 s").unwrap();
+    tokio::time::timeout(Duration::from_secs(20), accept)
+        .await
+        .expect("no confirmation dialog within 20 s")
+        .unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(5), press).await;
-    until(page, &format!("document.querySelector('#watch-list li[data-id=\"{id}\"]') === null"), "the deleted watch to leave").await;
+    until(
+        page,
+        &format!("document.querySelector('#watch-list li[data-id=\"{id}\"]') === null"),
+        "the deleted watch to leave",
+    )
+    .await;
     assert_eq!(get("/v1/watches").await["watches"], json!([]));
 }
 

@@ -683,16 +683,26 @@ fn watch_cost(a: &Args, w: &Arc<Workload>, n: usize, extra: &[&str]) -> Result<(
         }
     }
     println!();
+    let mut summary = vec![];
     for kind in [Kind::Ingest, Kind::Mixed] {
         for &clients in &a.clients {
             let off = best[&(servers[0].0.clone(), kind.name(), clients)];
             let on = best[&(servers[1].0.clone(), kind.name(), clients)];
+            summary.push(json!({"workload": kind.name(), "clients": clients, "qps_no_watch": off, "qps_watches": on, "change": on / off - 1.0}));
             println!(
                 "{} at {clients} clients: {off:.1} QPS with no watch, {on:.1} with {n}: {:+.1}% (target: no more than -10%)",
                 kind.name(),
                 (on / off - 1.0) * 100.0
             );
         }
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(
+            p,
+            serde_json::to_vec_pretty(
+                &json!({"seconds": a.seconds, "watches": n, "cells": summary}),
+            )?,
+        )?;
     }
     for (_, s, store) in servers {
         drop(s);
