@@ -90,6 +90,46 @@ fn api_blocking(url: &str, body: Value) -> Value {
         .unwrap()
 }
 
+/// Enter on the button `selector` (a click's mouse-up would wait on the dialog), then
+/// the confirmation it opens accepted as the operator would, checking that it is a
+/// real confirm dialog saying `says`.
+async fn confirmed_by_enter(page: &Page, selector: &str, says: &'static str) {
+    let mut dialogs = page
+        .event_listener::<EventJavascriptDialogOpening>()
+        .await
+        .unwrap();
+    let p2 = page.clone();
+    let accept = tokio::spawn(async move {
+        if let Some(ev) = dialogs.next().await {
+            assert_eq!(ev.r#type, DialogType::Confirm);
+            assert!(ev.message.contains(says), "{}", ev.message);
+            p2.execute(HandleJavaScriptDialogParams::new(true))
+                .await
+                .unwrap();
+        }
+    });
+    page.find_element(selector)
+        .await
+        .unwrap()
+        .focus()
+        .await
+        .unwrap();
+    let (key, sel) = (page.clone(), selector.to_string());
+    let press = tokio::spawn(async move {
+        let _ = key
+            .find_element(sel.as_str())
+            .await
+            .unwrap()
+            .press_key("Enter")
+            .await;
+    });
+    tokio::time::timeout(Duration::from_secs(20), accept)
+        .await
+        .expect("no confirmation dialog within 20 s")
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), press).await;
+}
+
 /// The page with the write key: "watch this" on the typed description and a
 /// selected camera (no score calibration in the tiny bundle, so a score threshold),
 /// the watch in the list; a crop on that camera raises a live card with its crop; one
@@ -225,40 +265,12 @@ async fn watches_and_alerts(page: &Page, s: &Serve, text: &str) {
         json!(true)
     );
     // Deleted from the list, after the confirmation.
-    let mut dialogs = page
-        .event_listener::<EventJavascriptDialogOpening>()
-        .await
-        .unwrap();
-    let p2 = page.clone();
-    let accept = tokio::spawn(async move {
-        if let Some(ev) = dialogs.next().await {
-            assert!(ev.message.contains("Delete watch"), "{}", ev.message);
-            p2.execute(HandleJavaScriptDialogParams::new(true))
-                .await
-                .unwrap();
-        }
-    });
-    let sel = format!("#watch-list li[data-id=\"{id}\"] button");
-    page.find_element(sel.as_str())
-        .await
-        .unwrap()
-        .focus()
-        .await
-        .unwrap();
-    let key = page.clone();
-    let press = tokio::spawn(async move {
-        let _ = key
-            .find_element(sel.as_str())
-            .await
-            .unwrap()
-            .press_key("Enter")
-            .await;
-    });
-    tokio::time::timeout(Duration::from_secs(20), accept)
-        .await
-        .expect("no confirmation dialog within 20 s")
-        .unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(5), press).await;
+    confirmed_by_enter(
+        page,
+        &format!("#watch-list li[data-id=\"{id}\"] button"),
+        "Delete watch",
+    )
+    .await;
     until(
         page,
         &format!("document.querySelector('#watch-list li[data-id=\"{id}\"]') === null"),
@@ -452,27 +464,7 @@ fn the_search_page_in_a_real_browser() {
             page.find_element("#results li button").await.unwrap().click().await.unwrap();
             until(&page, "document.getElementById('detail').open && !document.getElementById('detail-delete').hidden", "the delete button").await;
             // The confirmation is a real dialog; accept it as the operator would.
-            let mut dialogs = page.event_listener::<EventJavascriptDialogOpening>().await.unwrap();
-            let p2 = page.clone();
-            let accept = tokio::spawn(async move {
-                if let Some(ev) = dialogs.next().await {
-                    assert_eq!(ev.r#type, DialogType::Confirm);
-                    assert!(ev.message.contains("Delete row"), "{}", ev.message);
-                    p2.execute(HandleJavaScriptDialogParams::new(true)).await.unwrap();
-                }
-            });
-            let btn = page.find_element("#detail-delete").await.unwrap();
-            // Enter on the focused button (the click's mouse-up would wait on the dialog).
-            btn.focus().await.unwrap();
-            let key = page.clone();
-            let press = tokio::spawn(async move {
-                let _ = key.find_element("#detail-delete").await.unwrap().press_key("Enter").await;
-            });
-            tokio::time::timeout(Duration::from_secs(20), accept)
-                .await
-                .expect("no confirmation dialog within 20 s")
-                .unwrap();
-            let _ = tokio::time::timeout(Duration::from_secs(5), press).await;
+            confirmed_by_enter(&page, "#detail-delete", "Delete row").await;
             until(&page, &format!("!document.querySelector('#results li[data-id=\"{victim}\"]')"), "the deleted row to leave").await;
             let st = tokio::task::block_in_place(|| {
                 http.get(format!("{}/v1/images/{victim}", s.url)).bearer_auth(READ).send().unwrap().status()

@@ -413,42 +413,74 @@ fn python_hmac(key: &[u8], body: &[u8], dir: &std::path::Path) -> Option<String>
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-#[test]
-fn webhooks_get_every_alert_signed_through_an_outage_and_a_kill() {
-    use sen_testing::{Serve, client};
-    use serde_json::json;
-    let d = tempfile::tempdir().unwrap();
-    let bundle = tiny_bundle(d.path(), 5);
-    let secret = b"s3cret-webhook-key-0123456789";
-    let sf = d.path().join("secret");
-    std::fs::write(&sf, [&secret[..], b"\n"].concat()).unwrap();
-    let rx = Receiver::start();
-    let launch = || {
-        Serve::launch(SEN, &bundle)
-            .store(&d.path().join("store"))
+/// A box whose alerts go by webhook to a [`Receiver`] (down at first), signed with a
+/// secret: one tiny bundle and one store, started as often as a test needs; `add`
+/// stores the same crop on a camera and returns its id.
+struct Hooked {
+    d: tempfile::TempDir,
+    bundle: std::path::PathBuf,
+    secret: std::path::PathBuf,
+    retry_for: &'static str,
+    rx: Receiver,
+    crop: Vec<u8>,
+    c: reqwest::blocking::Client,
+}
+
+impl Hooked {
+    fn new(secret: &[u8], retry_for: &'static str) -> Hooked {
+        let d = tempfile::tempdir().unwrap();
+        let bundle = tiny_bundle(d.path(), 5);
+        let sf = d.path().join("secret");
+        std::fs::write(&sf, [secret, b"\n"].concat()).unwrap();
+        let crop = synth_crops(d.path(), 3, 1).remove(0).1;
+        Hooked {
+            bundle,
+            secret: sf,
+            retry_for,
+            rx: Receiver::start(),
+            crop,
+            c: sen_testing::client(),
+            d,
+        }
+    }
+
+    fn launch(&self) -> sen_testing::Serve {
+        sen_testing::Serve::launch(SEN, &self.bundle)
+            .store(&self.d.path().join("store"))
             .args([
                 "--alert-webhook",
-                &format!("http://127.0.0.1:{}/hook", rx.port),
+                &format!("http://127.0.0.1:{}/hook", self.rx.port),
                 "--alert-webhook-secret",
-                sf.to_str().unwrap(),
+                self.secret.to_str().unwrap(),
                 "--alert-retry-for",
-                "60",
+                self.retry_for,
             ])
             .start()
-    };
-    let s = launch();
-    let c = client();
-    let crops = synth_crops(d.path(), 3, 1);
-    let add = |s: &Serve, camera: &str| -> u64 {
-        let r = c
+    }
+
+    fn add(&self, s: &sen_testing::Serve, camera: &str) -> u64 {
+        let r = self
+            .c
             .post(s.at(&format!("/v1/images?camera={camera}")))
             .header("content-type", "image/jpeg")
-            .body(crops[0].1.clone())
+            .body(self.crop.clone())
             .send()
             .unwrap();
-        assert_eq!(r.status(), 201);
+        assert_eq!(r.status(), 201, "{}", s.log());
         r.json::<Value>().unwrap()["id"].as_u64().unwrap()
-    };
+    }
+}
+
+#[test]
+fn webhooks_get_every_alert_signed_through_an_outage_and_a_kill() {
+    use sen_testing::Serve;
+    use serde_json::json;
+    let secret = b"s3cret-webhook-key-0123456789";
+    let h = Hooked::new(secret, "60");
+    let (rx, d, c) = (&h.rx, &h.d, &h.c);
+    let launch = || h.launch();
+    let add = |s: &Serve, camera: &str| h.add(s, camera);
+    let s = launch();
     let first = add(&s, "gate");
     let r = c
         .post(s.at("/v1/watches"))
@@ -523,40 +555,14 @@ fn webhooks_get_every_alert_signed_through_an_outage_and_a_kill() {
 /// receiver, each id always with the same body, and the ids are the store's.
 #[test]
 fn killed_between_acknowledgement_and_delivery_ten_times_no_alert_is_lost() {
-    use sen_testing::{Serve, client, scaled};
+    use sen_testing::{Serve, scaled};
     use serde_json::json;
     use std::sync::atomic::Ordering::SeqCst;
     use std::time::{Duration, Instant};
-    let d = tempfile::tempdir().unwrap();
-    let bundle = tiny_bundle(d.path(), 5);
-    let sf = d.path().join("secret");
-    std::fs::write(&sf, "kill-rounds-secret").unwrap();
-    let rx = Receiver::start();
-    let launch = || {
-        Serve::launch(SEN, &bundle)
-            .store(&d.path().join("store"))
-            .args([
-                "--alert-webhook",
-                &format!("http://127.0.0.1:{}/hook", rx.port),
-                "--alert-webhook-secret",
-                sf.to_str().unwrap(),
-                "--alert-retry-for",
-                "600",
-            ])
-            .start()
-    };
-    let c = client();
-    let crops = synth_crops(d.path(), 3, 1);
-    let add = |s: &Serve, camera: &str| -> u64 {
-        let r = c
-            .post(s.at(&format!("/v1/images?camera={camera}")))
-            .header("content-type", "image/jpeg")
-            .body(crops[0].1.clone())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 201, "{}", s.log());
-        r.json::<Value>().unwrap()["id"].as_u64().unwrap()
-    };
+    let h = Hooked::new(b"kill-rounds-secret", "600");
+    let (rx, c) = (&h.rx, &h.c);
+    let launch = || h.launch();
+    let add = |s: &Serve, camera: &str| h.add(s, camera);
     let s = launch();
     let first = add(&s, "gate");
     let r = c
