@@ -459,35 +459,48 @@ impl Hooked {
     }
 
     fn add(&self, s: &sen_testing::Serve, camera: &str) -> u64 {
-        let r = self
-            .c
-            .post(s.at(&format!("/v1/images?camera={camera}")))
-            .header("content-type", "image/jpeg")
-            .body(self.crop.clone())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 201, "{}", s.log());
-        r.json::<Value>().unwrap()["id"].as_u64().unwrap()
+        add_crop(&self.c, s, &self.crop, camera)
     }
+}
+
+/// `crop` stored on `camera` by `POST /v1/images`: its row id.
+fn add_crop(
+    c: &reqwest::blocking::Client,
+    s: &sen_testing::Serve,
+    crop: &[u8],
+    camera: &str,
+) -> u64 {
+    let r = c
+        .post(s.at(&format!("/v1/images?camera={camera}")))
+        .header("content-type", "image/jpeg")
+        .body(crop.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", s.log());
+    r.json::<Value>().unwrap()["id"].as_u64().unwrap()
+}
+
+/// A watch for crops like row `row` at `min_score` 0.99 (the same crop again
+/// alerts; the tiny random model's other crops do not), by `POST /v1/watches`.
+fn watch_like(c: &reqwest::blocking::Client, s: &sen_testing::Serve, row: u64) {
+    let r = c
+        .post(s.at("/v1/watches"))
+        .json(&serde_json::json!({"name": "that one", "like": row, "min_score": 0.99}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", s.log());
 }
 
 #[test]
 fn webhooks_get_every_alert_signed_through_an_outage_and_a_kill() {
     use sen_testing::Serve;
-    use serde_json::json;
     let secret = b"s3cret-webhook-key-0123456789";
     let h = Hooked::new(secret, "60");
     let (rx, d, c) = (&h.rx, &h.d, &h.c);
     let launch = || h.launch();
     let add = |s: &Serve, camera: &str| h.add(s, camera);
     let s = launch();
-    let first = add(&s, "gate");
-    let r = c
-        .post(s.at("/v1/watches"))
-        .json(&json!({"name": "that one", "like": first, "min_score": 0.99}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    watch_like(c, &s, add(&s, "gate"));
     // Two alerts while the receiver answers 503.
     let rows = [add(&s, "gate"), add(&s, "yard")];
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -556,7 +569,6 @@ fn webhooks_get_every_alert_signed_through_an_outage_and_a_kill() {
 #[test]
 fn killed_between_acknowledgement_and_delivery_ten_times_no_alert_is_lost() {
     use sen_testing::{Serve, scaled};
-    use serde_json::json;
     use std::sync::atomic::Ordering::SeqCst;
     use std::time::{Duration, Instant};
     let h = Hooked::new(b"kill-rounds-secret", "600");
@@ -564,13 +576,7 @@ fn killed_between_acknowledgement_and_delivery_ten_times_no_alert_is_lost() {
     let launch = || h.launch();
     let add = |s: &Serve, camera: &str| h.add(s, camera);
     let s = launch();
-    let first = add(&s, "gate");
-    let r = c
-        .post(s.at("/v1/watches"))
-        .json(&json!({"name": "that one", "like": first, "min_score": 0.99}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    watch_like(c, &s, add(&s, "gate"));
     drop(s);
     let mut acked = vec![];
     for round in 0..10u64 {
@@ -653,7 +659,6 @@ fn sse_events(r: reqwest::blocking::Response, n: usize) -> Vec<(u64, Value)> {
 #[test]
 fn the_alert_stream_resumes_from_last_event_id_and_is_bounded() {
     use sen_testing::Serve;
-    use serde_json::json;
     let d = tempfile::tempdir().unwrap();
     let bundle = tiny_bundle(d.path(), 5);
     let s = Serve::launch(SEN, &bundle)
@@ -665,23 +670,8 @@ fn the_alert_stream_resumes_from_last_event_id_and_is_bounded() {
         .build()
         .unwrap();
     let crops = synth_crops(d.path(), 3, 1);
-    let add = |camera: &str| -> u64 {
-        let r = c
-            .post(s.at(&format!("/v1/images?camera={camera}")))
-            .header("content-type", "image/jpeg")
-            .body(crops[0].1.clone())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        r.json::<Value>().unwrap()["id"].as_u64().unwrap()
-    };
-    let first = add("gate");
-    let r = c
-        .post(s.at("/v1/watches"))
-        .json(&json!({"name": "that one", "like": first, "min_score": 0.99}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let add = |camera: &str| add_crop(&c, &s, &crops[0].1, camera);
+    watch_like(&c, &s, add("gate"));
     // A live stream: only what comes after it opened.
     let before = add("gate");
     let live = c.get(s.at("/v1/alerts/stream")).send().unwrap();
@@ -732,7 +722,6 @@ fn the_alert_stream_resumes_from_last_event_id_and_is_bounded() {
 fn alerts_are_published_on_the_prefix_at_qos_1() {
     use sen_testing::Serve;
     use sen_testing::mqtt::{Broker, Subscriber};
-    use serde_json::json;
     let d = tempfile::tempdir().unwrap();
     let Some(broker) = Broker::start(d.path()) else {
         return;
@@ -750,23 +739,8 @@ fn alerts_are_published_on_the_prefix_at_qos_1() {
         .start();
     let c = sen_testing::client();
     let crops = synth_crops(d.path(), 3, 1);
-    let add = |camera: &str| -> u64 {
-        let r = c
-            .post(s.at(&format!("/v1/images?camera={camera}")))
-            .header("content-type", "image/jpeg")
-            .body(crops[0].1.clone())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        r.json::<Value>().unwrap()["id"].as_u64().unwrap()
-    };
-    let first = add("gate");
-    let r = c
-        .post(s.at("/v1/watches"))
-        .json(&json!({"name": "that one", "like": first, "min_score": 0.99}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let add = |camera: &str| add_crop(&c, &s, &crops[0].1, camera);
+    watch_like(&c, &s, add("gate"));
     let rows = [add("gate"), add("yard")];
     let t = std::time::Instant::now();
     while sub.got.lock().unwrap().len() < 2 {
