@@ -102,8 +102,14 @@ pub fn check(cfg: &MqttConfig) -> Result<()> {
 /// every failure, logging it and showing it in the state.
 pub async fn run(cfg: MqttConfig, w: Wiring, mut stop: watch::Receiver<bool>) -> Result<()> {
     let (client, mut events) = AsyncClient::new(options(&cfg)?, 1024);
-    let (tx, rx) = mpsc::channel::<Publish>(4096);
-    let writer = tokio::spawn(write_inbox(rx, client.clone(), WriterCtx::of(&w)));
+    let (tx, rx) = mpsc::channel::<ToWriter>(4096);
+    // Which connection this is: a `Subscribed` mark of an earlier one is stale.
+    let session = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = tokio::spawn(write_inbox(
+        rx,
+        client.clone(),
+        WriterCtx::of(&w, session.clone()),
+    ));
     let mut backoff = Duration::from_millis(500);
     let broker = cfg.describe();
     loop {
@@ -114,6 +120,7 @@ pub async fn run(cfg: MqttConfig, w: Wiring, mut stop: watch::Receiver<bool>) ->
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::from_millis(500);
+                session.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tracing::info!(
                     "{}: connected to {broker} as {} (session {})",
                     w.source,
@@ -152,7 +159,7 @@ pub async fn run(cfg: MqttConfig, w: Wiring, mut stop: watch::Receiver<bool>) ->
                     }
                     continue;
                 }
-                if tx.send(p).await.is_err() {
+                if tx.send(ToWriter::Message(p)).await.is_err() {
                     break;
                 }
             }
@@ -168,11 +175,14 @@ pub async fn run(cfg: MqttConfig, w: Wiring, mut stop: watch::Receiver<bool>) ->
                 } else {
                     // Subscribed: whatever ends from now on is delivered, so the backfill
                     // (what ended before) runs now, not at the connect (an event that
-                    // ended between the two would be in neither).
-                    w.state
-                        .subscribed
-                        .store(true, std::sync::atomic::Ordering::SeqCst);
-                    w.connected.notify_one();
+                    // ended between the two would be in neither). The mark goes through
+                    // the inbox writer, so the messages that arrived before it (a resumed
+                    // session's queue) are in the inbox first and the backfill finds
+                    // them there: their frame times win over the backfill's guess.
+                    let mark = session.load(std::sync::atomic::Ordering::SeqCst);
+                    if tx.send(ToWriter::Subscribed(mark)).await.is_err() {
+                        break;
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::Disconnect)) => {
@@ -203,24 +213,47 @@ pub async fn run(cfg: MqttConfig, w: Wiring, mut stop: watch::Receiver<bool>) ->
     Ok(())
 }
 
+/// What the session hands the inbox writer, in arrival order.
+enum ToWriter {
+    Message(Publish),
+    /// The broker acknowledged the subscription of connection N: once everything
+    /// before this is in the inbox, the source is `subscribed` and the backfill runs.
+    Subscribed(u64),
+}
+
 struct WriterCtx {
     source: &'static str,
     store: Arc<Store>,
     state: Arc<State>,
     metrics: Arc<Metrics>,
     inbox: Arc<Notify>,
+    connected: Arc<Notify>,
+    session: Arc<std::sync::atomic::AtomicU64>,
     max_payload: usize,
 }
 
 impl WriterCtx {
-    fn of(w: &Wiring) -> WriterCtx {
+    fn of(w: &Wiring, session: Arc<std::sync::atomic::AtomicU64>) -> WriterCtx {
         WriterCtx {
             source: w.source,
             store: w.store.clone(),
             state: w.state.clone(),
             metrics: w.metrics.clone(),
             inbox: w.inbox.clone(),
+            connected: w.connected.clone(),
+            session,
             max_payload: w.max_payload,
+        }
+    }
+
+    /// The subscription of connection `mark` is acknowledged and what came before it
+    /// is in the inbox (a mark of an earlier connection is ignored).
+    fn subscribed(&self, mark: u64) {
+        if self.session.load(std::sync::atomic::Ordering::SeqCst) == mark {
+            self.state
+                .subscribed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.connected.notify_one();
         }
     }
 }
@@ -228,80 +261,96 @@ impl WriterCtx {
 /// Group what arrived together into one durable write, then acknowledge each message
 /// in arrival order. A write that fails (disk full) is retried; nothing is
 /// acknowledged before it is durable.
-async fn write_inbox(mut rx: mpsc::Receiver<Publish>, client: AsyncClient, c: WriterCtx) {
+async fn write_inbox(mut rx: mpsc::Receiver<ToWriter>, client: AsyncClient, c: WriterCtx) {
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < 512 {
+        let mut batch = vec![];
+        let mut mark = None;
+        match first {
+            ToWriter::Message(p) => batch.push(p),
+            ToWriter::Subscribed(m) => mark = Some(m),
+        }
+        while mark.is_none() && batch.len() < 512 {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(ToWriter::Message(p)) => batch.push(p),
+                Ok(ToWriter::Subscribed(m)) => mark = Some(m),
                 Err(_) => break,
             }
         }
-        let now = now_ms();
-        let mut msgs = Vec::with_capacity(batch.len());
-        for p in &batch {
-            if p.qos == QoS::AtMostOnce {
-                c.metrics.messages.with_label_values(&["qos0"]).inc();
-                if c.state.first_of("qos0") {
-                    tracing::warn!(
-                        "{}: {} arrived at QoS 0: a message lost while sen is down is not \
+        if !batch.is_empty() {
+            write_batch(&batch, &client, &c).await;
+        }
+        if let Some(m) = mark {
+            c.subscribed(m);
+        }
+    }
+}
+
+/// One durable inbox write of `batch`, then each message acknowledged in order.
+async fn write_batch(batch: &[Publish], client: &AsyncClient, c: &WriterCtx) {
+    let now = now_ms();
+    let mut msgs = Vec::with_capacity(batch.len());
+    for p in batch {
+        if p.qos == QoS::AtMostOnce {
+            c.metrics.messages.with_label_values(&["qos0"]).inc();
+            if c.state.first_of("qos0") {
+                tracing::warn!(
+                    "{}: {} arrived at QoS 0: a message lost while sen is down is not \
                          redelivered (set `mqtt: qos: 1` in Frigate's config; backfill \
                          still finds ended events)",
-                        c.source,
-                        p.topic
-                    );
-                }
-            } else {
-                c.metrics.messages.with_label_values(&["qos1"]).inc();
+                    c.source,
+                    p.topic
+                );
             }
-            if p.payload.len() > c.max_payload {
-                c.metrics.messages.with_label_values(&["oversize"]).inc();
-                c.metrics.skipped.with_label_values(&["too_large"]).inc();
-                if c.state.first_of("too_large") {
-                    tracing::warn!(
-                        "{}: {}: a {}-byte message is over the {}-byte limit (--max-body-mib); \
+        } else {
+            c.metrics.messages.with_label_values(&["qos1"]).inc();
+        }
+        if p.payload.len() > c.max_payload {
+            c.metrics.messages.with_label_values(&["oversize"]).inc();
+            c.metrics.skipped.with_label_values(&["too_large"]).inc();
+            if c.state.first_of("too_large") {
+                tracing::warn!(
+                    "{}: {}: a {}-byte message is over the {}-byte limit (--max-body-mib); \
                          skipped (logged once)",
-                        c.source,
-                        p.topic,
-                        p.payload.len(),
-                        c.max_payload
-                    );
-                }
-                continue;
+                    c.source,
+                    p.topic,
+                    p.payload.len(),
+                    c.max_payload
+                );
             }
-            msgs.push(InboxMessage {
-                source: c.source.to_string(),
-                topic: p.topic.clone(),
-                payload: p.payload.to_vec(),
-                received_ms: now,
-            });
+            continue;
         }
-        let mut wait = Duration::from_millis(200);
-        loop {
-            let (store, m) = (c.store.clone(), msgs.clone());
-            match tokio::task::spawn_blocking(move || store.inbox_push(m)).await {
-                Ok(Ok(_)) => break,
-                Ok(Err(e)) => {
-                    tracing::error!(
-                        "{}: cannot write {} messages to the inbox: {e}; retrying (they stay \
+        msgs.push(InboxMessage {
+            source: c.source.to_string(),
+            topic: p.topic.clone(),
+            payload: p.payload.to_vec(),
+            received_ms: now,
+        });
+    }
+    let mut wait = Duration::from_millis(200);
+    loop {
+        let (store, m) = (c.store.clone(), msgs.clone());
+        match tokio::task::spawn_blocking(move || store.inbox_push(m)).await {
+            Ok(Ok(_)) => break,
+            Ok(Err(e)) => {
+                tracing::error!(
+                    "{}: cannot write {} messages to the inbox: {e}; retrying (they stay \
                          unacknowledged)",
-                        c.source,
-                        msgs.len()
-                    );
-                    c.state.set_error(format!("inbox: {e}"));
-                }
-                Err(e) => tracing::error!("{}: inbox writer: {e}", c.source),
+                    c.source,
+                    msgs.len()
+                );
+                c.state.set_error(format!("inbox: {e}"));
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(10));
+            Err(e) => tracing::error!("{}: inbox writer: {e}", c.source),
         }
-        c.inbox.notify_one();
-        for p in &batch {
-            if p.qos != QoS::AtMostOnce
-                && let Err(e) = client.ack(p).await
-            {
-                tracing::warn!("{}: acknowledging {}: {e}", c.source, p.topic);
-            }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+    c.inbox.notify_one();
+    for p in batch {
+        if p.qos != QoS::AtMostOnce
+            && let Err(e) = client.ack(p).await
+        {
+            tracing::warn!("{}: acknowledging {}: {e}", c.source, p.topic);
         }
     }
 }
@@ -310,4 +359,80 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn publish(n: u8) -> Publish {
+        let mut p = Publish::new("frigate/events", QoS::AtLeastOnce, vec![b'{', n, b'}']);
+        p.pkid = n as u16 + 1;
+        p
+    }
+
+    /// The SUBACK's mark reaches the writer behind the messages that arrived before
+    /// it: when `subscribed` is set and the backfill woken, they are in the inbox (a
+    /// resumed session's queue wins over the backfill's copy). A mark of an earlier
+    /// connection sets nothing.
+    #[tokio::test]
+    async fn subscribed_is_set_after_what_came_before_it_is_in_the_inbox() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Store::create(
+                &d.path().join("s"),
+                &sen_store::StoreConfig {
+                    image_encoder_sha256: "ab".repeat(32),
+                    dim: 4,
+                    dtype: sen_store::Storage::F32,
+                    crops: false,
+                    bundle_precision: "fp32".into(),
+                },
+            )
+            .unwrap(),
+        );
+        // The client only queues the acks: no broker is needed.
+        let (client, _unpolled) =
+            AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 64);
+        let state = Arc::new(State::default());
+        let connected = Arc::new(Notify::new());
+        let session = Arc::new(AtomicU64::new(2));
+        let ctx = WriterCtx {
+            source: "frigate",
+            store: store.clone(),
+            state: state.clone(),
+            metrics: Arc::new(Metrics::new(&prometheus::Registry::new(), "frigate").unwrap()),
+            inbox: Arc::new(Notify::new()),
+            connected: connected.clone(),
+            session: session.clone(),
+            max_payload: 1 << 20,
+        };
+        let (tx, rx) = mpsc::channel(16);
+        // Everything is queued before the writer runs, as a burst would arrive.
+        for n in 0..3 {
+            tx.send(ToWriter::Message(publish(n))).await.unwrap();
+        }
+        tx.send(ToWriter::Subscribed(1)).await.unwrap();
+        tx.send(ToWriter::Message(publish(3))).await.unwrap();
+        tx.send(ToWriter::Subscribed(2)).await.unwrap();
+        let writer = tokio::spawn(write_inbox(rx, client, ctx));
+        tokio::time::timeout(Duration::from_secs(10), connected.notified())
+            .await
+            .expect("the current connection's mark wakes the backfill");
+        assert!(state.subscribed.load(Ordering::SeqCst));
+        assert_eq!(store.inbox_depth("frigate").unwrap(), 4);
+        // A stale mark alone: nothing is set or woken.
+        state.subscribed.store(false, Ordering::SeqCst);
+        session.store(3, Ordering::SeqCst);
+        tx.send(ToWriter::Subscribed(2)).await.unwrap();
+        drop(tx);
+        writer.await.unwrap();
+        assert!(!state.subscribed.load(Ordering::SeqCst));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), connected.notified())
+                .await
+                .is_err()
+        );
+    }
 }
