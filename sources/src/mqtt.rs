@@ -393,8 +393,7 @@ mod tests {
             .unwrap(),
         );
         // The client only queues the acks: no broker is needed.
-        let (client, _unpolled) =
-            AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 64);
+        let (client, _unpolled) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 64);
         let state = Arc::new(State::default());
         let connected = Arc::new(Notify::new());
         let session = Arc::new(AtomicU64::new(2));
