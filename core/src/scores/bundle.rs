@@ -83,26 +83,7 @@ impl ScoreCalibration {
         };
         let path = dir.join(&r.file);
         let text = std::fs::read_to_string(&path).map_err(|e| CoreError::io(&path, e))?;
-        let de = &mut serde_json::Deserializer::from_str(&text);
-        let file: ScoreCalibrationFile = serde_path_to_error::deserialize(de).map_err(|e| {
-            CoreError::format(&path, format!("field `{}`: {}", e.path(), e.inner()))
-        })?;
-        if file.version != SCORE_CALIBRATION_VERSION {
-            return Err(CoreError::format(
-                &path,
-                format!(
-                    "version {} is not supported (this sen reads {SCORE_CALIBRATION_VERSION}); run `sen calibrate-scores` again",
-                    file.version
-                ),
-            ));
-        }
-        for (kind, fit) in [("text", &file.text), ("image", &file.image)] {
-            fit.curve
-                .check()
-                .map_err(|e| CoreError::format(&path, format!("`{kind}`: {e}")))?;
-            check_prior(fit.prior)
-                .map_err(|e| CoreError::format(&path, format!("`{kind}.prior`: {e}")))?;
-        }
+        let file = ScoreCalibrationFile::parse(&text, &path)?;
         file.check_binding(manifest)
             .map_err(|e| CoreError::format(&path, e))?;
         let bg_path = dir.join(&r.background);
@@ -153,6 +134,31 @@ impl ScoreCalibration {
 }
 
 impl ScoreCalibrationFile {
+    /// `score_calibration.json`'s text (read from `path`, named in errors): its
+    /// fields, version, curves and priors checked; not yet its binding.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, CoreError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let file: ScoreCalibrationFile = serde_path_to_error::deserialize(de)
+            .map_err(|e| CoreError::format(path, format!("field `{}`: {}", e.path(), e.inner())))?;
+        if file.version != SCORE_CALIBRATION_VERSION {
+            return Err(CoreError::format(
+                path,
+                format!(
+                    "version {} is not supported (this sen reads {SCORE_CALIBRATION_VERSION}); run `sen calibrate-scores` again",
+                    file.version
+                ),
+            ));
+        }
+        for (kind, fit) in [("text", &file.text), ("image", &file.image)] {
+            fit.curve
+                .check()
+                .map_err(|e| CoreError::format(path, format!("`{kind}`: {e}")))?;
+            check_prior(fit.prior)
+                .map_err(|e| CoreError::format(path, format!("`{kind}.prior`: {e}")))?;
+        }
+        Ok(file)
+    }
+
     /// Whether this calibration belongs to `manifest`'s encoders; the error says what
     /// differs and what to do.
     pub fn check_binding(&self, manifest: &Manifest) -> Result<(), String> {

@@ -258,8 +258,11 @@ impl LrCurve {
         // The first knot above z (there is one, and one at or below it).
         let hi = k.partition_point(|&x| x <= z);
         let lo = hi - 1;
-        let t = (z - k[lo]) / (k[hi] - k[lo]);
-        self.ln_lr[lo] + t * (self.ln_lr[hi] - self.ln_lr[lo])
+        // Knots far apart overflow a difference: `(k[hi] - k[lo])` to infinity (t
+        // then 0) and `ln_lr[hi] - ln_lr[lo]` too (0 x inf is NaN); the weighted sum
+        // of the two ends never does.
+        let t = ((z - k[lo]) / (k[hi] - k[lo])).clamp(0.0, 1.0);
+        (1.0 - t) * self.ln_lr[lo] + t * self.ln_lr[hi]
     }
 
     /// `p` at `prior` (in (0, 1)).
@@ -532,6 +535,23 @@ mod tests {
         let zc = (wp * (30.0 * 1.0 + 15.0 * 2.0) + wn * (30.0 * 1.0 + 45.0 * 2.0))
             / (45.0 * wp + 75.0 * wn);
         assert!((c.z[0] - zc).abs() < 1e-9, "{} vs {zc}", c.z[0]);
+    }
+
+    #[test]
+    fn a_curve_of_extreme_knots_gives_a_number() {
+        // Checked (finite, increasing), but every difference overflows.
+        let c = LrCurve {
+            z: vec![-1e308, 1e308],
+            ln_lr: vec![-1e308, 1e308],
+        };
+        c.check().unwrap();
+        for z in [-1e308, -1.0, 0.0, 1.0, 1e308] {
+            let l = c.ln_lr(z);
+            assert!(l.is_finite(), "ln LR {l} at {z}");
+            let p = c.p(z, 0.01);
+            assert!((0.0..=1.0).contains(&p), "p {p} at {z}");
+        }
+        assert_eq!(c.ln_lr(-1e308), -1e308);
     }
 
     #[test]
