@@ -293,49 +293,25 @@ fn note_disk<T>(shared: &Shared, r: &Result<T, StoreError>) {
 
 pub(super) fn writer_loop(shared: Arc<Shared>, c: Connection, mut st: State, rx: Receiver<Job>) {
     let path = shared.dir.join(db::DB_FILE);
-    while let Ok(first) = rx.recv() {
-        // Group commit: every add and delete already queued joins this transaction.
-        let mut group = vec![first];
-        while group.len() < 256 {
-            match rx.try_recv() {
-                Ok(j) if grouped(&j) => group.push(j),
-                Ok(other) => {
-                    run_group(&shared, &c, &path, &mut st, std::mem::take(&mut group));
-                    group.push(other);
-                    break;
-                }
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
                 Err(_) => break,
-            }
-        }
-        let (batched, rest): (Vec<Job>, Vec<Job>) = group.into_iter().partition(grouped);
-        if !batched.is_empty() {
-            run_group(&shared, &c, &path, &mut st, batched);
-        }
-        for job in rest {
-            match job {
-                Job::Compact(reply) => {
-                    let r = compact(&shared, &c, &path, &mut st);
-                    note_disk(&shared, &r);
-                    let _ = reply.send(r);
-                }
-                Job::Flush(reply) => {
-                    let r = flush(&shared, &c, &path, &mut st);
-                    note_disk(&shared, &r);
-                    let _ = reply.send(r);
-                }
-                Job::Consumer(name, seq, reply) => {
-                    let _ = reply.send(consumer(&c, &path, &name, seq));
-                }
-                Job::Ping(reply) => {
-                    let _ = reply.send(db::probe_write(&c, &path));
-                }
-                Job::AlertCursor(sink, to, reply) => {
-                    let _ = reply.send(alert_cursor(&c, &path, &sink, to));
-                }
-                Job::Calibration(cal, reply) => {
-                    let _ = reply.send(st.matcher.set_calibration(&c, &path, cal));
-                }
-                _ => unreachable!("partitioned"),
+            },
+        };
+        // Group commit: every add and delete queued right behind a grouped job joins
+        // its transaction; a job of another kind waits for the next turn, so jobs run
+        // in the order they were sent.
+        let (run, left) = next_run(first, &rx, grouped, GROUP_MAX);
+        next = left;
+        if grouped(&run[0]) {
+            run_group(&shared, &c, &path, &mut st, run);
+        } else {
+            for job in run {
+                run_alone(&shared, &c, &path, &mut st, job);
             }
         }
         if st.pending_rows() >= shared.opts.flush_rows
@@ -344,6 +320,61 @@ pub(super) fn writer_loop(shared: Arc<Shared>, c: Connection, mut st: State, rx:
             // The rows stay durable in `pending`; the next flush tries again.
             tracing::warn!("writing pending rows to a segment failed: {e}");
         }
+    }
+}
+
+/// The most jobs one group commit takes.
+const GROUP_MAX: usize = 256;
+
+/// The next run of jobs from `first` on: `first` alone when it is not grouped;
+/// otherwise `first` and the grouped jobs already queued behind it (at most `max`).
+/// The job that ended the run, when one did, comes back to start the next.
+fn next_run<T>(
+    first: T,
+    rx: &Receiver<T>,
+    grouped: impl Fn(&T) -> bool,
+    max: usize,
+) -> (Vec<T>, Option<T>) {
+    if !grouped(&first) {
+        return (vec![first], None);
+    }
+    let mut run = vec![first];
+    while run.len() < max {
+        match rx.try_recv() {
+            Ok(j) if grouped(&j) => run.push(j),
+            Ok(other) => return (run, Some(other)),
+            Err(_) => break,
+        }
+    }
+    (run, None)
+}
+
+/// A job that runs on its own (not in a group commit).
+fn run_alone(shared: &Shared, c: &Connection, path: &Path, st: &mut State, job: Job) {
+    match job {
+        Job::Compact(reply) => {
+            let r = compact(shared, c, path, st);
+            note_disk(shared, &r);
+            let _ = reply.send(r);
+        }
+        Job::Flush(reply) => {
+            let r = flush(shared, c, path, st);
+            note_disk(shared, &r);
+            let _ = reply.send(r);
+        }
+        Job::Consumer(name, seq, reply) => {
+            let _ = reply.send(consumer(c, path, &name, seq));
+        }
+        Job::Ping(reply) => {
+            let _ = reply.send(db::probe_write(c, path));
+        }
+        Job::AlertCursor(sink, to, reply) => {
+            let _ = reply.send(alert_cursor(c, path, &sink, to));
+        }
+        Job::Calibration(cal, reply) => {
+            let _ = reply.send(st.matcher.set_calibration(c, path, cal));
+        }
+        grouped_job => run_group(shared, c, path, st, vec![grouped_job]),
     }
 }
 
@@ -950,4 +981,56 @@ fn alert_cursor(
         db::rollback(c);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_run;
+    use std::sync::mpsc::sync_channel;
+
+    /// Jobs are numbers here: even ones group, odd ones run alone.
+    fn runs(queued: &[u32], max: usize) -> Vec<Vec<u32>> {
+        let (tx, rx) = sync_channel(queued.len());
+        for j in queued {
+            tx.send(*j).unwrap();
+        }
+        drop(tx);
+        let even = |j: &u32| j % 2 == 0;
+        let mut out = vec![];
+        let mut next = None;
+        while let Some(first) = next.take().or_else(|| rx.recv().ok()) {
+            let (run, left) = next_run(first, &rx, even, max);
+            next = left;
+            out.push(run);
+        }
+        out
+    }
+
+    #[test]
+    fn a_job_that_runs_alone_is_never_put_in_a_group() {
+        // Two lone jobs back to back ahead of grouped ones: the writer once put the
+        // first lone job into a group commit, which cannot run it (CI's panic
+        // "only grouped jobs" when two alert-cursor moves met).
+        assert_eq!(
+            runs(&[1, 3, 2, 4, 5, 6, 7, 9], 256),
+            vec![
+                vec![1],
+                vec![3],
+                vec![2, 4],
+                vec![5],
+                vec![6],
+                vec![7],
+                vec![9]
+            ]
+        );
+    }
+
+    #[test]
+    fn runs_keep_the_order_jobs_were_sent_in_and_stop_at_the_cap() {
+        assert_eq!(
+            runs(&[2, 4, 6, 8, 10, 1, 12], 3),
+            vec![vec![2, 4, 6], vec![8, 10], vec![1], vec![12]]
+        );
+        assert_eq!(runs(&[], 3), Vec::<Vec<u32>>::new());
+    }
 }
