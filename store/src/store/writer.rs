@@ -995,7 +995,7 @@ mod tests {
             tx.send(*j).unwrap();
         }
         drop(tx);
-        let even = |j: &u32| j % 2 == 0;
+        let even = |j: &u32| j.is_multiple_of(2);
         let mut out = vec![];
         let mut next = None;
         while let Some(first) = next.take().or_else(|| rx.recv().ok()) {
