@@ -129,6 +129,10 @@ pub trait Handler: Send + Sync + 'static {
 struct Busy {
     entries: HashSet<u64>,
     items: HashSet<String>,
+    /// Entries whose task ended since the last inbox query began. A query that began
+    /// before an entry was resolved may still list it; it must not run twice (its
+    /// crop file may be gone by then).
+    ended: HashSet<u64>,
 }
 
 /// Process the inbox until `stop`.
@@ -148,6 +152,7 @@ pub async fn run(
             let store = ctx.store.clone();
             let source = ctx.source;
             let limit = ctx.concurrency * 8;
+            busy.lock().unwrap_or_else(|e| e.into_inner()).ended.clear();
             let due =
                 tokio::task::spawn_blocking(move || store.inbox_due(source, now_ms(), limit)).await;
             match due {
@@ -161,6 +166,7 @@ pub async fn run(
                         {
                             let mut b = busy.lock().unwrap_or_else(|e| e.into_inner());
                             if b.entries.contains(&e.id)
+                                || b.ended.contains(&e.id)
                                 || item.as_ref().is_some_and(|i| b.items.contains(i))
                             {
                                 continue;
@@ -179,6 +185,7 @@ pub async fn run(
                             finish(&ctx, &e, out).await;
                             let mut b = busy.lock().unwrap_or_else(|e| e.into_inner());
                             b.entries.remove(&id);
+                            b.ended.insert(id);
                             if let Some(i) = item {
                                 b.items.remove(&i);
                             }
