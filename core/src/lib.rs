@@ -2,7 +2,7 @@
 //!
 //! - [`config`]: `ModelConfig` and its presets (every model size comes from here);
 //! - [`manifest`]: the deployment bundle's `manifest.json` (one reader and writer);
-//! - [`preprocess`]: image decoding, Pillow-exact bicubic resize, CLIP normalisation;
+//! - [`preprocess`]: image decoding, Pillow-exact bicubic or bilinear resize, CLIP normalisation;
 //! - [`tokenizer`]: the CLIP BPE tokenizer with open_clip's text cleaning;
 //! - [`metrics`]: R@K, mAP, mINP for text-to-image retrieval;
 //! - [`scores`]: score calibration (a score to a probability at a prior, SPEC §12);

@@ -2,10 +2,11 @@
 //! evaluation, export checks, calibration and the runtime all call this code.
 //!
 //! decode (JPEG/PNG/BMP/WebP; EXIF orientation applied) -> RGB8 (alpha dropped,
-//! 16-bit scaled) -> bicubic resize to H x W with Pillow's exact algorithm
-//! (`Image.resize((W, H), BICUBIC)`: separable, support scaled on downsampling,
-//! 22-bit fixed-point coefficients, horizontal pass first, 8-bit intermediate)
-//! -> `/255` -> `(x - mean) / std` -> NCHW f32.
+//! 16-bit scaled) -> resize to H x W with the model's filter (bicubic or bilinear),
+//! computed exactly as Pillow 13 does (`Image.resize((W, H), BICUBIC | BILINEAR)`:
+//! separable, support widened by the scale on downsampling, 22-bit fixed-point
+//! coefficients, 8-bit intermediate between the passes) -> `/255` ->
+//! `(x - mean) / std` -> NCHW f32.
 
 use crate::config::ModelConfig;
 use crate::error::CoreError;
@@ -29,7 +30,7 @@ pub struct PreprocessSpec {
     pub width: usize,
     pub mean: [f32; 3],
     pub std: [f32; 3],
-    /// Resize filter; `bicubic` (Pillow's) is the only one.
+    /// Resize filter, Pillow's: `bicubic` or `bilinear` (see [`ResizeFilter`]).
     pub resize: String,
 }
 
@@ -57,16 +58,79 @@ impl PreprocessSpec {
                 format!("{:?} must be positive", self.std),
             ));
         }
-        if self.resize != "bicubic" {
-            return Err(CoreError::config(
-                "preprocess.resize",
-                format!(
-                    "{:?} is not supported; sen resizes with Pillow's \"bicubic\"",
-                    self.resize
-                ),
-            ));
-        }
+        self.filter()?;
         Ok(())
+    }
+
+    /// The resize filter `resize` names; an unknown name is an error naming the field.
+    pub fn filter(&self) -> Result<ResizeFilter, CoreError> {
+        self.resize.parse()
+    }
+}
+
+/// A resampling filter, exactly as Pillow 13 defines it (`src/libImaging/Resample.c`).
+/// The filter is part of the model: OpenAI CLIP was trained on bicubic, IRRA and SEN
+/// on bilinear (torchvision's `Resize` on PIL images).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeFilter {
+    /// `Image.BICUBIC`: Keys' cubic convolution with a = -0.5, support 2.
+    Bicubic,
+    /// `Image.BILINEAR`: the triangle filter `max(0, 1 - |x|)`, support 1.
+    Bilinear,
+}
+
+impl ResizeFilter {
+    /// Every filter, in the order its name is listed in errors.
+    pub const ALL: [ResizeFilter; 2] = [ResizeFilter::Bicubic, ResizeFilter::Bilinear];
+
+    /// The name `preprocess.resize` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResizeFilter::Bicubic => "bicubic",
+            ResizeFilter::Bilinear => "bilinear",
+        }
+    }
+
+    /// Half-width of the filter at scale 1 (Pillow's `filter->support`); on
+    /// downscaling it is widened by the scale.
+    pub fn support(self) -> f64 {
+        match self {
+            ResizeFilter::Bicubic => 2.0,
+            ResizeFilter::Bilinear => 1.0,
+        }
+    }
+
+    /// The filter's weight at distance `x` (Pillow's `bicubic_filter` / `bilinear_filter`).
+    pub fn eval(self, x: f64) -> f64 {
+        match self {
+            ResizeFilter::Bicubic => bicubic(x),
+            ResizeFilter::Bilinear => bilinear(x),
+        }
+    }
+}
+
+impl std::fmt::Display for ResizeFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ResizeFilter {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self, CoreError> {
+        ResizeFilter::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                CoreError::config(
+                    "preprocess.resize",
+                    format!(
+                        "{s:?} is not a resize filter sen knows; use \"bicubic\" or \"bilinear\" \
+                         (Pillow's, whichever the model was trained with)"
+                    ),
+                )
+            })
     }
 }
 
@@ -293,6 +357,7 @@ pub fn decode_rgb8_limited(
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
+/// Pillow's `bicubic_filter` (a = -0.5).
 fn bicubic(x: f64) -> f64 {
     const A: f64 = -0.5;
     let x = x.abs();
@@ -305,12 +370,23 @@ fn bicubic(x: f64) -> f64 {
     }
 }
 
-/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the bicubic filter.
+/// Pillow's `bilinear_filter`.
+fn bilinear(x: f64) -> f64 {
+    let x = x.abs();
+    if x < 1.0 { 1.0 - x } else { 0.0 }
+}
+
+/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for `filter`.
 /// Returns (kernel size, per-output (first input index, tap count), fixed-point taps).
-fn coeffs(in_size: usize, out_size: usize) -> (usize, Vec<(usize, usize)>, Vec<i32>) {
+fn coeffs(
+    in_size: usize,
+    out_size: usize,
+    filter: ResizeFilter,
+) -> (usize, Vec<(usize, usize)>, Vec<i32>) {
     let scale = in_size as f64 / out_size as f64;
+    // Upscaling keeps the filter's own support; downscaling widens it (antialiasing).
     let filterscale = scale.max(1.0);
-    let support = 2.0 * filterscale;
+    let support = filter.support() * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
     let mut bounds = Vec::with_capacity(out_size);
     let mut kk = vec![0i32; out_size * ksize];
@@ -324,7 +400,7 @@ fn coeffs(in_size: usize, out_size: usize) -> (usize, Vec<(usize, usize)>, Vec<i
             (((center + support + 0.5) as i64).min(in_size as i64) as usize).saturating_sub(xmin);
         let mut ww = 0.0;
         for (x, kx) in k.iter_mut().enumerate().take(xmax) {
-            let w = bicubic((x as f64 + xmin as f64 - center + 0.5) * ss);
+            let w = filter.eval((x as f64 + xmin as f64 - center + 0.5) * ss);
             *kx = w;
             ww += w;
         }
@@ -347,39 +423,47 @@ fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Pillow-exact bicubic resize of an RGB8 image (`Image.resize((w, h), Image.BICUBIC)`).
+/// Pillow-exact resize of an RGB8 image (`Image.resize((w, h), filter)`, Pillow 13).
 ///
 /// Pillow resizes in two separable passes with an 8-bit image in between, so the
 /// order matters. Since Pillow 13 (python-pillow/Pillow#9549) the vertical pass runs
 /// first when the height shrinks by more than twice as many pixels as the width;
 /// otherwise the horizontal pass runs first, over only the rows the vertical pass reads.
-/// (Rule checked against Pillow 13.0.0 on random sizes; see the parity tests.)
-pub fn resize_bicubic(src: &Rgb8, out_w: usize, out_h: usize) -> Rgb8 {
+/// The rule is the same for every filter. (Checked against Pillow 13.0.0 on random
+/// sizes, bicubic and bilinear; see the parity tests.) Earlier Pillow always ran the
+/// horizontal pass first, which can differ by 1 in a few values.
+pub fn resize(src: &Rgb8, out_w: usize, out_h: usize, filter: ResizeFilter) -> Rgb8 {
     let (w, h) = (src.width, src.height);
     let need_h = w != out_w;
     let need_v = h != out_h;
     match (need_h, need_v) {
         (false, false) => src.clone(),
-        (true, false) => horizontal_pass(src, out_w, 0, h),
-        (false, true) => vertical_pass(src, out_h),
+        (true, false) => horizontal_pass(src, out_w, 0, h, filter),
+        (false, true) => vertical_pass(src, out_h, filter),
         (true, true) if out_h < h && (h - out_h) as i64 > 2 * (w as i64 - out_w as i64) => {
-            horizontal_pass(&vertical_pass(src, out_h), out_w, 0, out_h)
+            horizontal_pass(&vertical_pass(src, out_h, filter), out_w, 0, out_h, filter)
         }
         (true, true) => {
             // Only the source rows [first, last) feed the vertical pass.
-            let (_, bv, _) = coeffs(h, out_h);
+            let (_, bv, _) = coeffs(h, out_h, filter);
             let first = bv[0].0;
             let last = bv[out_h - 1].0 + bv[out_h - 1].1;
-            let mid = horizontal_pass(src, out_w, first, last - first);
-            vertical_pass_rows(&mid, out_h, first, h)
+            let mid = horizontal_pass(src, out_w, first, last - first, filter);
+            vertical_pass_rows(&mid, out_h, first, h, filter)
         }
     }
 }
 
 /// Horizontal pass over source rows `[first, first + rows)`.
-fn horizontal_pass(src: &Rgb8, out_w: usize, first: usize, rows: usize) -> Rgb8 {
+fn horizontal_pass(
+    src: &Rgb8,
+    out_w: usize,
+    first: usize,
+    rows: usize,
+    filter: ResizeFilter,
+) -> Rgb8 {
     let w = src.width;
-    let (kh, bh, kkh) = coeffs(w, out_w);
+    let (kh, bh, kkh) = coeffs(w, out_w, filter);
     let half = 1i32 << (PRECISION_BITS - 1);
     let mut out = vec![0u8; rows * out_w * 3];
     for (y, orow) in out.chunks_exact_mut(out_w * 3).enumerate() {
@@ -404,14 +488,20 @@ fn horizontal_pass(src: &Rgb8, out_w: usize, first: usize, rows: usize) -> Rgb8 
     }
 }
 
-fn vertical_pass(src: &Rgb8, out_h: usize) -> Rgb8 {
-    vertical_pass_rows(src, out_h, 0, src.height)
+fn vertical_pass(src: &Rgb8, out_h: usize, filter: ResizeFilter) -> Rgb8 {
+    vertical_pass_rows(src, out_h, 0, src.height, filter)
 }
 
 /// Vertical pass from `in_h` source rows to `out_h`, where `src` holds the source
 /// rows starting at `first` (the horizontal pass may have skipped unused rows).
-fn vertical_pass_rows(src: &Rgb8, out_h: usize, first: usize, in_h: usize) -> Rgb8 {
-    let (kv, bv, kkv) = coeffs(in_h, out_h);
+fn vertical_pass_rows(
+    src: &Rgb8,
+    out_h: usize,
+    first: usize,
+    in_h: usize,
+    filter: ResizeFilter,
+) -> Rgb8 {
+    let (kv, bv, kkv) = coeffs(in_h, out_h, filter);
     let half = 1i32 << (PRECISION_BITS - 1);
     let stride = src.width * 3;
     let mut out = vec![0u8; out_h * stride];
@@ -439,6 +529,8 @@ fn vertical_pass_rows(src: &Rgb8, out_h: usize, first: usize, in_h: usize) -> Rg
 #[derive(Debug, Clone)]
 pub struct Preprocessor {
     spec: PreprocessSpec,
+    /// `spec.resize`, parsed once.
+    filter: ResizeFilter,
     /// `lut[c][v] = (v / 255 - mean[c]) / std[c]`, computed in f32 as torchvision does.
     lut: [[f32; 256]; 3],
 }
@@ -446,13 +538,14 @@ pub struct Preprocessor {
 impl Preprocessor {
     pub fn new(spec: PreprocessSpec) -> Result<Self, CoreError> {
         spec.validate()?;
+        let filter = spec.filter()?;
         let mut lut = [[0f32; 256]; 3];
         for (c, table) in lut.iter_mut().enumerate() {
             for (v, x) in table.iter_mut().enumerate() {
                 *x = (v as f32 / 255.0 - spec.mean[c]) / spec.std[c];
             }
         }
-        Ok(Preprocessor { spec, lut })
+        Ok(Preprocessor { spec, filter, lut })
     }
 
     pub fn for_model(cfg: &ModelConfig) -> Self {
@@ -463,9 +556,15 @@ impl Preprocessor {
         &self.spec
     }
 
-    /// Resize to the target size (RGB8), the step before normalisation.
+    /// The resize filter the spec names.
+    pub fn filter(&self) -> ResizeFilter {
+        self.filter
+    }
+
+    /// Resize to the target size (RGB8) with the spec's filter, the step before
+    /// normalisation.
     pub fn resize(&self, img: &Rgb8) -> Rgb8 {
-        resize_bicubic(img, self.spec.width, self.spec.height)
+        resize(img, self.spec.width, self.spec.height, self.filter)
     }
 
     /// Normalise an already-resized RGB8 image into a `[3, H, W]` view.
@@ -587,7 +686,7 @@ mod tests {
 
     #[test]
     fn downscale_coefficients_sum_to_one() {
-        let (ksize, bounds, kk) = coeffs(500, 128);
+        let (ksize, bounds, kk) = coeffs(500, 128, ResizeFilter::Bicubic);
         assert_eq!(ksize, (2.0f64 * 500.0 / 128.0).ceil() as usize * 2 + 1);
         for (i, &(_, n)) in bounds.iter().enumerate() {
             let s: i64 = kk[i * ksize..i * ksize + n].iter().map(|&v| v as i64).sum();
@@ -599,29 +698,202 @@ mod tests {
     }
 
     #[test]
+    fn bilinear_kernel_values() {
+        let f = ResizeFilter::Bilinear;
+        assert_eq!(f.support(), 1.0);
+        assert_eq!(ResizeFilter::Bicubic.support(), 2.0);
+        assert_eq!(f.eval(0.0), 1.0);
+        assert_eq!(f.eval(0.25), 0.75);
+        assert_eq!(f.eval(-0.75), 0.25);
+        assert_eq!(f.eval(1.0), 0.0);
+        assert_eq!(f.eval(1.5), 0.0);
+    }
+
+    /// Every output's fixed-point taps sum to 1 << 22 (within rounding), for both
+    /// filters, shrinking and growing; and the kernel size is Pillow's
+    /// `ceil(support * max(scale, 1)) * 2 + 1`.
+    #[test]
+    fn coefficients_sum_to_one_for_both_filters() {
+        for filter in ResizeFilter::ALL {
+            for (n_in, n_out) in [(500, 128), (150, 31), (90, 384), (7, 3), (3, 7), (128, 128)] {
+                let (ksize, bounds, kk) = coeffs(n_in, n_out, filter);
+                let filterscale = (n_in as f64 / n_out as f64).max(1.0);
+                assert_eq!(
+                    ksize,
+                    (filter.support() * filterscale).ceil() as usize * 2 + 1,
+                    "{filter} {n_in}->{n_out}"
+                );
+                assert_eq!(bounds.len(), n_out);
+                for (i, &(xmin, n)) in bounds.iter().enumerate() {
+                    assert!(n >= 1 && n <= ksize && xmin + n <= n_in);
+                    let s: i64 = kk[i * ksize..i * ksize + n].iter().map(|&v| v as i64).sum();
+                    assert!(
+                        (s - (1 << PRECISION_BITS)).abs() <= n as i64,
+                        "{filter} {n_in}->{n_out} output {i}: {s}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Bilinear's support is 1, widened by the scale when shrinking: 500 -> 128 reads
+    /// ceil(3.906) * 2 + 1 = 9 taps (bicubic's support would give 17, no widening 3).
+    /// The window is checked here because the tent is 0 past |x| = 1: bicubic's
+    /// support would only add zero taps and leave the pixels alone, so neither
+    /// `bilinear_small_cases_by_hand`'s pixels nor the Pillow parity test would see it
+    /// (they do see a missing widening).
+    #[test]
+    fn bilinear_support_is_one_widened_by_the_scale() {
+        let (ksize, bounds, _) = coeffs(500, 128, ResizeFilter::Bilinear);
+        assert_eq!(ksize, 9);
+        // Output 64: center 64.5 * 500 / 128 = 251.953, support 3.906:
+        // xmin = (int)(251.953 - 3.906 + 0.5) = 248, xmax = (int)(256.359) = 256.
+        assert_eq!(bounds[64], (248, 8));
+        // Upscaling keeps support 1: each output reads at most 2 inputs.
+        let (ksize, bounds, _) = coeffs(2, 4, ResizeFilter::Bilinear);
+        assert_eq!(ksize, 3);
+        assert_eq!(bounds, vec![(0, 1), (0, 2), (0, 2), (1, 1)]);
+    }
+
+    fn row(px: &[u8]) -> Rgb8 {
+        Rgb8 {
+            width: px.len(),
+            height: 1,
+            data: px.iter().flat_map(|&v| [v, 255 - v, v / 2]).collect(),
+        }
+    }
+
+    fn reds(img: &Rgb8) -> Vec<u8> {
+        img.data.chunks_exact(3).map(|p| p[0]).collect()
+    }
+
+    /// Pillow's formulas by hand (precompute_coeffs, bilinear_filter):
+    ///
+    /// 4 -> 2: scale = filterscale = 2, support = 2, ss = 1/2.
+    ///   out 0: center 1, xmin = (int)(-0.5) = 0, xmax = (int)(3.5) = 3;
+    ///          w(x) = tent((x - 1 + 0.5) / 2) = 0.75, 0.75, 0.25 -> 3/7, 3/7, 1/7.
+    ///   out 1: center 3, xmin = (int)(1.5) = 1, xmax = min((int)(5.5), 4) = 4;
+    ///          w = 0.25, 0.75, 0.75 -> 1/7, 3/7, 3/7.
+    ///   [0, 70, 140, 210] -> [(70*3 + 140) / 7, (70 + 140*3 + 210*3) / 7] = [50, 160].
+    ///   (Support 1 unwidened would give [35, 175]; bicubic's support other values.)
+    /// 2 -> 4: scale = 1/2, filterscale = 1, support = 1; centers 0.25, 0.75, 1.25, 1.75
+    ///   read [x0], [0.75 x0 + 0.25 x1], [0.25 x0 + 0.75 x1], [x1]:
+    ///   [0, 100] -> [0, 25, 75, 100] (the fixed-point 25.5 floors to 25).
+    #[test]
+    fn bilinear_small_cases_by_hand() {
+        let f = ResizeFilter::Bilinear;
+        let (ksize, bounds, kk) = coeffs(4, 2, f);
+        assert_eq!(ksize, 5);
+        assert_eq!(bounds, vec![(0, 3), (1, 3)]);
+        // round(3/7 * 2^22) = 1797559, round(1/7 * 2^22) = 599186.
+        assert_eq!(&kk[0..3], &[1797559, 1797559, 599186]);
+        assert_eq!(&kk[5..8], &[599186, 1797559, 1797559]);
+
+        let down = resize(&row(&[0, 70, 140, 210]), 2, 1, f);
+        assert_eq!(reds(&down), vec![50, 160]);
+        assert_eq!(down.data[1], 255 - 50, "green is 255 - red here");
+
+        let up = resize(&row(&[0, 100]), 4, 1, f);
+        assert_eq!(reds(&up), vec![0, 25, 75, 100]);
+
+        // The same 4 -> 2 both ways at once: a 4x4 image whose rows are the row above.
+        let sq = Rgb8 {
+            width: 4,
+            height: 4,
+            data: row(&[0, 70, 140, 210]).data.repeat(4),
+        };
+        assert_eq!(reds(&resize(&sq, 2, 2, f)), vec![50, 160, 50, 160]);
+        // Transposed: the vertical pass has the same coefficients.
+        let col = Rgb8 {
+            width: 1,
+            height: 4,
+            data: row(&[0, 70, 140, 210]).data,
+        };
+        assert_eq!(reds(&resize(&col, 1, 2, f)), vec![50, 160]);
+        // Bicubic differs on the same input (the filter is really dispatched).
+        assert_ne!(
+            reds(&resize(
+                &row(&[0, 70, 140, 210]),
+                2,
+                1,
+                ResizeFilter::Bicubic
+            )),
+            vec![50, 160]
+        );
+    }
+
+    #[test]
+    fn filter_names_parse_and_unknown_names_are_refused() {
+        for f in ResizeFilter::ALL {
+            assert_eq!(f.name().parse::<ResizeFilter>().unwrap(), f);
+            let spec = PreprocessSpec {
+                resize: f.name().into(),
+                ..PreprocessSpec::for_model(&ModelConfig::tiny())
+            };
+            spec.validate().unwrap();
+            assert_eq!(Preprocessor::new(spec).unwrap().filter(), f);
+        }
+        for bad in ["lanczos", "Bilinear", ""] {
+            let spec = PreprocessSpec {
+                resize: bad.into(),
+                ..PreprocessSpec::for_model(&ModelConfig::tiny())
+            };
+            let e = Preprocessor::new(spec).unwrap_err().to_string();
+            assert!(
+                e.contains("preprocess.resize")
+                    && e.contains(&format!("{bad:?}"))
+                    && e.contains("\"bicubic\"")
+                    && e.contains("\"bilinear\""),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn preprocessor_dispatches_on_the_filter() {
+        let img = ramp(37, 91);
+        let spec = |f: ResizeFilter| PreprocessSpec {
+            resize: f.name().into(),
+            ..PreprocessSpec::for_model(&ModelConfig::tiny())
+        };
+        for f in ResizeFilter::ALL {
+            let p = Preprocessor::new(spec(f)).unwrap();
+            assert_eq!(p.resize(&img), resize(&img, 16, 48, f));
+        }
+        assert_ne!(
+            resize(&img, 16, 48, ResizeFilter::Bilinear),
+            resize(&img, 16, 48, ResizeFilter::Bicubic)
+        );
+    }
+
+    #[test]
     fn constant_image_stays_constant() {
         let img = Rgb8 {
             width: 37,
             height: 91,
             data: [10u8, 200, 77].repeat(37 * 91),
         };
-        for (w, h) in [(128, 384), (16, 20), (37, 20), (64, 91)] {
-            let r = resize_bicubic(&img, w, h);
-            assert_eq!((r.width, r.height), (w, h));
-            assert!(
-                r.data.chunks_exact(3).all(|p| p == [10, 200, 77]),
-                "{w}x{h}"
-            );
+        for filter in ResizeFilter::ALL {
+            for (w, h) in [(128, 384), (16, 20), (37, 20), (64, 91), (5, 300), (200, 3)] {
+                let r = resize(&img, w, h, filter);
+                assert_eq!((r.width, r.height), (w, h));
+                assert!(
+                    r.data.chunks_exact(3).all(|p| p == [10, 200, 77]),
+                    "{filter} {w}x{h}"
+                );
+            }
         }
     }
 
     #[test]
     fn same_size_is_identity_and_ramp_is_monotone() {
         let img = ramp(50, 40);
-        assert_eq!(resize_bicubic(&img, 50, 40), img);
-        let r = resize_bicubic(&img, 20, 40);
-        let row: Vec<u8> = r.data.chunks_exact(3).take(20).map(|p| p[0]).collect();
-        assert!(row.windows(2).all(|w| w[0] <= w[1]), "{row:?}");
+        for filter in ResizeFilter::ALL {
+            assert_eq!(resize(&img, 50, 40, filter), img);
+            let r = resize(&img, 20, 40, filter);
+            let row: Vec<u8> = r.data.chunks_exact(3).take(20).map(|p| p[0]).collect();
+            assert!(row.windows(2).all(|w| w[0] <= w[1]), "{filter}: {row:?}");
+        }
     }
 
     #[test]

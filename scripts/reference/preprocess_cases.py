@@ -6,9 +6,11 @@ rocket, hubble: NASA, public domain; coffee: Rachel Michetti, CC0; chelsea:
 Stefan van der Walt, CC0), saved in the formats and variants sen must read. For
 each, the reference is what a PyTorch/PIL pipeline feeds CLIP before the float
 step: `ImageOps.exif_transpose(Image.open(p)).convert("RGB").resize((W, H),
-Image.BICUBIC)` as uint8, saved losslessly as `<name>.<W>x<H>.pil.png`.
+filter)` as uint8, saved losslessly, for both filters sen implements: BICUBIC
+(OpenAI CLIP's) as `<name>.<W>x<H>.pil.png` and BILINEAR (torchvision's
+`Resize` on PIL images, IRRA's and SEN's) as `<name>.<W>x<H>.bilinear.pil.png`.
 `/255` and the CLIP normalisation are then applied identically on both sides in
-the test. cases.json lists everything.
+the test. cases.json lists everything, each case with its `filter`.
 
     pip install pillow==13.0.0 && pip download --no-deps scikit-image  # then unzip skimage/data
     python3 scripts/reference/preprocess_cases.py SKIMAGE_DATA_DIR
@@ -20,6 +22,10 @@ import sys
 
 import PIL
 from PIL import Image, ImageOps
+
+# Each filter: its name in sen's `preprocess.resize`, Pillow's constant, and the
+# reference file's suffix (bicubic's is the original, unmarked one).
+FILTERS = [("bicubic", Image.BICUBIC, ""), ("bilinear", Image.BILINEAR, ".bilinear")]
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "..", "core", "tests", "fixtures", "images")
 
@@ -55,13 +61,14 @@ def main(src):
     save("exif_orientation6.jpg", upright.transpose(Image.Transpose.ROTATE_90), quality=92, exif=exif.tobytes())
 
     cases = []
-    for name, path in sorted(inputs.items()):
-        sizes = [(128, 384)] + ([(64, 192)] if name in ("astronaut.jpg", "coffee.png") else [])
-        for w, h in sizes:
-            ref = ImageOps.exif_transpose(Image.open(path)).convert("RGB").resize((w, h), Image.BICUBIC)
-            ref_name = f"{name}.{w}x{h}.pil.png"
-            ref.save(os.path.join(OUT, ref_name))
-            cases.append({"input": name, "reference": ref_name, "width": w, "height": h})
+    for filt, pil_filter, suffix in FILTERS:
+        for name, path in sorted(inputs.items()):
+            sizes = [(128, 384)] + ([(64, 192)] if name in ("astronaut.jpg", "coffee.png") else [])
+            for w, h in sizes:
+                ref = ImageOps.exif_transpose(Image.open(path)).convert("RGB").resize((w, h), pil_filter)
+                ref_name = f"{name}.{w}x{h}{suffix}.pil.png"
+                ref.save(os.path.join(OUT, ref_name))
+                cases.append({"input": name, "reference": ref_name, "width": w, "height": h, "filter": filt})
     # Pass-order and kernel edge cases: a noise image resized to many sizes (both
     # pass orders, up- and downscaling, one axis only). Lossless, so exact equality.
     import random
@@ -71,13 +78,14 @@ def main(src):
     noise.save(os.path.join(OUT, "noise.png"))
     sizes = [(90, 40), (30, 150), (31, 149), (12, 20), (45, 30), (200, 70), (64, 192), (128, 384)]
     sizes += [(rnd.randint(4, 100), rnd.randint(4, 100)) for _ in range(16)]
-    for w, h in sizes:
-        ref_name = f"noise.png.{w}x{h}.pil.png"
-        noise.resize((w, h), Image.BICUBIC).save(os.path.join(OUT, ref_name))
-        cases.append({"input": "noise.png", "reference": ref_name, "width": w, "height": h})
+    for filt, pil_filter, suffix in FILTERS:
+        for w, h in sizes:
+            ref_name = f"noise.png.{w}x{h}{suffix}.pil.png"
+            noise.resize((w, h), pil_filter).save(os.path.join(OUT, ref_name))
+            cases.append({"input": "noise.png", "reference": ref_name, "width": w, "height": h, "filter": filt})
     meta = {
         "generator": "scripts/reference/preprocess_cases.py",
-        "reference": f"Pillow {PIL.__version__}: exif_transpose, convert('RGB'), resize((W, H), BICUBIC)",
+        "reference": f"Pillow {PIL.__version__}: exif_transpose, convert('RGB'), resize((W, H), BICUBIC or BILINEAR as the case's filter)",
         "cases": cases,
     }
     with open(os.path.join(OUT, "cases.json"), "w") as f:
