@@ -229,14 +229,23 @@ fn check_source(dir: &Path, m: &Manifest) -> Result<(), CalibrateError> {
             )));
         }
     }
-    let expected = PreprocessSpec::for_model(&m.model);
-    if m.preprocess != expected {
+    // The bundle's preprocessing is its model's (SPEC §3): its filter may be bicubic
+    // or bilinear, but its size must be the model's input.
+    let expected = (m.model.vision.image_height, m.model.vision.image_width);
+    if let Err(e) = m.preprocess.validate() {
         return Err(CalibrateError::Input(format!(
-            "{}: the manifest's preprocess {} differs from what its model takes ({}); calibration \
+            "{}: {e}",
+            dir.join(sen_core::manifest::MANIFEST_FILE).display()
+        )));
+    }
+    if (m.preprocess.height, m.preprocess.width) != expected {
+        return Err(CalibrateError::Input(format!(
+            "{}: the manifest's preprocess {} is not the {}x{} its model takes; calibration \
              data prepared this way would not match serving or training: re-export the bundle",
             dir.join(sen_core::manifest::MANIFEST_FILE).display(),
             serde_json::to_string(&m.preprocess).unwrap_or_default(),
-            serde_json::to_string(&expected).unwrap_or_default()
+            expected.0,
+            expected.1
         )));
     }
     Ok(())

@@ -97,6 +97,8 @@ impl StagedDir {
 
 /// The weights file of a checkpoint directory (SPEC §10).
 pub const CHECKPOINT_MODEL_FILE: &str = "model.safetensors";
+/// A checkpoint's training record (SPEC §10), with the `preprocess` block it was trained with.
+pub const CHECKPOINT_TRAIN_FILE: &str = "train.json";
 
 /// A checkpoint directory, or a training run directory meaning its `best/` (SPEC §10:
 /// every command that takes a checkpoint accepts either).

@@ -7,6 +7,7 @@
 //! - [`metrics`]: R@K, mAP, mINP for text-to-image retrieval;
 //! - [`scores`]: score calibration (a score to a probability at a prior, SPEC §12);
 //! - [`deps`]: where `make deps` put native libraries and data;
+//! - [`torch_pickle`]: the pickle of a zip-format `torch.save` file, read without Python;
 //! - [`timing`]: latency sampling and percentiles (`sen bench`, `sen-train bench`);
 //! - [`npy`], [`fsutil`], [`hash`]: small shared I/O helpers.
 
@@ -27,6 +28,7 @@ pub mod synth;
 pub mod text;
 pub mod timing;
 pub mod tokenizer;
+pub mod torch_pickle;
 
 pub use config::ModelConfig;
 pub use error::CoreError;

@@ -35,14 +35,67 @@ pub struct PreprocessSpec {
 }
 
 impl PreprocessSpec {
+    /// OpenAI CLIP's preprocessing at the model's size (bicubic): what `import-clip`
+    /// checkpoints, and checkpoints that record none, were trained with.
     pub fn for_model(cfg: &ModelConfig) -> Self {
+        Self::for_model_with(cfg, ResizeFilter::Bicubic)
+    }
+
+    /// CLIP's normalisation at the model's size, resized with `filter`.
+    pub fn for_model_with(cfg: &ModelConfig, filter: ResizeFilter) -> Self {
         PreprocessSpec {
             height: cfg.vision.image_height,
             width: cfg.vision.image_width,
             mean: CLIP_MEAN,
             std: CLIP_STD,
-            resize: "bicubic".into(),
+            resize: filter.name().into(),
         }
+    }
+
+    /// The preprocessing a checkpoint directory's model was trained with: the
+    /// `preprocess` block of its `train.json` (imports and training runs record it),
+    /// checked against the model's size; a checkpoint that records none was made
+    /// before sen had a choice, with CLIP's bicubic ([`Self::for_model`]).
+    pub fn for_checkpoint(dir: &Path, cfg: &ModelConfig) -> Result<Self, CoreError> {
+        Ok(Self::recorded_in_checkpoint(dir, cfg)?.unwrap_or_else(|| Self::for_model(cfg)))
+    }
+
+    /// The `preprocess` block a checkpoint's `train.json` records, if it records one.
+    pub fn recorded_in_checkpoint(
+        dir: &Path,
+        cfg: &ModelConfig,
+    ) -> Result<Option<Self>, CoreError> {
+        let path = dir.join(crate::fsutil::CHECKPOINT_TRAIN_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(CoreError::io(&path, e)),
+        };
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| CoreError::format(&path, format!("not JSON: {e}")))?;
+        let Some(block) = json.get("preprocess") else {
+            return Ok(None);
+        };
+        let spec: PreprocessSpec = serde_json::from_value(block.clone())
+            .map_err(|e| CoreError::format(&path, format!("preprocess: {e}")))?;
+        spec.validate()
+            .map_err(|e| CoreError::format(&path, e.to_string()))?;
+        if (spec.height, spec.width) != (cfg.vision.image_height, cfg.vision.image_width) {
+            return Err(CoreError::format(
+                &path,
+                format!(
+                    "preprocess is {}x{} but config.json's model takes {}x{}",
+                    spec.height, spec.width, cfg.vision.image_height, cfg.vision.image_width
+                ),
+            ));
+        }
+        Ok(Some(spec))
+    }
+
+    /// The canonical JSON of this block (SPEC §10 encoder identity): keys in a fixed
+    /// order, numbers as serde writes f32.
+    pub fn canonical_json(&self) -> String {
+        serde_json::to_string(self).expect("a PreprocessSpec serialises")
     }
 
     pub fn validate(&self) -> Result<(), CoreError> {

@@ -343,7 +343,7 @@ pub fn export(
         format_version: opts.format_version,
         precision,
         model: cfg.clone(),
-        preprocess: PreprocessSpec::for_model(&cfg),
+        preprocess: PreprocessSpec::for_checkpoint(&ckpt, &cfg)?,
         tokenizer: TokenizerSpec {
             file: TOKENIZER_FILE.into(),
             kind: "clip-bpe".into(),

@@ -45,11 +45,19 @@ pub fn load_tokenizer(bundle: Option<&Path>) -> Result<ClipTokenizer, CoreError>
     }
 }
 
-/// The preprocessing of a bundle (from its verified manifest) or of a preset.
-pub fn preprocess_spec(bundle: Option<&Path>, preset: &str) -> Result<PreprocessSpec, CoreError> {
+/// The preprocessing of a bundle (from its verified manifest), or of a preset with
+/// a resize filter (SPEC §3: the filter is the model's; a preset alone does not say it).
+pub fn preprocess_spec(
+    bundle: Option<&Path>,
+    preset: &str,
+    filter: sen_core::preprocess::ResizeFilter,
+) -> Result<PreprocessSpec, CoreError> {
     match bundle {
         Some(dir) => Ok(Manifest::load(dir)?.preprocess),
-        None => Ok(PreprocessSpec::for_model(&ModelConfig::preset(preset)?)),
+        None => Ok(PreprocessSpec::for_model_with(
+            &ModelConfig::preset(preset)?,
+            filter,
+        )),
     }
 }
 

@@ -9,7 +9,7 @@ use tch::nn;
 
 pub const MODEL_FILE: &str = sen_core::fsutil::CHECKPOINT_MODEL_FILE;
 pub const CONFIG_FILE: &str = "config.json";
-pub const TRAIN_FILE: &str = "train.json";
+pub const TRAIN_FILE: &str = sen_core::fsutil::CHECKPOINT_TRAIN_FILE;
 pub const METRICS_FILE: &str = "metrics.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 

@@ -11,6 +11,7 @@ pub mod import;
 pub mod losses;
 pub mod model;
 pub mod optim;
+pub mod pth;
 pub mod trainer;
 
 use anyhow::{Context, Result};

@@ -6,7 +6,7 @@ use sen_core::data::{Dataset, DatasetFormat, Split};
 use sen_core::{ClipTokenizer, ModelConfig, PreprocessSpec, Preprocessor};
 use sen_train::optim::Recipe;
 use sen_train::trainer::{self, LossWeights, Outcome, TrainOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +36,28 @@ enum Command {
         /// Model preset whose sizes the file must match (the position grid is resized to it).
         #[arg(long, default_value = "vit-b16", value_parser = ["vit-b16", "tiny"])]
         preset: String,
+        /// Output checkpoint directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Import a checkpoint trained with the SEN or IRRA authors' PyTorch code (their
+    /// `best.pth`: a zip-format torch.save with the state dict under `model`; or
+    /// safetensors with the same names) into a checkpoint directory that records their
+    /// bilinear preprocessing. What sen has no place for is listed in the directory's
+    /// import_report.json.
+    Import {
+        /// Whose code wrote the file.
+        #[arg(long, value_parser = ["sen", "irra"])]
+        from: String,
+        /// The checkpoint file (e.g. best.pth).
+        #[arg(value_name = "CKPT")]
+        ckpt: PathBuf,
+        /// Model preset whose sizes the file must match.
+        #[arg(long, default_value = "vit-b16", value_parser = ["vit-b16", "tiny"])]
+        preset: String,
+        /// Model sizes from this ModelConfig JSON instead of a preset.
+        #[arg(long, value_name = "FILE", conflicts_with = "preset")]
+        model_config: Option<PathBuf>,
         /// Output checkpoint directory.
         #[arg(long)]
         out: PathBuf,
@@ -121,6 +143,11 @@ struct TrainArgs {
     /// Continue the run in this directory with its saved options, weights and optimiser state.
     #[arg(long, conflicts_with_all = ["data", "out", "init"])]
     resume: Option<PathBuf>,
+    /// The resize filter of the model's preprocessing (SPEC §3). Default: what the
+    /// --init checkpoint records, else the recipe's (reference: bilinear, as SEN's
+    /// code; tiny-scratch: bicubic).
+    #[arg(long, value_parser = ["bilinear", "bicubic"])]
+    resize: Option<String>,
     /// reference (SPEC §5, fine-tuning CLIP) or tiny-scratch (random init). Default:
     /// reference with --init, tiny-scratch without.
     #[arg(long)]
@@ -282,6 +309,39 @@ fn run(cli: Cli) -> Result<()> {
                 out.display()
             );
         }
+        Command::Import {
+            from,
+            ckpt,
+            preset,
+            model_config,
+            out,
+        } => {
+            let cfg = match &model_config {
+                Some(f) => ModelConfig::from_json_file(f)?,
+                None => ModelConfig::preset(&preset)?,
+            };
+            let from = sen_train::import::Authors::parse(&from)?;
+            let r = sen_train::import::import_authors(from, &ckpt, &cfg, &out)?;
+            println!(
+                "imported {} ({} code, {} format, state dict {}) into {}: {} tensors imported, \
+                 {} left out, preprocessing {} {}x{}; see {}",
+                ckpt.display(),
+                r.from,
+                r.format,
+                if r.state_dict.is_empty() {
+                    "at the top level"
+                } else {
+                    &r.state_dict
+                },
+                out.display(),
+                r.imported.len(),
+                r.dropped.len(),
+                r.preprocess.resize,
+                r.preprocess.height,
+                r.preprocess.width,
+                out.join(sen_train::import::IMPORT_REPORT_FILE).display()
+            );
+        }
         Command::Train(a) => {
             let device = sen_train::parse_device(&a.device)?;
             trainer::install_ctrlc();
@@ -331,7 +391,8 @@ fn run(cli: Cli) -> Result<()> {
             let device = sen_train::parse_device(&device)?;
             let (_vs, model) = trainer::load_for_eval(&checkpoint, device)?;
             let set = Dataset::load(&data, format)?.eval_set(split)?;
-            let pre = Preprocessor::new(PreprocessSpec::for_model(&model.cfg))?;
+            let dir = sen_train::checkpoint::resolve(&checkpoint)?;
+            let pre = Preprocessor::new(PreprocessSpec::for_checkpoint(&dir, &model.cfg)?)?;
             let tok = ClipTokenizer::from_vocab_gz(
                 &sen_core::deps::clip_vocab_path()?,
                 model.cfg.text.context_length,
@@ -393,6 +454,7 @@ fn refuse_changes_on_resume(a: &TrainArgs) -> Result<()> {
         ("--amp", a.amp),
         ("--no-amp", a.no_amp),
         ("--recipe", a.recipe.is_some()),
+        ("--resize", a.resize.is_some()),
         ("--model-config", a.model_config.is_some()),
         ("--format", a.format.is_some()),
     ]
@@ -656,6 +718,19 @@ fn resolve_options(a: &TrainArgs, device: tch::Device) -> Result<TrainOptions> {
         Setting::new(false, Source::Machine)
             .because("this CPU has neither AVX512-BF16 nor AMX (bf16 would be emulated): fp32")
     };
+    let resize = match (&a.resize, &a.init) {
+        (Some(r), _) => Setting::new(r.as_str(), Source::Flag),
+        (None, Some(init)) if recorded_preprocess(init, &model)?.is_some() => {
+            let r = recorded_preprocess(init, &model)?.expect("checked").resize;
+            Setting::new(r.as_str(), Source::Default)
+                .because("the --init checkpoint's train.json records it")
+        }
+        (None, _) if recipe_name == "reference" => Setting::new("bilinear", Source::Recipe)
+            .because("SEN's and IRRA's code resize with torchvision's T.Resize on PIL images"),
+        (None, _) => Setting::new("bicubic", Source::Recipe),
+    };
+    let resize_name = resize.value.as_str().expect("a string").to_string();
+    settings.insert("resize".into(), resize);
     let amp_on = amp.value.as_bool().expect("bool");
     settings.insert("amp".into(), amp);
     Ok(TrainOptions {
@@ -678,7 +753,14 @@ fn resolve_options(a: &TrainArgs, device: tch::Device) -> Result<TrainOptions> {
         amp: amp_on,
         settings,
         plan: None,
+        resize: resize_name,
     })
+}
+
+/// The preprocessing an --init checkpoint records (imports and training runs do).
+fn recorded_preprocess(init: &Path, model: &ModelConfig) -> Result<Option<PreprocessSpec>> {
+    let dir = sen_train::checkpoint::resolve(init)?;
+    Ok(PreprocessSpec::recorded_in_checkpoint(&dir, model)?)
 }
 
 /// `sen-train bench`: the encoders in libtorch eager mode, timed like `sen bench`.

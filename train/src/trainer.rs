@@ -81,10 +81,19 @@ pub struct TrainOptions {
     /// `recipe.warmup_epochs` then hold the planned values, and `--resume` reuses them.
     #[serde(default)]
     pub plan: Option<SchedulePlan>,
+    /// The resize filter of the model's preprocessing (SPEC §3): `bilinear` as SEN's
+    /// and IRRA's code, or `bicubic` as OpenAI CLIP; runs written before it existed
+    /// were bicubic.
+    #[serde(default = "bicubic")]
+    pub resize: String,
 }
 
 fn one() -> usize {
     1
+}
+
+fn bicubic() -> String {
+    "bicubic".into()
 }
 
 /// Where an effective setting came from.
@@ -275,6 +284,10 @@ struct TrainJson {
     /// Original dataset id -> contiguous training pid.
     pid_map: Vec<(i64, usize)>,
     tools: serde_json::Value,
+    /// The preprocessing the model is trained with: what export, evaluation and
+    /// calibration read back (`PreprocessSpec::for_checkpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    preprocess: Option<PreprocessSpec>,
 }
 
 /// Per-step loss values.
@@ -547,7 +560,12 @@ pub fn train(
     let tok =
         ClipTokenizer::from_vocab_gz(&sen_core::deps::clip_vocab_path()?, cfg.text.context_length)?;
     warn_truncated(&tok, train_set.samples.iter().map(|s| s.caption.as_str()))?;
-    let spec = PreprocessSpec::for_model(cfg);
+    let filter: sen_core::preprocess::ResizeFilter = opts
+        .resize
+        .parse()
+        .with_context(|| "--resize".to_string())?;
+    let spec = PreprocessSpec::for_model_with(cfg, filter);
+    let spec_for_save = spec.clone();
     let pre = Preprocessor::new(spec.clone())?;
     let pipeline = TrainPipeline::new(
         train_set,
@@ -649,6 +667,7 @@ pub fn train(
             progress: progress.clone(),
             pid_map: pid_map.clone(),
             tools: tools(),
+            preprocess: Some(spec_for_save.clone()),
         };
         checkpoint::save(
             &last,

@@ -38,6 +38,7 @@ fn options(data: &Path, epochs: usize) -> TrainOptions {
         amp: false,
         settings: Default::default(),
         plan: None,
+        resize: "bicubic".into(),
     }
 }
 

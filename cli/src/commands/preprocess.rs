@@ -14,7 +14,11 @@ pub struct PreprocessArgs {
     /// Model preset whose input size to use.
     #[arg(long, default_value = "vit-b16", value_parser = ["vit-b16", "tiny"], conflicts_with = "bundle")]
     preset: String,
-    /// Take size and normalisation from this bundle's manifest instead.
+    /// The resize filter with --preset: bicubic (OpenAI CLIP) or bilinear (SEN's and
+    /// IRRA's code); a bundle names its own.
+    #[arg(long, default_value = "bicubic", value_parser = ["bicubic", "bilinear"], conflicts_with = "bundle")]
+    resize: String,
+    /// Take size, normalisation and filter from this bundle's manifest instead.
     #[arg(long, value_name = "DIR")]
     bundle: Option<PathBuf>,
 }
@@ -24,9 +28,10 @@ pub fn run(a: PreprocessArgs) -> Result<()> {
         image,
         out,
         preset,
+        resize,
         bundle,
     } = a;
-    let spec = sen_runtime::preprocess_spec(bundle.as_deref(), &preset)?;
+    let spec = sen_runtime::preprocess_spec(bundle.as_deref(), &preset, resize.parse()?)?;
     let p = Preprocessor::new(spec)?;
     let img = load_rgb8(&image)?;
     let t = p.process(&img);
