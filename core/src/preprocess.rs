@@ -34,6 +34,80 @@ pub struct PreprocessSpec {
     pub resize: String,
 }
 
+/// The preprocessing a store or an index file records beside the image encoder's
+/// sha256 (SPEC §10 encoder identity): embeddings made with another block are not
+/// comparable, even from the same ONNX file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordedPreprocess {
+    /// The bundle's whole `preprocess` block.
+    Block(PreprocessSpec),
+    /// Made before sen recorded the block (store formats up to 4, index files without
+    /// `preprocess`): every bundle then resized with CLIP's bicubic and normalised with
+    /// CLIP's mean and std, at the input size the encoder (pinned by its sha256) takes.
+    LegacyBicubic,
+}
+
+impl RecordedPreprocess {
+    /// How [`RecordedPreprocess::LegacyBicubic`] is written down.
+    pub const LEGACY: &'static str = "legacy-bicubic";
+
+    /// From its record: [`Self::LEGACY`] or a block's JSON.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == Self::LEGACY {
+            return Ok(RecordedPreprocess::LegacyBicubic);
+        }
+        let spec: PreprocessSpec =
+            serde_json::from_str(s).map_err(|e| format!("preprocess {s:?}: {e}"))?;
+        spec.validate().map_err(|e| e.to_string())?;
+        Ok(RecordedPreprocess::Block(spec))
+    }
+
+    /// The record: a block's canonical JSON, or [`Self::LEGACY`].
+    pub fn record(&self) -> String {
+        match self {
+            RecordedPreprocess::Block(b) => b.canonical_json(),
+            RecordedPreprocess::LegacyBicubic => Self::LEGACY.to_string(),
+        }
+    }
+
+    /// Whether a bundle with this `preprocess` block makes comparable embeddings.
+    pub fn matches(&self, spec: &PreprocessSpec) -> bool {
+        match self {
+            RecordedPreprocess::Block(b) => b == spec,
+            RecordedPreprocess::LegacyBicubic => {
+                spec.resize == "bicubic" && spec.mean == CLIP_MEAN && spec.std == CLIP_STD
+            }
+        }
+    }
+
+    /// Whether embeddings recorded with `self` and with `other` are comparable.
+    pub fn compatible(&self, other: &RecordedPreprocess) -> bool {
+        match (self, other) {
+            (RecordedPreprocess::Block(a), r) | (r, RecordedPreprocess::Block(a)) => r.matches(a),
+            (RecordedPreprocess::LegacyBicubic, RecordedPreprocess::LegacyBicubic) => true,
+        }
+    }
+
+    /// For messages: the block's JSON, or what a legacy record means.
+    pub fn describe(&self) -> String {
+        match self {
+            RecordedPreprocess::Block(b) => b.canonical_json(),
+            RecordedPreprocess::LegacyBicubic => {
+                "bicubic with CLIP's mean and std (recorded before sen kept the whole block)".into()
+            }
+        }
+    }
+}
+
+impl Serialize for RecordedPreprocess {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RecordedPreprocess::Block(b) => b.serialize(s),
+            RecordedPreprocess::LegacyBicubic => s.serialize_str(Self::LEGACY),
+        }
+    }
+}
+
 impl PreprocessSpec {
     /// OpenAI CLIP's preprocessing at the model's size (bicubic): what `import-clip`
     /// checkpoints, and checkpoints that record none, were trained with.

@@ -23,6 +23,7 @@ fn main() {
         &dir.path().join("store"),
         &StoreConfig {
             image_encoder_sha256: "perf".into(),
+            preprocess: sen_core::PreprocessSpec::for_model(&sen_core::ModelConfig::tiny()),
             dim: DIM,
             dtype: Storage::F32,
             crops: false,

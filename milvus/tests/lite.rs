@@ -49,6 +49,7 @@ fn store(dir: &std::path::Path, sha: &str) -> Store {
         dir,
         &StoreConfig {
             image_encoder_sha256: sha.into(),
+            preprocess: sen_core::PreprocessSpec::for_model(&sen_core::ModelConfig::tiny()),
             dim: DIM,
             dtype: Storage::F32,
             crops: false,

@@ -154,6 +154,7 @@ fn open_store(
             dir,
             &sen_store::StoreConfig {
                 image_encoder_sha256: digest.to_string(),
+                preprocess: manifest.preprocess.clone(),
                 dim: manifest.model.embed_dim,
                 dtype: if cfg.f16 {
                     sen_store::Storage::F16
@@ -171,6 +172,7 @@ fn open_store(
     store.check_encoder(
         digest,
         manifest.model.embed_dim,
+        &manifest.preprocess,
         &cfg.bundle.display().to_string(),
     )?;
     Ok(store)

@@ -384,6 +384,7 @@ mod tests {
                 &d.path().join("s"),
                 &sen_store::StoreConfig {
                     image_encoder_sha256: "ab".repeat(32),
+                    preprocess: sen_core::PreprocessSpec::for_model(&sen_core::ModelConfig::tiny()),
                     dim: 4,
                     dtype: sen_store::Storage::F32,
                     crops: false,

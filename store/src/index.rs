@@ -44,6 +44,10 @@ pub struct IndexHeader {
     pub dtype: Storage,
     /// [`sen_core::Manifest::encoder_digest`] of the image encoder that made the rows.
     pub image_encoder_sha256: String,
+    /// The bundle's `preprocess` block (with the sha256, the encoder identity; SPEC
+    /// §10). Absent in files written before sen recorded it: read as CLIP's bicubic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<sen_core::PreprocessSpec>,
     /// Precision of that bundle (`fp32`, `fp16`, `int8`).
     pub bundle_precision: String,
     /// Tool and version that last wrote the file.
@@ -52,6 +56,16 @@ pub struct IndexHeader {
     pub paths: Vec<String>,
     /// Person id of every row, when known (from a dataset's annotations).
     pub pids: Vec<Option<i64>>,
+}
+
+impl IndexHeader {
+    /// The preprocessing the rows were made with (legacy files: CLIP's bicubic).
+    pub fn recorded_preprocess(&self) -> sen_core::preprocess::RecordedPreprocess {
+        match &self.preprocess {
+            Some(p) => sen_core::preprocess::RecordedPreprocess::Block(p.clone()),
+            None => sen_core::preprocess::RecordedPreprocess::LegacyBicubic,
+        }
+    }
 }
 
 /// An open, verified index, mapped read-only.
@@ -178,6 +192,21 @@ impl Index {
                 ),
             ));
         }
+        let recorded = self.header.recorded_preprocess();
+        if !recorded.matches(&manifest.preprocess) {
+            return Err(bad(
+                &self.path,
+                format!(
+                    "was built with preprocessing {} but the bundle {} preprocesses with {}; \
+                     the same encoder fed other pixels makes embeddings that are not \
+                     comparable: re-index with `sen index {}`",
+                    recorded.describe(),
+                    bundle.display(),
+                    manifest.preprocess.canonical_json(),
+                    bundle.display()
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -261,6 +290,7 @@ impl IndexBuilder {
                 count: 0,
                 dtype,
                 image_encoder_sha256: manifest.encoder_digest(&manifest.io.image)?,
+                preprocess: Some(manifest.preprocess.clone()),
                 bundle_precision: manifest.precision.to_string(),
                 written_by: format!("sen {}", env!("CARGO_PKG_VERSION")),
                 paths: vec![],

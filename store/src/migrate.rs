@@ -14,6 +14,10 @@
 //!   rows already there, whose checksums stay as they were), the unique key of a crop
 //!   from an MQTT source, and the sources' durable inbox, skip counts and cursors.
 //! - 3 -> 4: watches (SPEC §12), each with its query vector.
+//! - 4 -> 5: the encoder identity's preprocessing (SPEC §10): the store records its
+//!   bundle's `preprocess` block beside the image encoder's sha256. Stores made before
+//!   are recorded as `legacy-bicubic` (every bundle then was CLIP's bicubic), so a
+//!   bilinear bundle of the same weights is refused by them.
 
 use crate::db::{self, RowMeta};
 use crate::error::StoreError;
@@ -23,13 +27,13 @@ use rusqlite::Connection;
 use std::path::Path;
 
 /// The format this sen writes.
-pub const CURRENT: u32 = 4;
+pub const CURRENT: u32 = 5;
 
 /// One step: from the version it names to the next.
 type Step = fn(&Connection, &Path, &Path) -> Result<(), StoreError>;
 
 /// Every step, in order, by the version it starts from.
-const STEPS: &[(u32, Step)] = &[(1, v1_to_v2), (2, v2_to_v3), (3, v3_to_v4)];
+const STEPS: &[(u32, Step)] = &[(1, v1_to_v2), (2, v2_to_v3), (3, v3_to_v4), (4, v4_to_v5)];
 
 /// Refuse a store of another format than [`CURRENT`] for a reader, or one newer than
 /// this sen for anyone; `Ok(true)` when the writer should migrate it.
@@ -149,4 +153,14 @@ fn v2_to_v3(c: &Connection, _dir: &Path, path: &Path) -> Result<(), StoreError> 
 /// 3 -> 4: watches (no row changes).
 fn v3_to_v4(c: &Connection, _dir: &Path, path: &Path) -> Result<(), StoreError> {
     db::add_v4_schema(c, path)
+}
+
+/// 4 -> 5: the preprocessing of the encoder identity, read as CLIP's bicubic.
+fn v4_to_v5(c: &Connection, _dir: &Path, path: &Path) -> Result<(), StoreError> {
+    db::set_meta(
+        c,
+        path,
+        "preprocess",
+        sen_core::preprocess::RecordedPreprocess::LEGACY,
+    )
 }

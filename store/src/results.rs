@@ -79,6 +79,7 @@ pub fn stats_json(s: &crate::Stats) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "bytes": s.bytes,
         "encoder_sha256": s.info.image_encoder_sha256,
+        "preprocess": s.info.preprocess,
         "dim": s.info.dim,
         "storage": s.info.storage,
         "crops": s.info.crops,

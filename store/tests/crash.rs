@@ -435,7 +435,7 @@ fn bad_input_is_a_clear_error_and_the_store_stays_whole() {
     Store::open(&dir, Mode::Reader).unwrap();
     // Another encoder or dimension.
     let e = store
-        .check_encoder(&"cd".repeat(32), DIM, "b2")
+        .check_encoder(&"cd".repeat(32), DIM, &preprocess(), "b2")
         .unwrap_err()
         .to_string();
     assert!(
@@ -443,10 +443,27 @@ fn bad_input_is_a_clear_error_and_the_store_stays_whole() {
         "{e}"
     );
     let e = store
-        .check_encoder(&"ab".repeat(32), 8, "b3")
+        .check_encoder(&"ab".repeat(32), 8, &preprocess(), "b3")
         .unwrap_err()
         .to_string();
     assert!(e.contains("8 dims"), "{e}");
+    // The same encoder with another resize filter (SPEC §10): refused, naming both
+    // preprocessing blocks; the store's own passes.
+    store
+        .check_encoder(&"ab".repeat(32), DIM, &preprocess(), "b1")
+        .unwrap();
+    let mut bilinear = preprocess();
+    bilinear.resize = "bilinear".into();
+    let e = store
+        .check_encoder(&"ab".repeat(32), DIM, &bilinear, "b4")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&preprocess().canonical_json())
+            && e.contains(&bilinear.canonical_json())
+            && e.contains("b4"),
+        "{e}"
+    );
     // Unknown ids: listed, nothing deleted.
     match store.delete(Selector::Ids(vec![3, 999, 4, 1000])) {
         Err(StoreError::UnknownIds(u)) => assert_eq!(u, vec![999, 1000]),

@@ -43,7 +43,7 @@ fn fixture(dir: &Path) -> PathBuf {
 
 /// The format this code writes: 4 (watches) since issue 29; 3 (tracks, sources'
 /// inbox) since issue 28.
-const CURRENT: u32 = 4;
+const CURRENT: u32 = 5;
 
 fn version(dir: &Path) -> u32 {
     let c = db::open(dir, false).unwrap();
@@ -91,6 +91,31 @@ fn a_format_1_store_is_migrated_when_its_writer_opens_it() {
     let store = Store::open(&dir, Mode::Writer).unwrap();
     assert_eq!(store.info().format_version, CURRENT);
     check_rows(&store, &fixture_ids());
+    // Format 5 records the encoder identity's preprocessing; a store made before it
+    // was bicubic (CLIP's) and refuses a bilinear bundle of the same encoder, naming
+    // both.
+    let i = store.info().clone();
+    assert_eq!(
+        i.preprocess,
+        sen_core::preprocess::RecordedPreprocess::LegacyBicubic
+    );
+    let cfg = sen_core::ModelConfig::vit_b16();
+    let bicubic = sen_core::PreprocessSpec::for_model(&cfg);
+    store
+        .check_encoder(&i.image_encoder_sha256, i.dim, &bicubic, "old")
+        .unwrap();
+    let bilinear = sen_core::PreprocessSpec::for_model_with(
+        &cfg,
+        sen_core::preprocess::ResizeFilter::Bilinear,
+    );
+    let e = store
+        .check_encoder(&i.image_encoder_sha256, i.dim, &bilinear, "new")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bicubic with CLIP's mean and std") && e.contains(&bilinear.canonical_json()),
+        "{e}"
+    );
     // The replication cursor and the deletes' tombstones survived.
     assert_eq!(store.consumer(CONSUMER, None).unwrap(), 3);
     let deletes: Vec<u64> = store
@@ -184,7 +209,10 @@ fn a_newer_store_is_refused_naming_both_versions() {
     for mode in [Mode::Reader, Mode::Writer] {
         match Store::open(&dir, mode) {
             Err(StoreError::Damaged(m)) => {
-                assert!(m.contains("format 99") && m.contains("up to 4"), "{m}")
+                assert!(
+                    m.contains("format 99") && m.contains(&format!("up to {CURRENT}")),
+                    "{m}"
+                )
             }
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("a newer store was opened"),

@@ -58,6 +58,29 @@ pub fn tiny_bundle(dir: &Path, seed: u64) -> PathBuf {
     out
 }
 
+/// The checkpoint of [`tiny_bundle`] (`seed`; made first) exported again after its
+/// `train.json` says it was trained with bilinear resizing, to
+/// `dir/bundle{seed}-bilinear`: the same image encoder file, another encoder identity
+/// (SPEC §10).
+pub fn tiny_bundle_bilinear(dir: &Path, seed: u64) -> PathBuf {
+    let ckpt = dir.join(format!("ckpt{seed}"));
+    let train = ckpt.join(sen_core::fsutil::CHECKPOINT_TRAIN_FILE);
+    let mut json: serde_json::Value = std::fs::read_to_string(&train)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    json["preprocess"] = serde_json::to_value(sen_core::PreprocessSpec::for_model_with(
+        &sen_core::ModelConfig::tiny(),
+        sen_core::preprocess::ResizeFilter::Bilinear,
+    ))
+    .unwrap();
+    std::fs::write(&train, json.to_string()).expect("writing train.json");
+    let out = dir.join(format!("bundle{seed}-bilinear"));
+    sen_export::export(&ckpt, &out, &sen_export::ExportOptions::default())
+        .expect("exporting the bilinear bundle");
+    out
+}
+
 /// The first `n` JPEG crops, by file name, of a synthetic benchmark of 13 identities
 /// x 4 images rendered with `seed` into `dir/synth{seed}` (made once per folder):
 /// `(file name, bytes)`.

@@ -43,6 +43,7 @@ fn rss_mib() -> f64 {
 fn config() -> StoreConfig {
     StoreConfig {
         image_encoder_sha256: "ab".repeat(32),
+        preprocess: sen_core::PreprocessSpec::for_model(&sen_core::ModelConfig::tiny()),
         dim: D,
         dtype: Storage::F16,
         crops: false,

@@ -26,6 +26,7 @@ use crate::segment::{self, Segment, SegmentColumns, SegmentHeader};
 use crate::time::{self, TimeRange};
 use half::f16;
 use rusqlite::Connection;
+use sen_core::preprocess::{PreprocessSpec, RecordedPreprocess};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -53,6 +54,7 @@ fn meta_entries(info: &StoreInfo) -> Vec<(&'static str, String)> {
         ("uuid", info.uuid.clone()),
         ("format_version", info.format_version.to_string()),
         ("image_encoder_sha256", info.image_encoder_sha256.clone()),
+        ("preprocess", info.preprocess.record()),
         ("dim", info.dim.to_string()),
         (
             "storage",
@@ -90,6 +92,8 @@ fn read_info(c: &Connection, dir: &Path) -> Result<(StoreInfo, u64), StoreError>
         uuid: get("uuid")?,
         format_version,
         image_encoder_sha256: get("image_encoder_sha256")?,
+        preprocess: RecordedPreprocess::parse(&get("preprocess")?)
+            .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))?,
         dim: num("dim")? as usize,
         storage: match get("storage")?.as_str() {
             "f16" => Storage::F16,
@@ -208,6 +212,7 @@ impl Store {
             uuid: uuid::Uuid::new_v4().to_string(),
             format_version: db::STORE_FORMAT_VERSION,
             image_encoder_sha256: config.image_encoder_sha256.clone(),
+            preprocess: RecordedPreprocess::Block(config.preprocess.clone()),
             dim: config.dim,
             storage: config.dtype,
             crops: config.crops,
@@ -319,8 +324,15 @@ impl Store {
         &self.shared.info
     }
 
-    /// Refuse an image encoder other than the store's.
-    pub fn check_encoder(&self, sha256: &str, dim: usize, bundle: &str) -> Result<(), StoreError> {
+    /// Refuse an image encoder other than the store's: another sha256, dimension or
+    /// preprocessing (SPEC §10 encoder identity).
+    pub fn check_encoder(
+        &self,
+        sha256: &str,
+        dim: usize,
+        preprocess: &PreprocessSpec,
+        bundle: &str,
+    ) -> Result<(), StoreError> {
         let i = &self.shared.info;
         if dim != i.dim {
             return Err(StoreError::Mismatch(format!(
@@ -337,6 +349,16 @@ impl Store {
                  or create a new store for this one",
                 self.shared.dir.display(),
                 i.image_encoder_sha256
+            )));
+        }
+        if !i.preprocess.matches(preprocess) {
+            return Err(StoreError::Mismatch(format!(
+                "{}: made with preprocessing {} but the bundle {bundle} preprocesses with {}; \
+                 the same encoder fed other pixels makes embeddings that are not comparable: \
+                 use the store's bundle, or create a new store for this one",
+                self.shared.dir.display(),
+                i.preprocess.describe(),
+                preprocess.canonical_json()
             )));
         }
         Ok(())

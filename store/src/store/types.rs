@@ -26,6 +26,8 @@ pub const KEYED_SOURCES: &[&str] = &["frigate", "deepstream"];
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
     pub image_encoder_sha256: String,
+    /// The bundle's `preprocess` block (with the sha256, the encoder identity).
+    pub preprocess: PreprocessSpec,
     pub dim: usize,
     pub dtype: Storage,
     /// Keep each row's crop (the image bytes).
@@ -39,6 +41,7 @@ pub struct StoreInfo {
     pub uuid: String,
     pub format_version: u32,
     pub image_encoder_sha256: String,
+    pub preprocess: RecordedPreprocess,
     pub dim: usize,
     pub storage: Storage,
     pub crops: bool,

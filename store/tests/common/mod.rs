@@ -10,11 +10,17 @@ pub const T0: i64 = 1_795_961_002_120; // 2026-11-29T14:03:22.120Z
 pub fn config(dtype: Storage, crops: bool) -> StoreConfig {
     StoreConfig {
         image_encoder_sha256: "ab".repeat(32),
+        preprocess: preprocess(),
         dim: DIM,
         dtype,
         crops,
         bundle_precision: "fp32".into(),
     }
+}
+
+/// The bundle preprocessing the test stores are bound to (tiny, bicubic).
+pub fn preprocess() -> sen_core::PreprocessSpec {
+    sen_core::PreprocessSpec::for_model(&sen_core::ModelConfig::tiny())
 }
 
 /// SplitMix64, for values derived from a tag.

@@ -159,6 +159,7 @@ pub fn run(a: AddArgs) -> Result<()> {
     store.check_encoder(
         &enc.digest()?,
         enc.manifest.model.embed_dim,
+        &enc.manifest.preprocess,
         &a.bundle.display().to_string(),
     )?;
     let crops = store.info().crops;

@@ -39,6 +39,7 @@ pub fn run(a: CreateArgs) -> Result<()> {
 pub fn store_config(m: &Manifest, f16: bool, crops: bool) -> Result<StoreConfig> {
     Ok(StoreConfig {
         image_encoder_sha256: m.encoder_digest(&m.io.image)?,
+        preprocess: m.preprocess.clone(),
         dim: m.model.embed_dim,
         dtype: if f16 { Storage::F16 } else { Storage::F32 },
         crops,

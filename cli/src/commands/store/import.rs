@@ -38,6 +38,17 @@ pub fn run(a: ImportArgs) -> Result<()> {
             i.dim
         );
     }
+    let recorded = index.header.recorded_preprocess();
+    if !recorded.compatible(&i.preprocess) {
+        bail!(
+            "{}: made with preprocessing {}, but the store {} holds embeddings made with {}; \
+             import only indexes of the store's bundle",
+            a.index.display(),
+            recorded.describe(),
+            a.dir.display(),
+            i.preprocess.describe()
+        );
+    }
     if i.crops {
         bail!(
             "{}: keeps crops, and an index file has none; create the store with --no-crops to import, \

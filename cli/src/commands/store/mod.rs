@@ -181,6 +181,7 @@ fn stats(dir: &Path, json: bool) -> Result<()> {
         i.image_encoder_sha256,
         i.bundle_precision
     );
+    println!("preprocess {}", i.preprocess.describe());
     println!(
         "bytes      {}",
         s.bytes

@@ -118,6 +118,7 @@ pub fn run(a: StoreSearchArgs) -> Result<()> {
         store.check_encoder(
             &m.encoder_digest(&m.io.image)?,
             m.model.embed_dim,
+            &m.preprocess,
             &a.bundle.display().to_string(),
         )?;
     }
@@ -162,6 +163,7 @@ pub fn run(a: StoreSearchArgs) -> Result<()> {
     store.check_encoder(
         &m.encoder_digest(&m.io.image)?,
         m.model.embed_dim,
+        &m.preprocess,
         &a.bundle.display().to_string(),
     )?;
     let answer = |texts: &[String], json: bool| -> Result<()> {

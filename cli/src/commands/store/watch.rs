@@ -120,6 +120,7 @@ fn add(a: WatchAddArgs) -> Result<()> {
     store.check_encoder(
         &manifest.encoder_digest(&manifest.io.image)?,
         manifest.model.embed_dim,
+        &manifest.preprocess,
         &a.bundle.display().to_string(),
     )?;
     let (query, vector) = match (&a.text, a.like, &a.like_track) {
