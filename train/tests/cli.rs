@@ -36,6 +36,8 @@ fn ctrl_c_writes_a_resumable_checkpoint() {
             "2",
             "--log-every",
             "1",
+            "--resize",
+            "bilinear",
         ])
         .arg("--data")
         .arg(d.path().join("data"))
@@ -99,6 +101,15 @@ fn ctrl_c_writes_a_resumable_checkpoint() {
     assert_eq!(setting("lr"), (5e-4.into(), "recipe"));
     assert_eq!(setting("seed"), (42.into(), "default"));
     assert_eq!(o["eval_every"], 5, "the recipe's cadence is the run's");
+    // The resize filter is the model's: recorded where export and eval read it.
+    assert_eq!(setting("resize"), ("bilinear".into(), "flag"));
+    assert_eq!(train["preprocess"]["resize"], "bilinear");
+    let cfg = sen_core::ModelConfig::tiny();
+    let spec = sen_core::PreprocessSpec::for_checkpoint(&run.join("last"), &cfg).unwrap();
+    assert_eq!(
+        (spec.resize.as_str(), spec.height, spec.width),
+        ("bilinear", 48, 16)
+    );
     // 20 training images of 48x16 fit any machine's budget: caching turned itself on.
     assert_eq!(setting("cache_images"), (true.into(), "machine"));
     assert!(
@@ -118,6 +129,16 @@ fn ctrl_c_writes_a_resumable_checkpoint() {
         .unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && e.contains("--batch cannot"), "{e}");
+    let out = bin()
+        .args(["train", "--resize", "bicubic", "--resume"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("--resize cannot"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -121,3 +121,29 @@ fn damaged_foreign_and_misfitting_files_are_refused_by_name() {
         ],
     );
 }
+
+/// A safetensors file with the authors' names imports to the same weights as their
+/// torch.save file.
+#[test]
+fn a_safetensors_state_dict_with_their_names_is_accepted() {
+    let d = tempfile::tempdir().unwrap();
+    let sd = sen_train::pth::read_state_dict(&fx("irra_fp32.pth")).unwrap();
+    assert_eq!(sd.top_level, ["model", "num_epoch", "iteration", "epoch"]);
+    let st = d.path().join("irra.safetensors");
+    tch::Tensor::write_safetensors(&sd.tensors, &st).unwrap();
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    import_authors(Authors::Irra, &fx("irra_fp32.pth"), &cfg(), &a).unwrap();
+    let r = import_authors(Authors::Irra, &st, &cfg(), &b).unwrap();
+    assert_eq!(r.format, "safetensors");
+    let read = |p: &Path| {
+        tch::Tensor::read_safetensors(p.join("model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (wa, wb) = (read(&a), read(&b));
+    assert_eq!(wa.len(), wb.len());
+    for (k, t) in &wa {
+        assert!(t.equal(&wb[k]), "{k}");
+    }
+}
