@@ -52,18 +52,24 @@ fn the_authors_checkpoints_deploy_with_the_embeddings_their_code_computes() {
         .map(|c| c.as_str().unwrap().to_string())
         .collect();
     let d = tempfile::tempdir().unwrap();
-    for (file, from, fp16) in [
-        ("irra_fp16.pth", Authors::Irra, true),
-        ("irra_fp32.pth", Authors::Irra, false),
-        ("sen_fp16_module.pth", Authors::Sen, true),
+    // (file, code, fp16 weights, fp16 export: what `sen-export --fp16` puts on a box)
+    for (file, from, fp16, fp16_export) in [
+        ("irra_fp16.pth", Authors::Irra, true, false),
+        ("irra_fp32.pth", Authors::Irra, false, false),
+        ("sen_fp16_module.pth", Authors::Sen, true, false),
+        ("sen_fp16_module.pth", Authors::Sen, true, true),
     ] {
-        let ckpt = d.path().join(format!("{file}.ckpt"));
+        let ckpt = d.path().join(format!("{file}.{fp16_export}.ckpt"));
         let report = import_authors(from, &fixtures().join(file), &cfg, &ckpt).unwrap();
         assert_eq!(report.preprocess.resize, "bilinear", "{file}");
         assert_eq!(report.module_prefix, file.contains("module"), "{file}");
         assert_eq!(report.id_classes, Some(5), "{file}");
-        let bundle = d.path().join(format!("{file}.bundle"));
-        sen_export::export(&ckpt, &bundle, &sen_export::ExportOptions::default()).unwrap();
+        let bundle = d.path().join(format!("{file}.{fp16_export}.bundle"));
+        let opts = sen_export::ExportOptions {
+            fp16: fp16_export,
+            ..Default::default()
+        };
+        sen_export::export(&ckpt, &bundle, &opts).unwrap();
         let m = Manifest::load(&bundle).unwrap();
         assert_eq!(
             m.preprocess.resize, "bilinear",
@@ -73,7 +79,12 @@ fn the_authors_checkpoints_deploy_with_the_embeddings_their_code_computes() {
         let got = enc.image.encode_files(&images, |_| {}).unwrap();
         assert!(got.failures.is_empty(), "{:?}", got.failures);
         let want = &exp["checkpoints"][file];
-        let floor = if fp16 { 0.9999 } else { 1.0 - 1e-6 };
+        // SPEC §11: 0.9999 for fp16 (weights or compute), 1 - 1e-6 for fp32.
+        let floor = if fp16 || fp16_export {
+            0.9999
+        } else {
+            1.0 - 1e-6
+        };
         for (i, row) in want["image"].as_array().unwrap().iter().enumerate() {
             let c = cosine(got.embeds.row(i).as_slice().unwrap(), &floats(row));
             assert!(c >= floor, "{file} image {i}: cosine {c} < {floor}");
