@@ -230,14 +230,9 @@ fn check_source(dir: &Path, m: &Manifest) -> Result<(), CalibrateError> {
         }
     }
     // The bundle's preprocessing is its model's (SPEC §3): its filter may be bicubic
-    // or bilinear, but its size must be the model's input.
+    // or bilinear (`Manifest::load` validated the block), but its size must be the
+    // model's input.
     let expected = (m.model.vision.image_height, m.model.vision.image_width);
-    if let Err(e) = m.preprocess.validate() {
-        return Err(CalibrateError::Input(format!(
-            "{}: {e}",
-            dir.join(sen_core::manifest::MANIFEST_FILE).display()
-        )));
-    }
     if (m.preprocess.height, m.preprocess.width) != expected {
         return Err(CalibrateError::Input(format!(
             "{}: the manifest's preprocess {} is not the {}x{} its model takes; calibration \

@@ -718,13 +718,14 @@ fn resolve_options(a: &TrainArgs, device: tch::Device) -> Result<TrainOptions> {
         Setting::new(false, Source::Machine)
             .because("this CPU has neither AVX512-BF16 nor AMX (bf16 would be emulated): fp32")
     };
-    let resize = match (&a.resize, &a.init) {
+    let recorded = match (&a.resize, &a.init) {
+        (None, Some(init)) => recorded_preprocess(init, &model)?,
+        _ => None,
+    };
+    let resize = match (&a.resize, recorded) {
         (Some(r), _) => Setting::new(r.as_str(), Source::Flag),
-        (None, Some(init)) if recorded_preprocess(init, &model)?.is_some() => {
-            let r = recorded_preprocess(init, &model)?.expect("checked").resize;
-            Setting::new(r.as_str(), Source::Default)
-                .because("the --init checkpoint's train.json records it")
-        }
+        (None, Some(spec)) => Setting::new(spec.resize.as_str(), Source::Default)
+            .because("the --init checkpoint's train.json records it"),
         (None, _) if recipe_name == "reference" => Setting::new("bilinear", Source::Recipe)
             .because("SEN's and IRRA's code resize with torchvision's T.Resize on PIL images"),
         (None, _) => Setting::new("bicubic", Source::Recipe),
