@@ -624,9 +624,16 @@ pub fn train(
                 "--init {}: its config.json differs from the model being trained",
                 dir.display()
             );
+            // A training-only head of another shape (an imported checkpoint's ID head
+            // has its own dataset's classes) starts from its initialisation.
+            let vars = vs.variables();
             let src: std::collections::BTreeMap<String, Tensor> =
                 Tensor::read_safetensors(dir.join(checkpoint::MODEL_FILE))?
                     .into_iter()
+                    .filter(|(k, t)| {
+                        !(k.starts_with("tir.") || k.starts_with("id_head."))
+                            || vars.get(k).is_some_and(|v| v.size() == t.size())
+                    })
                     .collect();
             let fresh =
                 crate::import::copy_named_partial(&mut vs, &src, &[], &["tir.", "id_head."])
