@@ -97,6 +97,32 @@ pub struct CalibrateOptions {
     pub trt_version: (u32, u32, u32),
     /// Replace an existing output bundle.
     pub force: bool,
+    /// Weight precision of the Q/DQ encoders; None: from the CPU calibrated on
+    /// ([`choose_weight_bits`]).
+    pub weight_bits: Option<WeightBits>,
+}
+
+pub use sen_runtime::int8cpu::{CpuInt8, WeightBits};
+
+/// The weight precision and why: a flag wins; otherwise 7 bits where ONNX Runtime's
+/// CPU kernels on this machine saturate 16-bit sums (x86-64 without VNNI), 8 elsewhere.
+/// Calibrating on the CPU provider is calibrating for the CPU class the bundle is
+/// evaluated on here; a bundle for another class takes `--weight-bits`.
+pub fn choose_weight_bits(flag: Option<WeightBits>, cpu: CpuInt8) -> (WeightBits, String) {
+    match flag {
+        Some(b) => (b, format!("--weight-bits {}", b.bits())),
+        None => {
+            let b = cpu.weight_bits();
+            let why = match b {
+                WeightBits::Seven => format!(
+                    "calibrated on {}: 7-bit weights (ONNX Runtime's reduce_range) keep every pair sum in range",
+                    cpu.describe()
+                ),
+                WeightBits::Eight => format!("calibrated on {}", cpu.describe()),
+            };
+            (b, why)
+        }
+    }
 }
 
 impl CalibrateOptions {
@@ -117,6 +143,7 @@ impl CalibrateOptions {
             seed: 0,
             trt_version: DEFAULT_TRT_VERSION,
             force: false,
+            weight_bits: None,
         }
     }
 }
@@ -197,6 +224,9 @@ pub struct CalibrationReport {
     pub activation_matmuls: bool,
     pub exclude_ops: Vec<String>,
     pub exclude_nodes: Vec<String>,
+    /// 8 or 7 (see [`choose_weight_bits`]) and why.
+    pub weight_bits: u8,
+    pub weight_bits_why: String,
     pub image: EncoderReport,
     pub text: EncoderReport,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -313,6 +343,7 @@ fn finish_encoder(
     collected: &collect::Collected,
     opts: &CalibrateOptions,
     metadata: &[(String, String)],
+    weight_bits: WeightBits,
     seconds: f64,
 ) -> Result<Quantized, CalibrateError> {
     let g = model.graph.as_ref().expect("checked at load");
@@ -347,7 +378,7 @@ fn finish_encoder(
         ordered.push((name, scale));
     }
     let scales: BTreeMap<String, f32> = ordered.iter().cloned().collect();
-    let q = model::quantize_model(model, plan, &scales, metadata)?;
+    let q = model::quantize_model(model, plan, &scales, metadata, weight_bits.qmax())?;
     let weights = plan
         .nodes
         .values()
@@ -428,8 +459,14 @@ pub fn calibrate(
         opts.method
     );
     sen_runtime::encoders::start_provider(&opts.provider)?;
+    let (weight_bits, weight_bits_why) = choose_weight_bits(opts.weight_bits, CpuInt8::detect());
+    tracing::info!("{}-bit weights: {weight_bits_why}", weight_bits.bits());
 
     let metadata = vec![
+        (
+            "sen.calibration.weight_bits".to_string(),
+            weight_bits.bits().to_string(),
+        ),
         (
             "sen.calibration.method".to_string(),
             opts.method.to_string(),
@@ -477,6 +514,7 @@ pub fn calibrate(
             &collected,
             opts,
             &metadata,
+            weight_bits,
             t.elapsed().as_secs_f64(),
         )
     };
@@ -553,6 +591,8 @@ pub fn calibrate(
         method: opts.method.to_string(),
         samples: data.images.len(),
         data_sha256: data.sha256.clone(),
+        weight_bits: weight_bits.bits(),
+        weight_bits_why: Some(weight_bits_why.clone()),
     });
     m.tools
         .insert("sen-calibrate".into(), env!("CARGO_PKG_VERSION").into());
@@ -613,6 +653,8 @@ pub fn calibrate(
         activation_matmuls: opts.selection.activation_matmuls,
         exclude_ops: opts.selection.exclude_ops.clone(),
         exclude_nodes: opts.selection.exclude_nodes.clone(),
+        weight_bits: weight_bits.bits(),
+        weight_bits_why,
         image: image.report,
         text: text.report,
         evaluation,

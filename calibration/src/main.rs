@@ -3,7 +3,7 @@
 use clap::Parser;
 use sen_calibrate::model::Selection;
 use sen_calibrate::stats::Method;
-use sen_calibrate::{CalibrateOptions, CalibrationReport};
+use sen_calibrate::{CalibrateOptions, CalibrationReport, WeightBits};
 use sen_core::data::{DatasetFormat, Split};
 use sen_runtime::providers::{ProviderKind, ProviderOptions};
 use std::path::PathBuf;
@@ -52,6 +52,11 @@ struct Cli {
     /// Leave this node in float (a trailing * matches any suffix); repeatable.
     #[arg(long, value_name = "NODE")]
     exclude_node: Vec<String>,
+    /// Weight precision of the Q/DQ encoders: 8, 7 (ONNX Runtime's reduce_range) or
+    /// auto: 7 where this CPU's int8 kernels saturate 16-bit sums (x86-64 without
+    /// VNNI), else 8. Give 7 for a bundle that will run on such a CPU.
+    #[arg(long, default_value = "auto", value_name = "auto|8|7")]
+    weight_bits: String,
     /// Also quantise MatMuls of two activations (attention's Q·Kᵀ and P·V).
     #[arg(long)]
     activation_matmuls: bool,
@@ -144,6 +149,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     opts.seed = cli.seed;
     opts.trt_version = parse_version(&cli.trt_version)?;
     opts.force = cli.force;
+    opts.weight_bits = match cli.weight_bits.as_str() {
+        "auto" => None,
+        "8" => Some(WeightBits::Eight),
+        "7" => Some(WeightBits::Seven),
+        other => anyhow::bail!(
+            "--weight-bits {other}: expected auto, 8 or 7 (7 for x86-64 CPUs without VNNI)"
+        ),
+    };
     let r = sen_calibrate::calibrate(&cli.bundle, &cli.out, &opts)?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -165,6 +178,7 @@ fn print_summary(r: &CalibrationReport) {
         r.captions,
         r.split
     );
+    println!("  {}-bit weights: {}", r.weight_bits, r.weight_bits_why);
     for e in [&r.image, &r.text] {
         println!(
             "  {:<20} {} nodes quantised ({} weights per channel, {} activations per tensor), {} left in float",

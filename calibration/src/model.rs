@@ -295,9 +295,14 @@ pub fn augmented(model: &ModelProto, plan: &Plan) -> Vec<u8> {
     m.encode_to_vec()
 }
 
-/// Symmetric per-channel int8 quantisation of a weight: (int8 values, scales).
-/// `axis` None: one scale for the whole tensor.
-pub fn quantize_weight(values: &[f32], dims: &[i64], axis: Option<usize>) -> (Vec<i8>, Vec<f32>) {
+/// Symmetric per-channel int8 quantisation of a weight to [-qmax, qmax] (127 for 8
+/// bits, 63 for 7): (int8 values, scales). `axis` None: one scale for the whole tensor.
+pub fn quantize_weight(
+    values: &[f32],
+    dims: &[i64],
+    axis: Option<usize>,
+    qmax: i32,
+) -> (Vec<i8>, Vec<f32>) {
     let dims: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
     let (channels, inner) = match axis {
         Some(a) => (dims[a], dims[a + 1..].iter().product::<usize>()),
@@ -309,13 +314,23 @@ pub fn quantize_weight(values: &[f32], dims: &[i64], axis: Option<usize>) -> (Ve
         let c = channel_of(i);
         amax[c] = amax[c].max(v.abs());
     }
-    let scales: Vec<f32> = amax.iter().map(|&a| crate::stats::scale_for(a)).collect();
+    let scales: Vec<f32> = amax
+        .iter()
+        .map(|&a| if a > 0.0 { a / qmax as f32 } else { 1.0 })
+        .collect();
     let q = values
         .iter()
         .enumerate()
-        .map(|(i, &v)| quantize(v, scales[channel_of(i)]))
+        .map(|(i, &v)| quantize_to(v, scales[channel_of(i)], qmax))
         .collect();
     (q, scales)
+}
+
+/// [`quantize`] into [-qmax, qmax].
+pub fn quantize_to(v: f32, scale: f32, qmax: i32) -> i8 {
+    (v / scale)
+        .round_ties_even()
+        .clamp(-qmax as f32, qmax as f32) as i8
 }
 
 /// ONNX QuantizeLinear for symmetric int8 (zero point 0): round half to even, saturate
@@ -353,11 +368,13 @@ fn node(op: &str, name: &str, inputs: &[&str], output: &str, axis: Option<usize>
 
 /// Rewrite `model` with Q/DQ pairs for `plan`, activation scales from `scales`
 /// (tensor name -> scale). `metadata` goes into the model's metadata_props.
+/// Weights are quantised to [-`weight_qmax`, `weight_qmax`].
 pub fn quantize_model(
     model: &ModelProto,
     plan: &Plan,
     scales: &BTreeMap<String, f32>,
     metadata: &[(String, String)],
+    weight_qmax: i32,
 ) -> Result<ModelProto, CalibrateError> {
     let mut m = model.clone();
     let g = m.graph.as_mut().expect("checked at load");
@@ -415,7 +432,7 @@ pub fn quantize_model(
                     if !quantized_weights.contains_key(name) {
                         let t = &g.initializer[init_index[name]];
                         let values = float_values(t)?;
-                        let (q, sc) = quantize_weight(&values, &t.dims, *axis);
+                        let (q, sc) = quantize_weight(&values, &t.dims, *axis, weight_qmax);
                         let sdims: Vec<i64> = if axis.is_some() {
                             vec![sc.len() as i64]
                         } else {
@@ -475,16 +492,22 @@ mod tests {
     fn per_channel_weights_use_each_columns_own_scale() {
         // [in=2, out=3] MatMul weight: channel = column (axis 1).
         let w = [1.0, -0.5, 0.0, 0.25, 2.0, 0.0];
-        let (q, s) = quantize_weight(&w, &[2, 3], Some(1));
+        let (q, s) = quantize_weight(&w, &[2, 3], Some(1), 127);
         assert_eq!(s, vec![1.0 / 127.0, 2.0 / 127.0, 1.0]);
         assert_eq!(q, vec![127, -32, 0, 32, 127, 0]);
         // Conv [out=2, in=1, 1, 2]: channel = axis 0.
-        let (q, s) = quantize_weight(&[0.5, -1.0, 3.0, 1.5], &[2, 1, 1, 2], Some(0));
+        let (q, s) = quantize_weight(&[0.5, -1.0, 3.0, 1.5], &[2, 1, 1, 2], Some(0), 127);
         assert_eq!(s, vec![1.0 / 127.0, 3.0 / 127.0]);
         assert_eq!(q, vec![64, -127, 127, 64]);
         // Per tensor.
-        let (q, s) = quantize_weight(&[0.5, -1.0], &[2], None);
+        let (q, s) = quantize_weight(&[0.5, -1.0], &[2], None, 127);
         assert_eq!((q, s), (vec![64, -127], vec![1.0 / 127.0]));
+        // 7 bits (reduce_range): the same shapes into [-63, 63].
+        let (q, s) = quantize_weight(&w, &[2, 3], Some(1), 63);
+        assert_eq!(s, vec![1.0 / 63.0, 2.0 / 63.0, 1.0]);
+        assert_eq!(q, vec![63, -16, 0, 16, 63, 0]);
+        assert_eq!(quantize_to(1000.0, 1.0, 63), 63);
+        assert_eq!(quantize_to(-1000.0, 1.0, 63), -63);
     }
 
     #[test]

@@ -109,6 +109,19 @@ pub struct CalibrationInfo {
     pub method: String,
     pub samples: usize,
     pub data_sha256: String,
+    /// Precision of the Q/DQ encoders' weights: 8 ([-127, 127]) or 7 ([-63, 63],
+    /// ONNX Runtime's `reduce_range`, for x86-64 CPUs without VNNI whose u8 x s8
+    /// kernels saturate 16-bit sums). Bundles written before it existed are 8. The
+    /// TensorRT path (`implicit/`) quantises the fp32 weights itself, always 8-bit.
+    #[serde(default = "eight")]
+    pub weight_bits: u8,
+    /// Why `weight_bits` was chosen (the flag, or the CPU calibrated on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_bits_why: Option<String>,
+}
+
+fn eight() -> u8 {
+    8
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,6 +190,17 @@ impl Manifest {
         m.preprocess
             .validate()
             .map_err(|e| CoreError::format(&path, e.to_string()))?;
+        if let Some(c) = &m.calibration
+            && !matches!(c.weight_bits, 7 | 8)
+        {
+            return Err(CoreError::format(
+                &path,
+                format!(
+                    "field `calibration.weight_bits`: {} (sen writes 7 or 8); the manifest was edited or damaged: calibrate again",
+                    c.weight_bits
+                ),
+            ));
+        }
         Ok(m)
     }
 

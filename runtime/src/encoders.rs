@@ -23,7 +23,7 @@ use crate::session::{build_session, ort_err};
 use ndarray::{Array2, Array4, ArrayView1, ArrayView2, ArrayView4, Axis, Ix2};
 use ort::session::Session;
 use ort::value::TensorRef;
-use sen_core::manifest::EncoderIo;
+use sen_core::manifest::{EncoderIo, Precision};
 use sen_core::{ClipTokenizer, Manifest, Preprocessor};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
@@ -252,6 +252,7 @@ fn pool(
         return Err(RuntimeError::Input("--sessions must be at least 1".into()));
     }
     profile.validate().map_err(RuntimeError::Input)?;
+    warn_saturating_int8(dir, manifest, opts, crate::int8cpu::CpuInt8::detect());
     let model = dir.join(crate::providers::model_file(manifest, io, opts)?);
     let mut slots = vec![];
     let mut reports = vec![];
@@ -266,6 +267,45 @@ fn pool(
         reports.push(r);
     }
     Ok((SessionPool::new(slots), reports))
+}
+
+/// Why an int8 bundle with 8-bit weights loses accuracy on this CPU's provider, when
+/// it does: on ONNX Runtime's CPU provider, on x86-64 without VNNI (see `int8cpu`).
+pub fn int8_saturation_warning(
+    manifest: &Manifest,
+    opts: &ProviderOptions,
+    cpu: crate::int8cpu::CpuInt8,
+) -> Option<String> {
+    let c = manifest.calibration.as_ref()?;
+    (manifest.precision == Precision::Int8
+        && opts.kind == ProviderKind::Cpu
+        && c.weight_bits == 8
+        && cpu.saturates())
+    .then(|| {
+        format!(
+            "this int8 bundle has 8-bit weights and runs on {}: ONNX Runtime's integer \
+             kernels here clip large products, which costs accuracy; calibrate it for this CPU \
+             (sen-calibrate picks 7-bit weights here by itself, or pass --weight-bits 7)",
+            cpu.describe()
+        )
+    })
+}
+
+/// Log [`int8_saturation_warning`] once per bundle directory and process.
+fn warn_saturating_int8(
+    dir: &Path,
+    manifest: &Manifest,
+    opts: &ProviderOptions,
+    cpu: crate::int8cpu::CpuInt8,
+) {
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    if let Some(w) = int8_saturation_warning(manifest, opts, cpu) {
+        let mut seen = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+        if !seen.iter().any(|d| d == dir) {
+            seen.push(dir.to_path_buf());
+            tracing::warn!("{}: {w}", dir.display());
+        }
+    }
 }
 
 /// The image encoder of a bundle.

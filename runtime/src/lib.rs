@@ -20,6 +20,7 @@ pub mod elf;
 pub mod encoders;
 pub mod error;
 pub mod eval;
+pub mod int8cpu;
 pub mod onnxruntime;
 pub mod providers;
 pub mod session;

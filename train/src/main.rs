@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use sen_core::data::{Dataset, DatasetFormat, Split};
 use sen_core::{ClipTokenizer, ModelConfig, PreprocessSpec, Preprocessor};
 use sen_train::optim::Recipe;
-use sen_train::trainer::{self, LossWeights, Outcome, TrainOptions};
+use sen_train::trainer::{self, LossWeights, Outcome, SamplerKind, TrainOptions};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -196,6 +196,11 @@ struct TrainArgs {
     /// identities.
     #[arg(long, value_name = "G")]
     similar_ids: Option<usize>,
+    /// Batch sampler: identity (IRRA: P identities x K samples) or idrannum (SEN: each
+    /// identity's K drawn from 1..=K per epoch, batches cut from the shuffled result).
+    /// Default: the recipe's (reference idrannum, as SEN's code; tiny-scratch identity).
+    #[arg(long, value_name = "KIND")]
+    sampler: Option<String>,
     /// Seed of the data order, augmentation and initialisation [default: 42].
     #[arg(long)]
     seed: Option<u64>,
@@ -653,6 +658,34 @@ fn resolve_options(a: &TrainArgs, device: tch::Device) -> Result<TrainOptions> {
         "--similar-ids {similar_ids}: must be between 1 and the {} identities per batch",
         batch / batch_k
     );
+    let sampler = match &a.sampler {
+        Some(name) => {
+            let kind = SamplerKind::parse(name)?;
+            settings.insert("sampler".into(), Setting::new(kind.name(), Source::Flag));
+            kind
+        }
+        None if recipe_name == "reference" => {
+            settings.insert(
+                "sampler".into(),
+                Setting::new("idrannum", Source::Recipe)
+                    .because("SEN's code trains with --sampler idrannum (its default)"),
+            );
+            SamplerKind::Idrannum
+        }
+        None => {
+            settings.insert(
+                "sampler".into(),
+                Setting::new("identity", Source::Recipe)
+                    .because("the tiny preset's measured results used the identity sampler"),
+            );
+            SamplerKind::Identity
+        }
+    };
+    anyhow::ensure!(
+        similar_ids == 1 || sampler == SamplerKind::Identity,
+        "--similar-ids {similar_ids} needs --sampler identity: idrannum cuts batches across \
+         its rounds, which would split the groups of alike identities"
+    );
     let seed = plain(&mut settings, "seed", a.seed, 42);
     let defaults = LossWeights::default();
     let losses = LossWeights {
@@ -744,6 +777,7 @@ fn resolve_options(a: &TrainArgs, device: tch::Device) -> Result<TrainOptions> {
         eval_every: recipe.eval_every,
         recipe,
         similar_ids,
+        sampler,
         seed,
         losses,
         prune_prob,

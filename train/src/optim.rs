@@ -13,7 +13,8 @@ pub struct Recipe {
     pub epochs: usize,
     pub lr: f64,
     pub bias_lr: f64,
-    /// Multiplier for the TIR cross-attention and the ID classifier.
+    /// Multiplier for the reference code's `cross` parameters (the TIR
+    /// cross-attention and its decoder blocks) and the ID classifier.
     pub head_lr_mult: f64,
     pub weight_decay: f64,
     pub eps: f64,
@@ -135,9 +136,48 @@ pub struct Adam {
     recipe: Recipe,
 }
 
+/// The learning rate and weight decay of one parameter, by the reference code's
+/// `build_optimizer` (SPEC §5), rules in order, a later one overriding: a name it
+/// would call `cross` (sen's `tir.cross_attn.*` and the decoder blocks `tir.blocks.*`,
+/// the authors' `cross_attn_Text` and `cross_modal_transformer_mae`) -> `lr x
+/// head_lr_mult`; a name containing `bias` -> `bias_lr`, weight decay 0; the ID
+/// classifier (`id_head.*`, their `classifier`) -> `lr x head_lr_mult` (its bias
+/// keeps weight decay 0). Returns (group name, lr, weight decay).
+pub fn param_group(name: &str, recipe: &Recipe) -> (&'static str, f64, f64) {
+    let head_lr = recipe.lr * recipe.head_lr_mult;
+    let mut g = ("base", recipe.lr, recipe.weight_decay);
+    if name.starts_with("tir.cross_attn.") || name.starts_with("tir.blocks.") {
+        g = ("cross", head_lr, recipe.weight_decay);
+    }
+    let bias = name.contains("bias");
+    if bias {
+        g = ("bias", recipe.bias_lr, 0.0);
+    }
+    if name.starts_with("id_head.") {
+        g = if bias {
+            ("classifier bias", head_lr, 0.0)
+        } else {
+            ("classifier", head_lr, recipe.weight_decay)
+        };
+    }
+    g
+}
+
+/// One parameter group as printed at start-up and recorded in `train.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GroupReport {
+    pub group: String,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Parameters (tensors) and their elements in the group.
+    pub tensors: usize,
+    pub elements: i64,
+    /// Up to four parameter names, for the reader.
+    pub examples: Vec<String>,
+}
+
 impl Adam {
-    /// Groups by name: biases -> `bias_lr`, no decay; `tir.cross_attn.*` and `id_head.*`
-    /// -> `lr * head_lr_mult`; everything else (rest of TIR included) -> `lr`.
+    /// Per-parameter rates and decay by [`param_group`].
     pub fn new(vs: &nn::VarStore, recipe: &Recipe) -> Self {
         let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -145,13 +185,7 @@ impl Adam {
             .into_iter()
             .filter(|(_, t)| t.requires_grad())
             .map(|(name, tensor)| {
-                let (lr, weight_decay) = if name.ends_with("bias") {
-                    (recipe.bias_lr, 0.0)
-                } else if name.starts_with("tir.cross_attn.") || name.starts_with("id_head.") {
-                    (recipe.lr * recipe.head_lr_mult, recipe.weight_decay)
-                } else {
-                    (recipe.lr, recipe.weight_decay)
-                };
+                let (_, lr, weight_decay) = param_group(&name, recipe);
                 let exp_avg = tensor.zeros_like();
                 let exp_avg_sq = tensor.zeros_like();
                 Param {
@@ -170,6 +204,35 @@ impl Adam {
             step: 0,
             recipe: recipe.clone(),
         }
+    }
+
+    /// The parameter groups in the order of their first parameter (by name).
+    pub fn group_report(&self) -> Vec<GroupReport> {
+        let mut out: Vec<GroupReport> = Vec::new();
+        for p in &self.params {
+            let (group, lr, wd) = param_group(&p.name, &self.recipe);
+            let i = match out.iter().position(|g| g.group == group) {
+                Some(i) => i,
+                None => {
+                    out.push(GroupReport {
+                        group: group.into(),
+                        lr,
+                        weight_decay: wd,
+                        tensors: 0,
+                        elements: 0,
+                        examples: Vec::new(),
+                    });
+                    out.len() - 1
+                }
+            };
+            let g = &mut out[i];
+            g.tensors += 1;
+            g.elements += p.tensor.numel() as i64;
+            if g.examples.len() < 4 {
+                g.examples.push(p.name.clone());
+            }
+        }
+        out
     }
 
     pub fn zero_grad(&mut self) {
@@ -451,23 +514,53 @@ mod tests {
             "visual.proj",
             "visual.ln_pre.bias",
             "tir.cross_attn.q_proj.weight",
+            "tir.cross_attn.q_proj.bias",
             "tir.blocks.0.mlp.c_fc.weight",
+            "tir.blocks.3.attn.out_proj.bias",
+            "tir.ln_in.weight",
+            "tir.head.weight",
+            "tir.mask_token",
             "id_head.weight",
+            "id_head.bias",
         ] {
             let mut parts: Vec<&str> = name.split('.').collect();
             let leaf = parts.pop().unwrap();
             let p = parts.iter().fold(vs.root(), |p, s| p / *s);
             let _ = p.var(leaf, &[2, 2], nn::Init::Const(0.0));
         }
-        let g: BTreeMap<String, (f64, f64)> = Adam::new(&vs, &Recipe::reference())
+        let opt = Adam::new(&vs, &Recipe::reference());
+        let g: BTreeMap<String, (f64, f64)> = opt
             .groups()
             .into_iter()
             .map(|(n, lr, wd)| (n, (lr, wd)))
             .collect();
         assert_eq!(g["visual.proj"], (1e-5, 4e-5));
         assert_eq!(g["visual.ln_pre.bias"], (2e-5, 0.0));
+        // SPEC §5 (the reference's build_optimizer): the cross-attention and its
+        // decoder blocks at 5x, their biases at 2x without decay, the rest of the
+        // decoder at 1x, the ID head at 5x, its bias at 5x without decay.
         assert_eq!(g["tir.cross_attn.q_proj.weight"], (5e-5, 4e-5));
-        assert_eq!(g["tir.blocks.0.mlp.c_fc.weight"], (1e-5, 4e-5));
+        assert_eq!(g["tir.cross_attn.q_proj.bias"], (2e-5, 0.0));
+        assert_eq!(g["tir.blocks.0.mlp.c_fc.weight"], (5e-5, 4e-5));
+        assert_eq!(g["tir.blocks.3.attn.out_proj.bias"], (2e-5, 0.0));
+        assert_eq!(g["tir.ln_in.weight"], (1e-5, 4e-5));
+        assert_eq!(g["tir.head.weight"], (1e-5, 4e-5));
+        assert_eq!(g["tir.mask_token"], (1e-5, 4e-5));
         assert_eq!(g["id_head.weight"], (5e-5, 4e-5));
+        assert_eq!(g["id_head.bias"], (5e-5, 0.0));
+        // The report: one line per group, every tensor counted once.
+        let report = opt.group_report();
+        let names: Vec<&str> = report.iter().map(|r| r.group.as_str()).collect();
+        assert_eq!(
+            names,
+            ["classifier bias", "classifier", "cross", "bias", "base"]
+        );
+        assert_eq!(report.iter().map(|r| r.tensors).sum::<usize>(), 11);
+        assert_eq!(report.iter().map(|r| r.elements).sum::<i64>(), 44);
+        let cross = &report[2];
+        assert_eq!(
+            (cross.lr, cross.weight_decay, cross.tensors),
+            (5e-5, 4e-5, 2)
+        );
     }
 }

@@ -11,6 +11,7 @@ use crate::model::{Sen, pool_eot, tir, trim_to_eot};
 use crate::optim::{Adam, Recipe};
 use anyhow::{Context, Result};
 use sen_core::data::pipeline::{Batch, PipelineConfig, TrainPipeline};
+pub use sen_core::data::sampler::SamplerKind;
 use sen_core::data::{Dataset, DatasetFormat, EvalSet, Split};
 use sen_core::metrics::RetrievalMetrics;
 use sen_core::{ClipTokenizer, ModelConfig, PreprocessSpec, Preprocessor};
@@ -61,6 +62,10 @@ pub struct TrainOptions {
     /// Identities per batch come in groups of this many with alike captions (1: random).
     #[serde(default = "one")]
     pub similar_ids: usize,
+    /// The batch sampler (`--sampler`); runs written before it existed used IRRA's
+    /// identity sampler.
+    #[serde(default = "identity_sampler")]
+    pub sampler: SamplerKind,
     pub seed: u64,
     pub losses: LossWeights,
     pub prune_prob: f64,
@@ -90,6 +95,10 @@ pub struct TrainOptions {
 
 fn one() -> usize {
     1
+}
+
+fn identity_sampler() -> SamplerKind {
+    SamplerKind::Identity
 }
 
 fn bicubic() -> String {
@@ -263,6 +272,41 @@ pub struct Progress {
     pub best_map: Option<f64>,
     pub best_epoch: Option<usize>,
     pub finished: bool,
+    /// Steps skipped because the forward loss was not finite ([`NonFiniteGuard`]).
+    #[serde(default)]
+    pub nonfinite_skips: u64,
+}
+
+/// Non-finite forward losses in a row after which a run ends: one such batch (a
+/// degenerate caption, an overflow) is skipped like the loss scaler's overflow, but
+/// twenty in a row mean the weights themselves have gone bad.
+pub const MAX_NONFINITE_IN_A_ROW: u32 = 20;
+
+/// Decides, per step, whether a forward loss is used or the step skipped.
+#[derive(Debug, Default)]
+pub struct NonFiniteGuard {
+    in_a_row: u32,
+}
+
+impl NonFiniteGuard {
+    /// `Ok(true)`: use the step; `Ok(false)`: skip it (counted in `skips`); an error
+    /// once [`MAX_NONFINITE_IN_A_ROW`] steps in a row were not finite.
+    pub fn check(&mut self, l: &StepLosses, step: u64, skips: &mut u64) -> Result<bool> {
+        if l.total.is_finite() {
+            self.in_a_row = 0;
+            return Ok(true);
+        }
+        self.in_a_row += 1;
+        *skips += 1;
+        anyhow::ensure!(
+            self.in_a_row < MAX_NONFINITE_IN_A_ROW,
+            "step {step}: the loss was not finite {} steps in a row (last: {l:?}); the \
+             weights have diverged: lower the learning rate (--lr) or resume from an \
+             earlier checkpoint",
+            self.in_a_row
+        );
+        Ok(false)
+    }
 }
 
 impl Progress {
@@ -288,6 +332,10 @@ struct TrainJson {
     /// calibration read back (`PreprocessSpec::for_checkpoint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     preprocess: Option<PreprocessSpec>,
+    /// Every parameter group with its learning rate and weight decay (SPEC §5);
+    /// empty in files written before it was recorded.
+    #[serde(default)]
+    param_groups: Vec<crate::optim::GroupReport>,
 }
 
 /// Per-step loss values.
@@ -456,10 +504,6 @@ pub fn batch_losses(
         total += l * w.tir;
     }
     out.total = val(&total);
-    anyhow::ensure!(
-        out.total.is_finite(),
-        "loss is not finite ({out:?}); lower the learning rate"
-    );
     Ok((total, out))
 }
 
@@ -581,6 +625,7 @@ pub fn train(
             seed: opts.seed,
             cache_images: opts.cache_images,
             similar_ids: opts.similar_ids,
+            sampler: opts.sampler,
         },
     )?;
 
@@ -649,6 +694,17 @@ pub fn train(
         progress = Progress::default();
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     }
+    for g in opt.group_report() {
+        tracing::info!(
+            "parameter group {:<16} lr {:.3e}  weight decay {:.1e}  {:>4} tensors {:>11} elements (e.g. {})",
+            g.group,
+            g.lr,
+            g.weight_decay,
+            g.tensors,
+            g.elements,
+            g.examples.join(", ")
+        );
+    }
     // The budget plans only a fresh run, and only once (a resumed run keeps its plan).
     let budget_seconds = limits.max_minutes.map(|m| m * 60.0);
     let mut plan_pending = limits.fit_schedule && !resume && budget_seconds.is_some();
@@ -675,6 +731,7 @@ pub fn train(
             pid_map: pid_map.clone(),
             tools: tools(),
             preprocess: Some(spec_for_save.clone()),
+            param_groups: opt.group_report(),
         };
         checkpoint::save(
             &last,
@@ -731,6 +788,7 @@ pub fn train(
     }
     let mut scaler = LossScaler::default();
     let mut outcome = Outcome::Finished;
+    let mut nonfinite = NonFiniteGuard::default();
     // Epochs this call may run (recomputed when the plan changes the total).
     let stop_epoch = |opts: &TrainOptions, from: usize| {
         limits
@@ -768,7 +826,21 @@ pub fn train(
             let (loss, l) = tch::autocast(amp, || {
                 with_bf16_products(cpu_bf16, || batch_losses(&model, &b, &opts.losses, device))
             })?;
-            if amp {
+            let used =
+                nonfinite.check(&l, progress.global_step + 1, &mut progress.nonfinite_skips)?;
+            if !used {
+                tracing::warn!(
+                    "step {}: the loss is not finite ({l:?}): step skipped ({} so far)",
+                    progress.global_step + 1,
+                    progress.nonfinite_skips
+                );
+                append_log(
+                    &log_path,
+                    &serde_json::json!({"step": progress.global_step + 1, "epoch": epoch,
+                        "batch": b.index, "skipped": "non-finite loss",
+                        "nonfinite_skips": progress.nonfinite_skips}),
+                )?;
+            } else if amp {
                 (loss * scaler.scale).backward();
                 if !opt.step_scaled(lr_factor, 1.0 / scaler.scale) {
                     scaler.overflow();
@@ -1039,7 +1111,45 @@ pub fn load_for_eval(ckpt: &Path, device: Device) -> Result<(nn::VarStore, Sen)>
 
 #[cfg(test)]
 mod tests {
-    use super::{LossScaler, StepCosts, fit_schedule, warn_truncated};
+    use super::{
+        LossScaler, MAX_NONFINITE_IN_A_ROW, NonFiniteGuard, StepCosts, StepLosses, fit_schedule,
+        warn_truncated,
+    };
+
+    #[test]
+    fn a_non_finite_loss_skips_the_step_until_too_many_in_a_row() {
+        let mut g = NonFiniteGuard::default();
+        let mut skips = 0u64;
+        let finite = StepLosses {
+            total: 1.5,
+            ..Default::default()
+        };
+        let nan = StepLosses {
+            total: f64::NAN,
+            ..Default::default()
+        };
+        let inf = StepLosses {
+            total: f64::INFINITY,
+            ..Default::default()
+        };
+        assert!(g.check(&finite, 1, &mut skips).unwrap());
+        assert!(!g.check(&nan, 2, &mut skips).unwrap());
+        assert!(!g.check(&inf, 3, &mut skips).unwrap());
+        assert_eq!(skips, 2);
+        // A finite loss resets the run of bad ones but not the count.
+        assert!(g.check(&finite, 4, &mut skips).unwrap());
+        assert_eq!(skips, 2);
+        for step in 0..MAX_NONFINITE_IN_A_ROW - 1 {
+            assert!(!g.check(&nan, 5 + step as u64, &mut skips).unwrap());
+        }
+        let err = g.check(&nan, 99, &mut skips).unwrap_err().to_string();
+        assert!(
+            err.contains("step 99")
+                && err.contains(&format!("{MAX_NONFINITE_IN_A_ROW} steps in a row")),
+            "{err}"
+        );
+        assert_eq!(skips, 2 + MAX_NONFINITE_IN_A_ROW as u64);
+    }
 
     #[test]
     fn the_plan_fits_the_budget_by_hand() {

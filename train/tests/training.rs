@@ -7,7 +7,7 @@ use sen_core::data::{Dataset, Split};
 use sen_core::synth::{SynthConfig, generate};
 use sen_core::{ClipTokenizer, PreprocessSpec, Preprocessor};
 use sen_train::optim::Recipe;
-use sen_train::trainer::{self, Limits, LossWeights, Outcome, TrainOptions};
+use sen_train::trainer::{self, Limits, LossWeights, Outcome, SamplerKind, TrainOptions};
 use std::path::Path;
 use tch::Device;
 
@@ -27,6 +27,7 @@ fn options(data: &Path, epochs: usize) -> TrainOptions {
         identities_per_batch: 4,
         samples_per_identity: 2,
         similar_ids: 1,
+        sampler: SamplerKind::Identity,
         seed: 7,
         losses: LossWeights::default(),
         prune_prob: 0.2,

@@ -11,7 +11,7 @@
 //! which is a different grey — see docs/decisions.md).
 
 use super::TrainSet;
-use super::sampler::{IdentitySampler, caption_neighbours};
+use super::sampler::{IdentitySampler, SamplerKind, caption_neighbours};
 use crate::error::CoreError;
 use crate::preprocess::{PreprocessSpec, Preprocessor, Rgb8, load_rgb8};
 use crate::rng::Rng;
@@ -42,10 +42,13 @@ pub struct PipelineConfig {
     /// G > 1: batches from groups of G identities with alike training captions
     /// (hard in-batch negatives, see `sampler`); 1: IRRA's random identities.
     pub similar_ids: usize,
+    /// IRRA's identity sampler or SEN's idrannum (see `sampler`).
+    pub sampler: SamplerKind,
 }
 
 impl Default for PipelineConfig {
-    /// The reference recipe: 64 identities x 2 = 128, augmentation on, pruning 0.2.
+    /// SPEC §5's batch: 64 identities x 2 = 128, augmentation on, pruning 0.2, IRRA's
+    /// identity sampler (`sen-train`'s reference recipe picks idrannum itself).
     fn default() -> Self {
         PipelineConfig {
             identities_per_batch: 64,
@@ -57,6 +60,7 @@ impl Default for PipelineConfig {
             seed: 42,
             cache_images: false,
             similar_ids: 1,
+            sampler: SamplerKind::Identity,
         }
     }
 }
@@ -119,6 +123,14 @@ impl TrainPipeline {
             cfg.samples_per_identity,
             cfg.seed,
         )?;
+        if cfg.sampler == SamplerKind::Idrannum {
+            if cfg.similar_ids > 1 {
+                return Err(CoreError::Invalid(
+                    "pipeline: similar-identity groups need the identity sampler (idrannum cuts batches across its rounds)".into(),
+                ));
+            }
+            sampler = sampler.with_random_counts();
+        }
         if cfg.similar_ids > 1 {
             let captions: Vec<(usize, &str)> = set
                 .samples

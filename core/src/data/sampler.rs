@@ -7,6 +7,12 @@
 //! then batches repeatedly take P distinct identities at random among those with
 //! groups left, one group each, until fewer than P identities have groups left.
 //!
+//! SEN's `idrannum` variant (`with_random_counts`, its `RandomIdnumSampler`): per
+//! epoch each identity draws its group size k uniformly from 1..=K, is cut into
+//! groups of k, and the rounds of P identities are concatenated and cut into batches
+//! of P x K (full batches only), so a batch holds identities with one sample beside
+//! identities with two.
+//!
 //! Optionally (`with_similar_groups`), the P identities of a batch come in groups of G
 //! alike identities: a random identity and its nearest available neighbours by
 //! training-caption similarity ([`caption_neighbours`]). Random batches of a large
@@ -26,6 +32,37 @@ pub struct IdentitySampler {
     seed: u64,
     /// G and each pid's neighbours, nearest first (G = 1: no grouping).
     similar: Option<(usize, Vec<Vec<usize>>)>,
+    /// `idrannum`: each identity's group size drawn from 1..=K per epoch.
+    random_counts: bool,
+}
+
+/// Which batch sampler training uses (`sen-train train --sampler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerKind {
+    /// IRRA's `RandomIdentitySampler`: P identities x K samples per batch.
+    Identity,
+    /// SEN's `RandomIdnumSampler`: K drawn from 1..=K per identity and epoch.
+    Idrannum,
+}
+
+impl SamplerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplerKind::Identity => "identity",
+            SamplerKind::Idrannum => "idrannum",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, CoreError> {
+        match s {
+            "identity" => Ok(SamplerKind::Identity),
+            "idrannum" => Ok(SamplerKind::Idrannum),
+            other => Err(CoreError::Invalid(format!(
+                "--sampler {other:?}: expected identity (IRRA: P identities x K samples) or idrannum (SEN: K drawn from 1..=K per identity and epoch)"
+            ))),
+        }
+    }
 }
 
 /// For every pid, its `m` nearest other pids by the cosine similarity of TF-IDF
@@ -131,7 +168,14 @@ impl IdentitySampler {
             samples_per_identity,
             seed,
             similar: None,
+            random_counts: false,
         })
+    }
+
+    /// SEN's `idrannum`: every identity's group size is drawn from 1..=K each epoch.
+    pub fn with_random_counts(mut self) -> Self {
+        self.random_counts = true;
+        self
     }
 
     /// Build batches from groups of `group` alike identities (`neighbours[pid]`,
@@ -164,10 +208,30 @@ impl IdentitySampler {
 
     /// The batches of `epoch` (sample indices), deterministic for (seed, epoch).
     pub fn epoch(&self, epoch: u64) -> Vec<Vec<usize>> {
-        let k = self.samples_per_identity;
+        let rounds = self.rounds(epoch);
+        if !self.random_counts {
+            return rounds.into_iter().map(|r| r.concat()).collect();
+        }
+        // idrannum: the rounds' samples in order, cut into full batches of P x K.
+        let flat: Vec<usize> = rounds.into_iter().flatten().flatten().collect();
+        flat.chunks_exact(self.batch_size())
+            .map(|c| c.to_vec())
+            .collect()
+    }
+
+    /// The rounds of `epoch`: each round P distinct identities, one group each.
+    pub fn rounds(&self, epoch: u64) -> Vec<Vec<Vec<usize>>> {
         let mut rng = Rng::derive(self.seed, &[0x5a4d_9e11, epoch]);
         let mut groups: Vec<Vec<Vec<usize>>> = Vec::with_capacity(self.by_pid.len());
+        // idrannum's sizes come from their own stream, so the identity sampler's
+        // batches stay what they were.
+        let mut k_rng = Rng::derive(self.seed, &[0x1d2a_7a11, epoch]);
         for idxs in &self.by_pid {
+            let k = if self.random_counts && !idxs.is_empty() {
+                1 + k_rng.below(self.samples_per_identity)
+            } else {
+                self.samples_per_identity
+            };
             let mut v = idxs.clone();
             if !v.is_empty() && v.len() < k {
                 while v.len() < k {
@@ -216,11 +280,11 @@ impl IdentitySampler {
                     }
                 }
             }
-            let mut batch = Vec::with_capacity(self.batch_size());
-            for &p in &chosen {
-                batch.extend(groups[p].pop().expect("available pid has a group"));
-            }
-            batches.push(batch);
+            let round: Vec<Vec<usize>> = chosen
+                .iter()
+                .map(|&p| groups[p].pop().expect("available pid has a group"))
+                .collect();
+            batches.push(round);
             for &p in &chosen {
                 pos[p] = usize::MAX;
             }
@@ -341,5 +405,58 @@ mod tests {
                 .to_string()
                 .contains("only 3")
         );
+    }
+
+    /// SEN's `idrannum`: within an epoch every identity gives groups of one size,
+    /// 1 or 2; both sizes occur; every batch is full; epochs differ; the identity
+    /// sampler is unchanged by the option's existence.
+    #[test]
+    fn idrannum_draws_one_or_two_per_identity_and_fills_batches() {
+        // 40 identities with 2..=5 samples each.
+        let mut pids = Vec::new();
+        for p in 0..40 {
+            pids.extend(std::iter::repeat_n(p, 2 + p % 4));
+        }
+        let s = IdentitySampler::new(&pids, 8, 2, 11)
+            .unwrap()
+            .with_random_counts();
+        for epoch in 0..3 {
+            let rounds = s.rounds(epoch);
+            let mut size_of: HashMap<usize, usize> = HashMap::new();
+            let mut sizes_seen = [false; 3];
+            for round in &rounds {
+                let mut ids: Vec<usize> = round.iter().map(|g| pids[g[0]]).collect();
+                ids.sort();
+                ids.dedup();
+                assert_eq!(ids.len(), 8, "a round takes 8 distinct identities");
+                for g in round {
+                    let p = pids[g[0]];
+                    assert!(g.iter().all(|&i| pids[i] == p), "a group mixes identities");
+                    assert!(g.len() == 1 || g.len() == 2, "group of {}", g.len());
+                    sizes_seen[g.len()] = true;
+                    assert_eq!(
+                        *size_of.entry(p).or_insert(g.len()),
+                        g.len(),
+                        "identity {p} gave groups of two sizes in epoch {epoch}"
+                    );
+                }
+            }
+            assert!(
+                sizes_seen[1] && sizes_seen[2],
+                "epoch {epoch}: {sizes_seen:?}"
+            );
+            let batches = s.epoch(epoch);
+            assert!(!batches.is_empty());
+            assert!(batches.iter().all(|b| b.len() == 16), "batches are full");
+            // The batches are the rounds' samples in order, cut at 16.
+            let flat: Vec<usize> = rounds.into_iter().flatten().flatten().collect();
+            assert_eq!(batches.concat(), flat[..batches.len() * 16]);
+            assert!(flat.len() - batches.len() * 16 < 16);
+        }
+        assert_ne!(s.epoch(0), s.epoch(1));
+        assert_eq!(s.epoch(2), s.epoch(2));
+        let plain = IdentitySampler::new(&pids, 8, 2, 11).unwrap();
+        assert!(plain.epoch(0).iter().flatten().count() % 16 == 0);
+        assert_ne!(plain.epoch(0), s.epoch(0));
     }
 }

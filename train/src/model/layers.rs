@@ -91,20 +91,72 @@ pub struct MultiheadAttention {
     heads: i64,
 }
 
+/// CLIP's normal initialisation of a transformer's blocks, which IRRA's and SEN's
+/// `init_weights` also give their randomly initialised cross-modal decoders: attention
+/// input projections N(0, W^-1/2), output projections N(0, W^-1/2 (2 L)^-1/2), the
+/// MLP's first layer N(0, (2 W)^-1/2) and its second N(0, W^-1/2 (2 L)^-1/2); the
+/// attention biases start at zero (torch's `MultiheadAttention`), the MLP's keep
+/// `nn.Linear`'s uniform default.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClipInit {
+    pub attn_std: f64,
+    pub proj_std: f64,
+    pub fc_std: f64,
+}
+
+impl ClipInit {
+    /// For a transformer of `width` and `layers` blocks.
+    pub fn for_transformer(width: i64, layers: i64) -> Self {
+        let scale = (width as f64).powf(-0.5);
+        ClipInit {
+            attn_std: scale,
+            proj_std: scale * (2.0 * layers as f64).powf(-0.5),
+            fc_std: (2.0 * width as f64).powf(-0.5),
+        }
+    }
+
+    fn normal(stdev: f64) -> nn::Init {
+        nn::Init::Randn { mean: 0.0, stdev }
+    }
+
+    /// A linear layer with N(0, `stdev`) weights and zero bias.
+    fn linear(p: nn::Path, i: i64, o: i64, stdev: f64) -> nn::Linear {
+        nn::linear(
+            p,
+            i,
+            o,
+            nn::LinearConfig {
+                ws_init: Self::normal(stdev),
+                bs_init: Some(nn::Init::Const(0.0)),
+                bias: true,
+            },
+        )
+    }
+}
+
 impl MultiheadAttention {
     pub fn new(p: nn::Path, width: i64, heads: i64) -> Self {
+        Self::with_init(p, width, heads, None)
+    }
+
+    /// `init`: CLIP's normal initialisation; `None`: torch's `MultiheadAttention`
+    /// default (xavier-uniform input projection).
+    pub fn with_init(p: nn::Path, width: i64, heads: i64, init: Option<ClipInit>) -> Self {
         let bound = (6.0 / (width as f64 * 4.0)).sqrt(); // xavier_uniform over [3W, W]
+        let in_init = match init {
+            Some(c) => ClipInit::normal(c.attn_std),
+            None => nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        };
         MultiheadAttention {
-            in_proj_weight: p.var(
-                "in_proj_weight",
-                &[3 * width, width],
-                nn::Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
-            ),
+            in_proj_weight: p.var("in_proj_weight", &[3 * width, width], in_init),
             in_proj_bias: p.zeros("in_proj_bias", &[3 * width]),
-            out_proj: nn::linear(&p / "out_proj", width, width, Default::default()),
+            out_proj: match init {
+                Some(c) => ClipInit::linear(&p / "out_proj", width, width, c.proj_std),
+                None => nn::linear(&p / "out_proj", width, width, Default::default()),
+            },
             heads,
         }
     }
@@ -153,12 +205,34 @@ pub struct ResidualAttentionBlock {
 
 impl ResidualAttentionBlock {
     pub fn new(p: nn::Path, width: i64, heads: i64, mlp_width: i64) -> Self {
+        Self::with_init(p, width, heads, mlp_width, None)
+    }
+
+    /// `init`: CLIP's normal initialisation of the weights (see [`ClipInit`]).
+    pub fn with_init(
+        p: nn::Path,
+        width: i64,
+        heads: i64,
+        mlp_width: i64,
+        init: Option<ClipInit>,
+    ) -> Self {
+        let mlp = |name: &str, i: i64, o: i64, stdev: Option<f64>| {
+            let ws_init = match stdev {
+                Some(s) => ClipInit::normal(s),
+                None => nn::LinearConfig::default().ws_init,
+            };
+            let cfg = nn::LinearConfig {
+                ws_init,
+                ..Default::default()
+            };
+            nn::linear(&p / "mlp" / name, i, o, cfg)
+        };
         ResidualAttentionBlock {
             ln_1: layer_norm(&p / "ln_1", width),
-            attn: MultiheadAttention::new(&p / "attn", width, heads),
+            attn: MultiheadAttention::with_init(&p / "attn", width, heads, init),
             ln_2: layer_norm(&p / "ln_2", width),
-            c_fc: nn::linear(&p / "mlp" / "c_fc", width, mlp_width, Default::default()),
-            c_proj: nn::linear(&p / "mlp" / "c_proj", mlp_width, width, Default::default()),
+            c_fc: mlp("c_fc", width, mlp_width, init.map(|c| c.fc_std)),
+            c_proj: mlp("c_proj", mlp_width, width, init.map(|c| c.proj_std)),
         }
     }
 
@@ -231,6 +305,27 @@ pub struct CrossAttention {
 
 impl CrossAttention {
     pub fn new(p: nn::Path, width: i64, kv_width: i64, heads: i64) -> Self {
+        Self::with_init(p, width, kv_width, heads, None)
+    }
+
+    /// `init`: as torch's `MultiheadAttention` under CLIP's normal initialisation
+    /// (query/key/value N(0, attn_std), output N(0, proj_std), biases zero).
+    pub fn with_init(
+        p: nn::Path,
+        width: i64,
+        kv_width: i64,
+        heads: i64,
+        init: Option<ClipInit>,
+    ) -> Self {
+        if let Some(c) = init {
+            return CrossAttention {
+                q: ClipInit::linear(&p / "q_proj", width, width, c.attn_std),
+                k: ClipInit::linear(&p / "k_proj", kv_width, width, c.attn_std),
+                v: ClipInit::linear(&p / "v_proj", kv_width, width, c.attn_std),
+                out: ClipInit::linear(&p / "out_proj", width, width, c.proj_std),
+                heads,
+            };
+        }
         CrossAttention {
             q: nn::linear(&p / "q_proj", width, width, Default::default()),
             k: nn::linear(&p / "k_proj", kv_width, width, Default::default()),

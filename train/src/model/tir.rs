@@ -1,6 +1,6 @@
 //! The text-guided image restoration decoder (`tir.*`, training only; SPEC §4).
 
-use super::layers::{CrossAttention, ResidualAttentionBlock, apply_linear, layer_norm};
+use super::layers::{ClipInit, CrossAttention, ResidualAttentionBlock, apply_linear, layer_norm};
 use sen_core::config::{ModelConfig, TirConfig};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -53,29 +53,27 @@ impl TirDecoder {
         let (w, d) = (t.width as i64, cfg.embed_dim as i64);
         let (gh, gw) = cfg.vision.grid();
         let patch = cfg.vision.patch_size as i64;
+        // As SEN's code: the cross-attention and the decoder blocks get CLIP's normal
+        // initialisation for a transformer of the decoder's width and depth, and the
+        // mask token starts at zero (`torch.zeros`, never re-initialised).
+        let init = Some(ClipInit::for_transformer(w, t.layers as i64));
         TirDecoder {
             ln_in: layer_norm(&p / "ln_in", d),
             embed: nn::linear(&p / "embed", d, w, Default::default()),
-            mask_token: p.var(
-                "mask_token",
-                &[w],
-                nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.02,
-                },
-            ),
+            mask_token: p.var("mask_token", &[w], nn::Init::Const(0.0)),
             pos: sincos_2d(w, gh as i64, gw as i64).to_device(device),
             ln_q: layer_norm(&p / "ln_q", w),
             ln_kv: layer_norm(&p / "ln_kv", d),
-            cross_attn: CrossAttention::new(&p / "cross_attn", w, d, t.heads as i64),
+            cross_attn: CrossAttention::with_init(&p / "cross_attn", w, d, t.heads as i64, init),
             ln_cross: layer_norm(&p / "ln_cross", w),
             blocks: (0..t.layers as i64)
                 .map(|i| {
-                    ResidualAttentionBlock::new(
+                    ResidualAttentionBlock::with_init(
                         &p / "blocks" / i,
                         w,
                         t.heads as i64,
                         t.mlp_width as i64,
+                        init,
                     )
                 })
                 .collect(),
@@ -142,4 +140,60 @@ pub fn random_masking(b: i64, n: i64, kept: i64, device: Device) -> (Tensor, Ten
     let keep = order.narrow(1, 0, kept - 1);
     let mask = Tensor::ones([b, n], (Kind::Float, device)).scatter_value(1, &keep, 0.0);
     (keep, mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::layers::to_f64_vec;
+
+    fn std_of(t: &Tensor) -> f64 {
+        let v = to_f64_vec(&t.flatten(0, -1));
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len() as f64).sqrt()
+    }
+
+    /// SEN's decoder initialisation (its `build.py`): mask token zeros; for a decoder
+    /// of width W and L blocks, attention inputs N(0, W^-1/2), attention outputs and
+    /// the MLP's second layer N(0, W^-1/2 (2L)^-1/2), its first layer N(0, (2W)^-1/2),
+    /// attention biases zero.
+    #[test]
+    fn decoder_starts_as_sens() {
+        let cfg = ModelConfig::vit_b16();
+        let vs = nn::VarStore::new(Device::Cpu);
+        tch::manual_seed(3);
+        let _dec = TirDecoder::new(&vs.root() / "tir", &cfg, Device::Cpu);
+        let v = vs.variables();
+        let (w, l) = (cfg.tir.width as f64, cfg.tir.layers as f64);
+        let attn = w.powf(-0.5);
+        let proj = attn * (2.0 * l).powf(-0.5);
+        let fc = (2.0 * w).powf(-0.5);
+        assert!(to_f64_vec(&v["tir.mask_token"]).iter().all(|&x| x == 0.0));
+        let close = |name: &str, want: f64| {
+            let got = std_of(&v[name]);
+            assert!(
+                (got / want - 1.0).abs() < 0.03,
+                "{name}: std {got}, SEN's init gives {want}"
+            );
+        };
+        for b in 0..cfg.tir.layers {
+            close(&format!("tir.blocks.{b}.attn.in_proj_weight"), attn);
+            close(&format!("tir.blocks.{b}.attn.out_proj.weight"), proj);
+            close(&format!("tir.blocks.{b}.mlp.c_fc.weight"), fc);
+            close(&format!("tir.blocks.{b}.mlp.c_proj.weight"), proj);
+            for bias in ["attn.in_proj_bias", "attn.out_proj.bias"] {
+                let t = &v[&format!("tir.blocks.{b}.{bias}")];
+                assert!(to_f64_vec(t).iter().all(|&x| x == 0.0), "{bias}");
+            }
+        }
+        for p in ["q", "k", "v"] {
+            close(&format!("tir.cross_attn.{p}_proj.weight"), attn);
+            assert!(
+                to_f64_vec(&v[&format!("tir.cross_attn.{p}_proj.bias")])
+                    .iter()
+                    .all(|&x| x == 0.0)
+            );
+        }
+        close("tir.cross_attn.out_proj.weight", proj);
+    }
 }
