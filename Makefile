@@ -8,7 +8,7 @@ export SEN_CACHE
 CARGO ?= cargo
 PYTHON ?= python3
 
-.PHONY: fuzz deps deps-cuda deps-ort-gpu test demo bench bench-baseline bench-check perf store-perf crash-test load serve-demo screenshot test-aarch64 dist-aarch64 test-milvus milvus-perf test-sources source-load help
+.PHONY: fuzz deps deps-cuda deps-ort-gpu test demo bench bench-baseline bench-check perf store-perf crash-test load serve-demo screenshot test-aarch64 test-int8-avx2 dist-aarch64 test-milvus milvus-perf test-sources source-load help
 
 help:
 	@echo "make demo   - run the sen pipeline end to end (what exists so far)"
@@ -23,6 +23,7 @@ help:
 	@echo "make serve-demo - sen serve on the demo's bundle and store (after make demo); prints the URL"
 	@echo "make screenshot - refresh docs/search-page.png from the browser test with the demo's bundle"
 	@echo "make test-aarch64 - build for aarch64 and run the tests under qemu (sets itself up)"
+	@echo "make test-int8-avx2 - the int8 calibration tests on an emulated AVX2 CPU without VNNI (qemu)"
 	@echo "make test-milvus - replication into and search through Milvus, against milvus-lite (installs it into the cache)"
 	@echo "make milvus-perf - replication rows/s and search latency/recall through milvus-lite (FLAT, HNSW) vs the local store"
 	@echo "make test-sources - the Frigate source under faults: SIGKILL rounds, a broker restart, Frigate down (mosquitto)"
@@ -135,6 +136,11 @@ screenshot: deps
 # cross compiler, qemu, the pinned aarch64 ONNX Runtime and the qemu sysroot.
 test-aarch64: deps
 	@scripts/test_aarch64.sh
+
+# The int8 calibration tests on an emulated AVX2 CPU without AVX-512 or VNNI
+# (qemu-x86_64 -cpu Haswell): where ONNX Runtime's int8 sums saturate (issue 31).
+test-int8-avx2: deps
+	@scripts/test_int8_avx2.sh
 
 # Milvus replication and search against milvus-lite on free loopback ports (README,
 # Many boxes); `scripts/deps.py milvus` installs it, hash-checked, into the cache.

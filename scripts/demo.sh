@@ -55,7 +55,7 @@ for m in entropy percentile minmax; do
   out="$demo/bundle-int8-$m"
   [ $m = entropy ] && out="$demo/bundle-int8"
   target/release/sen-calibrate --bundle "$demo/bundle-fp32" --dataset "$demo/synth" --method $m \
-    --samples 512 --out "$out" --force
+    --samples 512 --max-drop none --out "$out" --force
 done
 python3 - "$demo" <<'EOF'
 import json, sys

@@ -18,6 +18,7 @@
 //!
 //! Like `export` and `runtime`, this crate never links libtorch.
 
+pub mod budget;
 pub mod collect;
 pub mod model;
 pub mod stats;
@@ -33,7 +34,8 @@ use sen_runtime::encoders::Encoders;
 use sen_runtime::providers::ProviderOptions;
 use serde::Serialize;
 use stats::Method;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -100,6 +102,11 @@ pub struct CalibrateOptions {
     /// Weight precision of the Q/DQ encoders; None: from the CPU calibrated on
     /// ([`choose_weight_bits`]).
     pub weight_bits: Option<WeightBits>,
+    /// The accuracy budget: the most R@1 points the int8 bundle may lose against fp32
+    /// on the val split ([`budget`]); None: no check.
+    pub max_drop: Option<f64>,
+    /// With `max_drop`: the most layers kept in float (None: half of the quantised).
+    pub max_float: Option<usize>,
 }
 
 pub use sen_runtime::int8cpu::{CpuInt8, WeightBits};
@@ -144,6 +151,8 @@ impl CalibrateOptions {
             trt_version: DEFAULT_TRT_VERSION,
             force: false,
             weight_bits: None,
+            max_drop: Some(1.0),
+            max_float: None,
         }
     }
 }
@@ -233,6 +242,9 @@ pub struct CalibrationReport {
     pub evaluation: Option<Comparison>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speed: Option<Speed>,
+    /// The `--max-drop` search on val: methods tried, layers kept in float.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<budget::AccuracyReport>,
     pub notes: Vec<String>,
     pub seconds: f64,
 }
@@ -329,30 +341,54 @@ type CollectFn<'a> = dyn Fn(
     ) -> Result<collect::Collected, CalibrateError>
     + 'a;
 
-struct Quantized {
+/// One encoder's fp32 model, its plan and the ranges collected for it.
+struct Ranged {
+    io: EncoderIo,
     model: ModelProto,
+    plan: Plan,
+    collected: collect::Collected,
+    seconds: f64,
+    /// Each tensor's threshold per method, computed once (the entropy search is the
+    /// expensive part of quantising, and `--max-drop` quantises many times).
+    amax: std::sync::Mutex<BTreeMap<(&'static str, String), f32>>,
+}
+
+impl Ranged {
+    fn amax(&self, name: &str, method: Method, percentile: f64) -> f32 {
+        let key = (method.name(), name.to_string());
+        let mut cache = self.amax.lock().unwrap_or_else(|e| e.into_inner());
+        *cache
+            .entry(key)
+            .or_insert_with(|| self.collected[name].amax(method, percentile))
+    }
+}
+
+pub(crate) struct Quantized {
+    pub(crate) model: ModelProto,
     report: EncoderReport,
     /// (tensor, scale) in graph order, for the TensorRT cache.
     scales: Vec<(String, f32)>,
 }
 
+/// Quantise one encoder with `method`'s ranges, leaving the nodes in `float` (by
+/// name) in float.
 fn finish_encoder(
-    model: &ModelProto,
-    io: &EncoderIo,
-    plan: &Plan,
-    collected: &collect::Collected,
+    r: &Ranged,
+    method: Method,
     opts: &CalibrateOptions,
+    float: &BTreeSet<String>,
     metadata: &[(String, String)],
     weight_bits: WeightBits,
-    seconds: f64,
 ) -> Result<Quantized, CalibrateError> {
+    let (model, io, collected, seconds) = (&r.model, &r.io, &r.collected, r.seconds);
     let g = model.graph.as_ref().expect("checked at load");
+    let plan = &r.plan.keep_float(g, float, "kept in float for --max-drop");
     let consumers = plan.consumers(g);
     let mut ordered = vec![];
     let mut tensors = vec![];
     for name in plan.activations() {
         let s = &collected[&name];
-        let amax = s.amax(opts.method, opts.percentile);
+        let amax = r.amax(&name, method, opts.percentile);
         let scale = stats::scale_for(amax);
         let h = &s.hist;
         let beyond: u64 = h
@@ -400,6 +436,88 @@ fn finish_encoder(
         report,
         scales: ordered,
     })
+}
+
+/// Write an int8 bundle into `dir` from the quantised encoders: the Q/DQ models, with
+/// `implicit` the fp32 models and their TensorRT calibration caches under
+/// `implicit/`, the tokenizer, and the manifest (the caller adds the report).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_bundle(
+    bundle: &Path,
+    manifest: &Manifest,
+    dir: &Path,
+    encoders: [&Quantized; 2],
+    implicit: bool,
+    info: &CalibrationInfo,
+    data: Option<&collect::CalibrationData>,
+    opts: &CalibrateOptions,
+) -> Result<Manifest, CalibrateError> {
+    let implicit_dir = dir.join(IMPLICIT_DIR);
+    if implicit {
+        std::fs::create_dir_all(&implicit_dir).map_err(|e| CalibrateError::io(&implicit_dir, e))?;
+    }
+    let mut files: Vec<String> = vec![];
+    for (q, io) in encoders
+        .into_iter()
+        .zip([&manifest.io.image, &manifest.io.text])
+    {
+        files.extend(sen_export::write_model(
+            q.model.clone(),
+            dir,
+            &io.file,
+            sen_export::PROTOBUF_LIMIT,
+        )?);
+        if !implicit {
+            continue;
+        }
+        // The fp32 model (and its external data) with its TensorRT calibration cache.
+        for name in [io.file.clone(), format!("{}.data", io.file)] {
+            if manifest.files.contains_key(&name) {
+                let to = format!("{IMPLICIT_DIR}/{name}");
+                std::fs::copy(bundle.join(&name), dir.join(&to))
+                    .map_err(|e| CalibrateError::io(bundle.join(&name), e))?;
+                files.push(to);
+            }
+        }
+        let cache = format!("{IMPLICIT_DIR}/{}", calibration_cache_name(&io.file));
+        let text = trtcache::write(opts.trt_version, &q.scales)?;
+        sen_core::fsutil::write_atomic(&dir.join(&cache), text.as_bytes())?;
+        files.push(cache);
+    }
+    let tok_file = &manifest.tokenizer.file;
+    std::fs::copy(bundle.join(tok_file), dir.join(tok_file))
+        .map_err(|e| CalibrateError::io(bundle.join(tok_file), e))?;
+    files.push(tok_file.clone());
+
+    let mut m = manifest.clone();
+    m.precision = Precision::Int8;
+    m.calibration = Some(info.clone());
+    m.tools
+        .insert("sen-calibrate".into(), env!("CARGO_PKG_VERSION").into());
+    if let Some(data) = data {
+        m.tools.insert(
+            "sen-calibrate-options".into(),
+            format!(
+                "split={},images={},captions={},percentile={},bins={},activation_matmuls={},trt_cache_version={}",
+                data.split.name(),
+                data.images.len(),
+                data.captions.len(),
+                opts.percentile,
+                opts.bins,
+                opts.selection.activation_matmuls,
+                trtcache::tensorrt_version_number(opts.trt_version)
+            ),
+        );
+    }
+    m.files.clear();
+    // A score calibration is bound to the fp32 encoders: the int8 ones need their own.
+    m.score_calibration = None;
+    for f in &files {
+        m.add_file(dir, f)?;
+    }
+    m.save(dir)?;
+    Manifest::load(dir)?;
+    Ok(m)
 }
 
 fn progress_bar(total: usize, what: &str) -> indicatif::ProgressBar {
@@ -486,12 +604,12 @@ pub fn calibrate(
         manifest.tokenizer.context_length,
     )?;
 
-    // One encoder: load, plan, collect ranges on an augmented copy, quantise.
+    // One encoder: load, plan, collect ranges on an augmented copy.
     let encoder = |io: &EncoderIo,
                    what: &str,
                    count: usize,
                    collect: &CollectFn<'_>|
-     -> Result<Quantized, CalibrateError> {
+     -> Result<Ranged, CalibrateError> {
         let model = model::load_model(&bundle.join(&io.file))?;
         if what == "image" {
             check_image_input(&model, io, &manifest.preprocess)?;
@@ -507,16 +625,14 @@ pub fn calibrate(
         let collected = collect(&mut session, &plan, &mut |n| pb.inc(n as u64))?;
         pb.finish_and_clear();
         drop(session);
-        finish_encoder(
-            &model,
-            io,
-            &plan,
-            &collected,
-            opts,
-            &metadata,
-            weight_bits,
-            t.elapsed().as_secs_f64(),
-        )
+        Ok(Ranged {
+            io: io.clone(),
+            model,
+            plan,
+            collected,
+            seconds: t.elapsed().as_secs_f64(),
+            amax: Default::default(),
+        })
     };
     let image = encoder(
         &manifest.io.image,
@@ -552,71 +668,67 @@ pub fn calibrate(
             )
         },
     )?;
-
-    // Write the bundle into a temporary sibling.
-    let staged = sen_core::fsutil::StagedDir::new(out, "sen-calibrate")?;
-    let dir = staged.path();
-    let implicit = dir.join(IMPLICIT_DIR);
-    std::fs::create_dir_all(&implicit).map_err(|e| CalibrateError::io(&implicit, e))?;
-    let mut files: Vec<String> = vec![];
-    for (q, io) in [(&image, &manifest.io.image), (&text, &manifest.io.text)] {
-        files.extend(sen_export::write_model(
-            q.model.clone(),
-            dir,
-            &io.file,
-            sen_export::PROTOBUF_LIMIT,
-        )?);
-        // The fp32 model (and its external data) with its TensorRT calibration cache.
-        for name in [io.file.clone(), format!("{}.data", io.file)] {
-            if manifest.files.contains_key(&name) {
-                let to = format!("{IMPLICIT_DIR}/{name}");
-                std::fs::copy(bundle.join(&name), dir.join(&to))
-                    .map_err(|e| CalibrateError::io(bundle.join(&name), e))?;
-                files.push(to);
-            }
-        }
-        let cache = format!("{IMPLICIT_DIR}/{}", calibration_cache_name(&io.file));
-        let text = trtcache::write(opts.trt_version, &q.scales)?;
-        sen_core::fsutil::write_atomic(&dir.join(&cache), text.as_bytes())?;
-        files.push(cache);
-    }
-    let tok_file = &manifest.tokenizer.file;
-    std::fs::copy(bundle.join(tok_file), dir.join(tok_file))
-        .map_err(|e| CalibrateError::io(bundle.join(tok_file), e))?;
-    files.push(tok_file.clone());
-
-    let mut m = manifest.clone();
-    m.precision = Precision::Int8;
-    m.calibration = Some(CalibrationInfo {
+    let ranged = [image, text];
+    let quantize =
+        |i: usize, method: Method, float: &BTreeSet<String>| -> Result<Quantized, CalibrateError> {
+            finish_encoder(&ranged[i], method, opts, float, &metadata, weight_bits)
+        };
+    let info = CalibrationInfo {
         method: opts.method.to_string(),
         samples: data.images.len(),
         data_sha256: data.sha256.clone(),
         weight_bits: weight_bits.bits(),
         weight_bits_why: Some(weight_bits_why.clone()),
-    });
-    m.tools
-        .insert("sen-calibrate".into(), env!("CARGO_PKG_VERSION").into());
-    m.tools.insert(
-        "sen-calibrate-options".into(),
-        format!(
-            "split={},images={},captions={},percentile={},bins={},activation_matmuls={},trt_cache_version={}",
-            data.split.name(),
-            data.images.len(),
-            data.captions.len(),
-            opts.percentile,
-            opts.bins,
-            opts.selection.activation_matmuls,
-            trtcache::tensorrt_version_number(opts.trt_version)
-        ),
-    );
-    m.files.clear();
-    // A score calibration is bound to the fp32 encoders: the int8 ones need their own.
-    m.score_calibration = None;
-    for f in &files {
-        m.add_file(dir, f)?;
-    }
-    m.save(dir)?;
-    Manifest::load(dir)?;
+    };
+
+    // The accuracy budget on val: which method, which layers kept in float.
+    let (method, float, accuracy) = match opts.max_drop {
+        None => (opts.method, budget::FloatSet::default(), None),
+        Some(budget) => {
+            let search = budget::Search {
+                bundle,
+                manifest: &manifest,
+                ds: &ds,
+                data: &data,
+                pre: &pre,
+                tok: &tok,
+                opts,
+                budget,
+                quantize: &quantize,
+                info: &info,
+                quantized_nodes: ranged
+                    .iter()
+                    .map(|r| {
+                        r.plan
+                            .node_names(r.model.graph.as_ref().expect("graph"))
+                            .len()
+                    })
+                    .sum(),
+            };
+            let (method, float, report) = search.run(out)?;
+            (method, float, Some(report))
+        }
+    };
+    let image = quantize(0, method, &float[0])?;
+    let text = quantize(1, method, &float[1])?;
+    let info = CalibrationInfo {
+        method: method.to_string(),
+        ..info
+    };
+
+    // Write the bundle into a temporary sibling.
+    let staged = sen_core::fsutil::StagedDir::new(out, "sen-calibrate")?;
+    let dir = staged.path();
+    let mut m = write_bundle(
+        bundle,
+        &manifest,
+        dir,
+        [&image, &text],
+        true,
+        &info,
+        Some(&data),
+        opts,
+    )?;
 
     // int8 against fp32.
     let evaluation = match opts.eval_split {
@@ -642,8 +754,8 @@ pub fn calibrate(
     let report = CalibrationReport {
         source_bundle: bundle.to_path_buf(),
         bundle: out.to_path_buf(),
-        method: opts.method,
-        percentile: (opts.method == Method::Percentile).then_some(opts.percentile),
+        method,
+        percentile: (method == Method::Percentile).then_some(opts.percentile),
         bins: opts.bins,
         split: data.split.name().into(),
         samples_requested: opts.samples,
@@ -659,6 +771,7 @@ pub fn calibrate(
         text: text.report,
         evaluation,
         speed,
+        accuracy,
         notes,
         seconds: t0.elapsed().as_secs_f64(),
     };

@@ -57,6 +57,22 @@ struct Cli {
     /// VNNI), else 8. Give 7 for a bundle that will run on such a CPU.
     #[arg(long, default_value = "auto", value_name = "auto|8|7")]
     weight_bits: String,
+    /// The most R@1 points the int8 bundle may lose against fp32 on the val split (never
+    /// test): when the --method misses it, the other methods are tried, then the layers
+    /// whose quantisation costs most are kept in float until it is met; when even that
+    /// misses, no bundle is written (the search goes to OUT.calibration_report.json).
+    /// `none`: no check.
+    #[arg(
+        long,
+        default_value = "1.0",
+        value_name = "R1_POINTS|none",
+        allow_hyphen_values = true
+    )]
+    max_drop: String,
+    /// With --max-drop: the most layers kept in float before giving up (default: half
+    /// of the quantised layers).
+    #[arg(long, value_name = "N")]
+    max_float_layers: Option<usize>,
     /// Also quantise MatMuls of two activations (attention's Q·Kᵀ and P·V).
     #[arg(long)]
     activation_matmuls: bool,
@@ -157,6 +173,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             "--weight-bits {other}: expected auto, 8 or 7 (7 for x86-64 CPUs without VNNI)"
         ),
     };
+    opts.max_drop = match cli.max_drop.as_str() {
+        "none" => None,
+        s => match s.parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => Some(v),
+            _ => anyhow::bail!(
+                "--max-drop {s}: expected R@1 points >= 0 on the val split (such as 1.0), or none"
+            ),
+        },
+    };
+    opts.max_float = cli.max_float_layers;
     let r = sen_calibrate::calibrate(&cli.bundle, &cli.out, &opts)?;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -201,6 +227,31 @@ fn print_summary(r: &CalibrationReport) {
             c.text_cosine.mean,
             c.text_cosine.min
         );
+    }
+    if let Some(a) = &r.accuracy {
+        let tried: Vec<String> = a
+            .methods
+            .iter()
+            .map(|m| format!("{} {:.2}", m.method, m.r1_drop))
+            .collect();
+        println!(
+            "  --max-drop {:.2} on val (fp32 R@1 {:.2}): methods tried (R@1 drop) {}; {} with {} layer(s) in float loses {:.2}",
+            a.budget_r1,
+            a.fp32.r1,
+            tried.join(", "),
+            a.method,
+            a.kept_float.len(),
+            a.r1_drop
+        );
+        for l in &a.kept_float {
+            println!("    kept in float: {l}");
+        }
+        if let Some(s) = &a.speed {
+            println!(
+                "    image encoder, batch {} on {}: all int8 {:.2} ms, with those in float {:.2} ms ({:.2}x)",
+                s.batch, s.provider, s.all_int8_ms, s.with_float_ms, s.slowdown
+            );
+        }
     }
     if let Some(s) = &r.speed {
         println!(

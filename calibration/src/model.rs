@@ -153,6 +153,25 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// This plan with the nodes named in `names` left in float (reason `why`).
+    pub fn keep_float(&self, g: &GraphProto, names: &BTreeSet<String>, why: &str) -> Plan {
+        let mut p = self.clone();
+        p.nodes.retain(|&i, _| !names.contains(&g.node[i].name));
+        for &i in self.nodes.keys() {
+            if names.contains(&g.node[i].name) {
+                p.skipped.push((g.node[i].name.clone(), why.to_string()));
+            }
+        }
+        p
+    }
+
+    /// Names of the quantised nodes, in graph order.
+    pub fn node_names(&self, g: &GraphProto) -> Vec<String> {
+        self.nodes.keys().map(|&i| g.node[i].name.clone()).collect()
+    }
+}
+
 /// What to leave in float.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {

@@ -10,6 +10,17 @@ use std::path::Path;
 
 /// Write a checkpoint directory for `cfg` with weights drawn from `seed`.
 pub fn random_checkpoint(cfg: &ModelConfig, dir: &Path, seed: u64) -> Result<(), ExportError> {
+    random_checkpoint_with(cfg, dir, seed, |_, _, _| {})
+}
+
+/// [`random_checkpoint`], with `edit(name, shape, values)` called on every tensor
+/// before it is written (tests plant outliers this way).
+pub fn random_checkpoint_with(
+    cfg: &ModelConfig,
+    dir: &Path,
+    seed: u64,
+    mut edit: impl FnMut(&str, &[usize], &mut [f32]),
+) -> Result<(), ExportError> {
     std::fs::create_dir_all(dir).map_err(|e| ExportError::io(dir, e))?;
     let mut rng = sen_core::rng::Rng::new(seed);
     let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = crate::encoders::encoder_tensors(cfg)
@@ -17,14 +28,16 @@ pub fn random_checkpoint(cfg: &ModelConfig, dir: &Path, seed: u64) -> Result<(),
         .map(|(name, shape)| {
             let n: i64 = shape.iter().product();
             let ln_weight = name.contains("ln_") && name.ends_with(".weight");
-            let bytes = (0..n)
-                .flat_map(|_| {
+            let mut values: Vec<f32> = (0..n)
+                .map(|_| {
                     let u = rng.f32() * 2.0 - 1.0;
-                    let v = if ln_weight { 1.0 + 0.1 * u } else { 0.05 * u };
-                    v.to_le_bytes()
+                    if ln_weight { 1.0 + 0.1 * u } else { 0.05 * u }
                 })
                 .collect();
-            (name, shape.iter().map(|&d| d as usize).collect(), bytes)
+            let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+            edit(&name, &shape, &mut values);
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name, shape, bytes)
         })
         .collect();
     let views = tensors

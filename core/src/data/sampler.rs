@@ -456,7 +456,7 @@ mod tests {
         assert_ne!(s.epoch(0), s.epoch(1));
         assert_eq!(s.epoch(2), s.epoch(2));
         let plain = IdentitySampler::new(&pids, 8, 2, 11).unwrap();
-        assert!(plain.epoch(0).iter().flatten().count() % 16 == 0);
+        assert!(plain.epoch(0).iter().flatten().count().is_multiple_of(16));
         assert_ne!(plain.epoch(0), s.epoch(0));
     }
 }
