@@ -300,3 +300,55 @@ fn resume_keeps_the_recorded_plan() {
     let wb = std::fs::read(b.path().join("last/model.safetensors")).unwrap();
     assert!(wa == wb, "identical final weights");
 }
+
+/// `--init` from a checkpoint trained on another dataset: its ID head has that
+/// dataset's classes, so it starts from its initialisation while the encoders are
+/// taken (before, the shape mismatch refused the run). A head that fits is taken.
+/// Also runs the idrannum sampler end to end.
+#[test]
+fn init_from_a_checkpoint_with_another_id_head_trains() {
+    let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let small = data(); // 13 identities: 10 train
+    let big = tempfile::tempdir().unwrap();
+    generate(
+        big.path(),
+        &SynthConfig {
+            ids: 20,
+            images_per_id: 2,
+            seed: 12,
+        },
+    )
+    .unwrap();
+    let first = tempfile::tempdir().unwrap();
+    let mut opts = options(small.path(), 1);
+    opts.sampler = SamplerKind::Idrannum;
+    trainer::train(&opts, first.path(), false, Device::Cpu, &unlimited(), false).unwrap();
+    let init = first.path().join("last");
+    let read = |dir: &Path| {
+        let t = tch::Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
+        t.into_iter()
+            .collect::<std::collections::BTreeMap<String, tch::Tensor>>()
+    };
+    let src = read(&init);
+    assert_eq!(src["id_head.weight"].size()[0], 10);
+
+    let second = tempfile::tempdir().unwrap();
+    let mut opts = options(big.path(), 1);
+    opts.init = Some(init.clone());
+    opts.recipe.lr = 0.0; // no update: the saved weights are the starting ones
+    opts.recipe.bias_lr = 0.0;
+    trainer::train(
+        &opts,
+        second.path(),
+        false,
+        Device::Cpu,
+        &unlimited(),
+        false,
+    )
+    .expect("an ID head of another size starts fresh instead of refusing");
+    let got = read(&second.path().join("last"));
+    assert_ne!(got["id_head.weight"].size(), src["id_head.weight"].size());
+    for name in ["visual.proj", "text_projection", "tir.head.weight"] {
+        assert!(got[name].equal(&src[name]), "{name} is taken from --init");
+    }
+}
