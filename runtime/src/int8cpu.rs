@@ -96,16 +96,18 @@ impl CpuInt8 {
 mod tests {
     use super::*;
 
+    const AVX2: CpuInt8 = CpuInt8 {
+        x86_64: true,
+        vnni: false,
+    };
+    const VNNI: CpuInt8 = CpuInt8 {
+        x86_64: true,
+        vnni: true,
+    };
+
     #[test]
     fn only_x86_without_vnni_needs_seven_bits() {
-        let avx2 = CpuInt8 {
-            x86_64: true,
-            vnni: false,
-        };
-        let vnni = CpuInt8 {
-            x86_64: true,
-            vnni: true,
-        };
+        let (avx2, vnni) = (AVX2, VNNI);
         let arm = CpuInt8 {
             x86_64: false,
             vnni: false,
@@ -128,14 +130,7 @@ mod tests {
         use sen_core::manifest::{CalibrationInfo, Manifest, Precision};
         let d = tempfile::tempdir().unwrap();
         let mut m = Manifest::example(d.path());
-        let avx2 = CpuInt8 {
-            x86_64: true,
-            vnni: false,
-        };
-        let vnni = CpuInt8 {
-            x86_64: true,
-            vnni: true,
-        };
+        let (avx2, vnni) = (AVX2, VNNI);
         let cpu = ProviderOptions::new(ProviderKind::Cpu);
         assert_eq!(int8_saturation_warning(&m, &cpu, avx2), None, "fp32");
         m.precision = Precision::Int8;
