@@ -124,10 +124,15 @@ pub fn run(a: InfoArgs) -> Result<()> {
     );
     if let Some(c) = &m.calibration {
         println!(
-            "calibration {} on {} samples (data sha256 {})",
+            "calibration {} on {} samples (data sha256 {}), {}-bit weights{}",
             c.method,
             c.samples,
-            &c.data_sha256[..16]
+            &c.data_sha256[..16],
+            c.weight_bits,
+            c.weight_bits_why
+                .as_deref()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default()
         );
     }
     match &simd {
