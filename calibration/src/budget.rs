@@ -178,6 +178,34 @@ fn mean_cosine(a: &Array2<f32>, b: &Array2<f32>) -> f64 {
         / n
 }
 
+/// Refuse a `--max-drop` run that cannot work, before any range is collected.
+pub(crate) fn check(
+    budget: f64,
+    opts: &CalibrateOptions,
+    ds: &Dataset,
+) -> Result<(), CalibrateError> {
+    if opts.max_float == Some(0) {
+        return Err(CalibrateError::Input(
+            "--max-float-layers 0: at least one layer must be allowed in float (or pass --max-drop none)"
+                .into(),
+        ));
+    }
+    if !(budget.is_finite() && budget >= 0.0) {
+        return Err(CalibrateError::Input(format!(
+            "--max-drop {}: must be a number of R@1 points >= 0 (or none)",
+            budget
+        )));
+    }
+    if ds.split(Split::Val).next().is_none() {
+        return Err(CalibrateError::Input(format!(
+            "--max-drop measures the int8 bundle on the val split, which {} does not have \
+             (ICFG-PEDES has none); pass --max-drop none to calibrate without the check",
+            ds.root.display()
+        )));
+    }
+    Ok(())
+}
+
 impl Search<'_> {
     /// Both encoders quantised with `method`, `float` left in float.
     pub(crate) fn both(
@@ -195,25 +223,6 @@ impl Search<'_> {
         &self,
         out: &Path,
     ) -> Result<(Method, FloatSet, AccuracyReport), CalibrateError> {
-        if self.opts.max_float == Some(0) {
-            return Err(CalibrateError::Input(
-                "--max-float-layers 0: at least one layer must be allowed in float (or pass --max-drop none)"
-                    .into(),
-            ));
-        }
-        if !(self.budget.is_finite() && self.budget >= 0.0) {
-            return Err(CalibrateError::Input(format!(
-                "--max-drop {}: must be a number of R@1 points >= 0 (or none)",
-                self.budget
-            )));
-        }
-        if self.ds.split(Split::Val).next().is_none() {
-            return Err(CalibrateError::Input(format!(
-                "--max-drop measures the int8 bundle on the val split, which {} does not have \
-                 (ICFG-PEDES has none); pass --max-drop none to calibrate without the check",
-                self.ds.root.display()
-            )));
-        }
         let parent = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),

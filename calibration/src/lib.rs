@@ -35,7 +35,6 @@ use sen_runtime::providers::ProviderOptions;
 use serde::Serialize;
 use stats::Method;
 use std::collections::{BTreeMap, BTreeSet};
-
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -383,6 +382,12 @@ fn finish_encoder(
     let (model, io, collected, seconds) = (&r.model, &r.io, &r.collected, r.seconds);
     let g = model.graph.as_ref().expect("checked at load");
     let plan = &r.plan.keep_float(g, float, "kept in float for --max-drop");
+    // The method of this quantisation (`--max-drop` may pick another than --method).
+    let metadata: Vec<(String, String)> =
+        [("sen.calibration.method".to_string(), method.to_string())]
+            .into_iter()
+            .chain(metadata.iter().cloned())
+            .collect();
     let consumers = plan.consumers(g);
     let mut ordered = vec![];
     let mut tensors = vec![];
@@ -414,7 +419,7 @@ fn finish_encoder(
         ordered.push((name, scale));
     }
     let scales: BTreeMap<String, f32> = ordered.iter().cloned().collect();
-    let q = model::quantize_model(model, plan, &scales, metadata, weight_bits.qmax())?;
+    let q = model::quantize_model(model, plan, &scales, &metadata, weight_bits.qmax())?;
     let weights = plan
         .nodes
         .values()
@@ -566,6 +571,10 @@ pub fn calibrate(
     let manifest = Manifest::load(bundle)?;
     check_source(bundle, &manifest)?;
     let ds = Dataset::load(&opts.dataset, opts.format)?;
+    if let Some(max_drop) = opts.max_drop {
+        // Before the range collection, which is the long part.
+        budget::check(max_drop, opts, &ds)?;
+    }
     let data = collect::select(&ds, opts.split, opts.samples, opts.seed)?;
     let mut notes = data.notes.clone();
     tracing::info!(
@@ -584,10 +593,6 @@ pub fn calibrate(
         (
             "sen.calibration.weight_bits".to_string(),
             weight_bits.bits().to_string(),
-        ),
-        (
-            "sen.calibration.method".to_string(),
-            opts.method.to_string(),
         ),
         (
             "sen.calibration.samples".to_string(),
@@ -696,14 +701,7 @@ pub fn calibrate(
                 budget,
                 quantize: &quantize,
                 info: &info,
-                quantized_nodes: ranged
-                    .iter()
-                    .map(|r| {
-                        r.plan
-                            .node_names(r.model.graph.as_ref().expect("graph"))
-                            .len()
-                    })
-                    .sum(),
+                quantized_nodes: ranged.iter().map(|r| r.plan.nodes.len()).sum(),
             };
             let (method, float, report) = search.run(out)?;
             (method, float, Some(report))

@@ -165,11 +165,6 @@ impl Plan {
         }
         p
     }
-
-    /// Names of the quantised nodes, in graph order.
-    pub fn node_names(&self, g: &GraphProto) -> Vec<String> {
-        self.nodes.keys().map(|&i| g.node[i].name.clone()).collect()
-    }
 }
 
 /// What to leave in float.
